@@ -1,0 +1,1767 @@
+/*
+ * shmdict._core -- the part of shmdict that Python cannot do by itself.
+ *
+ * Everything here operates on one shared-memory segment that the Python layer
+ * has already mapped, validated and described to us.  This file does only:
+ *
+ *   - the bounded, lock-free probe loop of the open-addressing hash table;
+ *   - claiming, publishing and tombstoning slots with CPU atomics;
+ *   - atomic operations on int64 value words (add, cas, exchange, ...);
+ *   - cross-process row locks (futex words holding the owner's identity);
+ *   - seqlock-protected records for the Struct layout;
+ *   - the small "admission" spinlock that keeps the live count exact;
+ *   - repairing a stripe after its holder died.
+ *
+ * Segment geometry (all offsets in bytes, all little-endian native words):
+ *
+ *   header       see HDR_* below; written by Python, magic published last
+ *   stripe table nstripes records of STRIPE_SIZE bytes: holder id, live count
+ *   slot array   nslots slots of slot_size bytes, 16-byte aligned:
+ *                  [ state u64 | word0 i64 | key bytes (key_area) | extra ]
+ *
+ * The state word of a slot packs, from the low bits up:
+ *
+ *   bits  0..1   kind: EMPTY, CLAIMED, PUBLISHED, TOMBSTONE
+ *   bits  2..19  generation, bumped on every publish (defeats ABA on reuse)
+ *   bits 20..31  key length in bytes
+ *   bits 32..63  for PUBLISHED: the high 32 bits of the key's hash
+ *                for CLAIMED:   the index of the stripe whose holder claimed it
+ *
+ * "word0" is the first 8 bytes of the value area and sits right after the
+ * state word, so the pair (state, word0) can be changed by one 16-byte
+ * compare-and-swap.  That is what makes every value update safe against the
+ * slot being deleted and reused by another key at the same moment: the update
+ * only lands if the state word (with its generation) is still the one the
+ * caller looked up.  Counter values live in word0; Lock and Struct keep their
+ * lock word there.
+ *
+ * Nothing read from the segment is trusted: every index and length is checked
+ * against the geometry given at construction, which was itself checked against
+ * the size of the mapping, and every loop is bounded.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Layout constants shared with shmdict/segment.py                          */
+/* ------------------------------------------------------------------------ */
+
+#define HDR_LIVE        80   /* i64: reserved + published keys (admission)  */
+#define HDR_TOMBSTONES  88   /* i64: tombstoned slots                       */
+#define HDR_ADMIT       96   /* u64: admission spinlock holder id           */
+#define STRIPE_SIZE     64   /* one cache line per stripe                   */
+#define STRIPE_HOLDER    0   /* u64: id of the process holding the stripe   */
+#define STRIPE_LIVE      8   /* i64: published keys whose hash is in stripe */
+
+#define KIND_EMPTY      0u
+#define KIND_CLAIMED    1u
+#define KIND_PUBLISHED  2u
+#define KIND_TOMBSTONE  3u
+
+#define GEN_SHIFT       2
+#define GEN_MASK        0x3ffffu
+#define KLEN_SHIFT      20
+#define KLEN_MASK       0xfffu
+#define TAG_SHIFT       32
+
+static inline unsigned st_kind(uint64_t s) { return (unsigned)(s & 3u); }
+static inline uint64_t st_gen(uint64_t s) { return (s >> GEN_SHIFT) & GEN_MASK; }
+static inline uint64_t st_klen(uint64_t s) { return (s >> KLEN_SHIFT) & KLEN_MASK; }
+static inline uint64_t st_high(uint64_t s) { return s >> TAG_SHIFT; }
+
+static inline uint64_t
+st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
+{
+    return (uint64_t)kind | ((gen & GEN_MASK) << GEN_SHIFT)
+           | ((klen & KLEN_MASK) << KLEN_SHIFT) | (high << TAG_SHIFT);
+}
+
+/* Lock words (Lock layout and the Struct record lock) hold an owner id:
+ * pid in the low 30 bits, a "waiters" flag in bit 30 (so the futex word, the
+ * low 32 bits, changes whenever it matters), the low 32 bits of the owner's
+ * start time in the high 32 bits (so a reused pid is not taken for the
+ * owner).  Linux pids are below 2^22, so 30 bits are plenty. */
+#define PID_MASK        0x3fffffffull
+#define WAITERS_BIT     0x40000000ull
+
+/* Return codes of the lock and value primitives, mirrored in _core.pyi. */
+#define RC_OK            0
+#define RC_RECOVERED     1   /* acquired, but the previous owner had died   */
+#define RC_TIMEOUT      -1   /* not acquired within the timeout             */
+#define RC_STALE        -2   /* the slot no longer holds the caller's key   */
+#define RC_NOT_OWNER    -3   /* release of a lock this process doesn't hold */
+#define RC_BUSY         -4   /* delete refused: the lock is held            */
+
+/* ------------------------------------------------------------------------ */
+/* Atomics                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static inline uint64_t load_acq(const void *p)
+{ return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE); }
+static inline void store_rel(void *p, uint64_t v)
+{ __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
+static inline int cas64(void *p, uint64_t *expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n((uint64_t *)p, expected, desired, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The 16-byte compare-and-swap of (state, word0).  GCC inlines the __sync
+ * form as one `lock cmpxchg16b` with -mcx16 (x86-64) and as an exclusive
+ * pair loop on aarch64; it is a full barrier. */
+typedef unsigned __int128 u128;
+static inline u128 pair(uint64_t state, uint64_t word0)
+{ return ((u128)word0 << 64) | state; }
+
+static inline int
+cas_pair(char *slot, uint64_t state, uint64_t word0,
+         uint64_t new_state, uint64_t new_word0, uint64_t *seen_word0)
+{
+    u128 old = __sync_val_compare_and_swap((u128 *)slot, pair(state, word0),
+                                           pair(new_state, new_word0));
+    if (seen_word0)
+        *seen_word0 = (uint64_t)(old >> 64);
+    return old == pair(state, word0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Process identity and liveness                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Reads state and start time (field 22, clock ticks since boot) of a pid
+ * from /proc.  Returns 0 when the process does not exist or is a zombie. */
+static int
+proc_stat(pid_t pid, unsigned long long *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name is in parentheses and may contain anything: parse
+     * from the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] == '\0' || p[2] == '\0')
+        return 0;
+    char state = p[2];
+    if (state == 'Z' || state == 'X' || state == 'x')
+        return 0;
+    /* After ") S " come fields 4..; start time is field 22. */
+    p += 2;
+    for (int field = 3; field < 22 && p != NULL; field++) {
+        p = strchr(p, ' ');
+        if (p) p++;
+    }
+    if (p == NULL)
+        return 0;
+    *start = strtoull(p, NULL, 10);
+    return 1;
+}
+
+static uint64_t my_id_cache;   /* 0 until computed; reset in a forked child */
+
+static void reset_id_after_fork(void) { my_id_cache = 0; }
+
+static uint64_t
+my_id(void)
+{
+    if (my_id_cache == 0) {
+        unsigned long long start = 0;
+        pid_t pid = getpid();
+        proc_stat(pid, &start);
+        my_id_cache = ((uint64_t)(start & 0xffffffffu) << 32)
+                      | ((uint64_t)pid & PID_MASK);
+    }
+    return my_id_cache;
+}
+
+static inline uint64_t id_pid(uint64_t id) { return id & PID_MASK; }
+static inline int is_me(uint64_t id) { return id_pid(id) == id_pid(my_id()); }
+
+/* Is the process named by an owner id still alive?  A pid that exists but
+ * started at another time is a different process: the owner is dead. */
+static int
+id_alive(uint64_t id)
+{
+    pid_t pid = (pid_t)id_pid(id);
+    if (pid <= 0)
+        return 0;
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    unsigned long long start;
+    if (!proc_stat(pid, &start))
+        return 0;
+    uint32_t want = (uint32_t)(id >> 32);
+    return want == 0 || (uint32_t)start == want;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waiting                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static double now_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Sleep until the 32-bit word at addr changes from `expected`, a wake-up, or
+ * `seconds` pass.  The futex is a shared one (no FUTEX_PRIVATE_FLAG) because
+ * the waker is another process. */
+static void
+futex_wait(void *addr, uint32_t expected, double seconds)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    syscall(SYS_futex, addr, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static void
+futex_wake_all(void *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static void
+sleep_seconds(double s)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The Core object                                                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;          /* keeps the mapping exported while we live   */
+    int has_view;
+    char *base;
+    uint64_t nslots, slot_size, key_size, key_area, extra_size;
+    uint64_t nstripes, capacity, stripes_offset, data_offset;
+    char *stripes;
+    char *slots;
+    int64_t init_word0;      /* default of word0 for a new key             */
+    PyObject *init_extra;    /* bytes: default of the extra value area     */
+    PyObject *cache;         /* dict: key object -> (slot, state)          */
+    PyObject *resolver;      /* callable(key, create) -> (slot, state)|None */
+    Py_ssize_t cache_limit;
+} Core;
+
+static inline char *slot_at(Core *c, uint64_t i) { return c->slots + i * c->slot_size; }
+static inline char *slot_key(char *slot) { return slot + 16; }
+static inline char *slot_extra(Core *c, char *slot) { return slot + 16 + c->key_area; }
+static inline int64_t *word0_of(char *slot) { return (int64_t *)(slot + 8); }
+static inline char *stripe_at(Core *c, uint64_t i) { return c->stripes + i * STRIPE_SIZE; }
+static inline int64_t *hdr_i64(Core *c, size_t off) { return (int64_t *)(c->base + off); }
+
+/* Which stripe serialises inserts and deletes of a hash. */
+static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; }
+
+/* Where a hash's probe sequence starts: Lemire's multiply-shift reduction,
+ * so the slot count need not be a power of two. */
+static inline uint64_t home_of(Core *c, uint64_t h)
+{ return (uint64_t)(((u128)h * c->nslots) >> 64); }
+
+static int
+Core_init(Core *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "nslots", "slot_size", "key_size",
+                             "extra_size", "nstripes", "capacity",
+                             "stripes_offset", "data_offset", "init_word0",
+                             "init_extra", "resolver", "cache_limit", NULL};
+    PyObject *buffer, *resolver, *init_extra;
+    unsigned long long nslots, slot_size, key_size, extra_size, nstripes;
+    unsigned long long capacity, stripes_offset, data_offset;
+    long long init_word0;
+    Py_ssize_t cache_limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKKKLSOn", kwlist,
+            &buffer, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
+            &capacity, &stripes_offset, &data_offset, &init_word0,
+            &init_extra, &resolver, &cache_limit))
+        return -1;
+    if (self->has_view) {
+        PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    self->has_view = 1;
+
+    /* Check the geometry against the mapping, so that no index computed
+     * below can ever leave it. */
+    uint64_t key_area = (key_size + 7) & ~7ull;
+    uint64_t size = (uint64_t)self->view.len;
+    const char *bad = NULL;
+    if (((uintptr_t)self->view.buf & 63) != 0) bad = "mapping is not 64-byte aligned";
+    else if (nslots == 0 || nslots > (1ull << 40)) bad = "slot count out of range";
+    else if (key_size == 0 || key_size > KLEN_MASK) bad = "key size out of range";
+    else if (extra_size % 8 != 0 || extra_size > (1u << 20)) bad = "value size out of range";
+    else if (slot_size % 16 != 0 || slot_size < 16 + key_area + extra_size) bad = "slot size too small";
+    else if (nstripes == 0 || nstripes > 65536) bad = "stripe count out of range";
+    else if (capacity == 0 || capacity > nslots) bad = "capacity out of range";
+    else if (stripes_offset < 128 || stripes_offset % 64 != 0) bad = "stripe table misplaced";
+    else if (stripes_offset + nstripes * STRIPE_SIZE > data_offset) bad = "stripe table overlaps slots";
+    else if (data_offset % 64 != 0) bad = "slot array misaligned";
+    else if (data_offset > size || nslots > (size - data_offset) / slot_size) bad = "slot array exceeds the mapping";
+    else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size) bad = "default value has the wrong size";
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "corrupt table geometry: %s", bad);
+        return -1;
+    }
+    self->base = self->view.buf;
+    self->nslots = nslots;
+    self->slot_size = slot_size;
+    self->key_size = key_size;
+    self->key_area = key_area;
+    self->extra_size = extra_size;
+    self->nstripes = nstripes;
+    self->capacity = capacity;
+    self->stripes_offset = stripes_offset;
+    self->data_offset = data_offset;
+    self->stripes = self->base + stripes_offset;
+    self->slots = self->base + data_offset;
+    self->init_word0 = init_word0;
+    Py_INCREF(init_extra);
+    self->init_extra = init_extra;
+    Py_INCREF(resolver);
+    self->resolver = resolver;
+    self->cache = PyDict_New();
+    self->cache_limit = cache_limit;
+    return self->cache ? 0 : -1;
+}
+
+static void
+Core_release_view(Core *self)
+{
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+        self->base = NULL;
+    }
+}
+
+static void
+Core_dealloc(Core *self)
+{
+    Core_release_view(self);
+    Py_XDECREF(self->init_extra);
+    Py_XDECREF(self->cache);
+    Py_XDECREF(self->resolver);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define REQUIRE_OPEN(self)                                                   \
+    do {                                                                     \
+        if (!(self)->has_view) {                                             \
+            PyErr_SetString(PyExc_ValueError, "table is closed");           \
+            return NULL;                                                     \
+        }                                                                    \
+    } while (0)
+
+static int
+parse_slot(Core *self, unsigned long long slot)
+{
+    if (slot >= self->nslots) {
+        PyErr_SetString(PyExc_IndexError, "slot index out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lookup (lock-free)                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Find the published slot holding key[0:klen] with hash h.  Returns the slot
+ * index and its state word, or -1 when the key is absent.  The key bytes of a
+ * published slot can change only after its state word changes, so a match is
+ * confirmed by re-reading the state word after comparing the bytes. */
+static int64_t
+find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_out)
+{
+    uint64_t high = h >> TAG_SHIFT;
+    uint64_t i = home_of(c, h);
+    for (uint64_t probes = 0; probes < c->nslots; probes++) {
+        char *slot = slot_at(c, i);
+        uint64_t s = load_acq(slot);
+        unsigned kind = st_kind(s);
+        if (kind == KIND_EMPTY)
+            return -1;
+        if (kind == KIND_PUBLISHED && st_high(s) == high && st_klen(s) == klen
+                && memcmp(slot_key(slot), key, klen) == 0) {
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (load_acq(slot) == s) {
+                *state_out = s;
+                return (int64_t)i;
+            }
+            /* Changed under us: start again from the home slot. */
+            i = home_of(c, h);
+            continue;
+        }
+        i = (i + 1 == c->nslots) ? 0 : i + 1;
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Admission: the exact live count                                          */
+/* ------------------------------------------------------------------------ */
+
+/* The global live count (HDR_LIVE) decides TableFull, so a key must reserve
+ * its place before it claims a slot, and concurrent inserts never overshoot.
+ * Each stripe also keeps its own live count, changed only by the stripe's
+ * holder, so that after a crash the stripe can be recounted exactly.  The two
+ * must change together; a crash between two stores would leave them apart.
+ * So both change under this tiny spinlock, whose holder id lets a waiter
+ * steal it from a dead holder and recompute the global count from the
+ * stripes (which it can, since nobody else changes them meanwhile). */
+
+static void
+admit_lock(Core *c)
+{
+    uint64_t me = my_id();
+    uint64_t *word = (uint64_t *)(c->base + HDR_ADMIT);
+    for (unsigned long spins = 0;; spins++) {
+        uint64_t expected = 0;
+        if (cas64(word, &expected, me))
+            return;
+        if (spins % 1024 == 1023) {
+            if (!id_alive(expected) || is_me(expected)) {
+                /* The holder died (or is a previous incarnation of our pid
+                 * from before a fork): take over and rebuild the sum. */
+                if (cas64(word, &expected, me)) {
+                    int64_t sum = 0;
+                    for (uint64_t s = 0; s < c->nstripes; s++)
+                        sum += (int64_t)load_acq(stripe_at(c, s) + STRIPE_LIVE);
+                    store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)sum);
+                    return;
+                }
+            }
+            sched_yield();
+        }
+    }
+}
+
+static void
+admit_unlock(Core *c)
+{
+    store_rel(c->base + HDR_ADMIT, 0);
+}
+
+/* Reserve room for one more key in `stripe`; 0 when the table is full. */
+static int
+admit_reserve(Core *c, uint64_t stripe)
+{
+    int ok = 0;
+    admit_lock(c);
+    int64_t live = (int64_t)load_acq(hdr_i64(c, HDR_LIVE));
+    if (live >= 0 && (uint64_t)live < c->capacity) {
+        store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)(live + 1));
+        char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+        store_rel(sl, load_acq(sl) + 1);
+        ok = 1;
+    }
+    admit_unlock(c);
+    return ok;
+}
+
+/* Add `delta` to a stripe's count and the global count together. */
+static void
+admit_adjust(Core *c, uint64_t stripe, int64_t delta)
+{
+    if (delta == 0)
+        return;
+    admit_lock(c);
+    int64_t *live = hdr_i64(c, HDR_LIVE);
+    store_rel(live, (uint64_t)((int64_t)load_acq(live) + delta));
+    char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+    store_rel(sl, (uint64_t)((int64_t)load_acq(sl) + delta));
+    admit_unlock(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Insert and delete (caller holds the key's stripe)                        */
+/* ------------------------------------------------------------------------ */
+
+/* Insert a key known to be absent.  Returns the slot, -1 when the table is
+ * full, -2 when no free slot was found (only possible in a corrupt table). */
+static int64_t
+insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
+            int64_t word0, const char *extra, uint64_t *state_out)
+{
+    uint64_t stripe = stripe_of(c, h);
+    if (!admit_reserve(c, stripe))
+        return -1;
+    uint64_t i = home_of(c, h);
+    for (uint64_t probes = 0; probes < c->nslots; probes++) {
+        char *slot = slot_at(c, i);
+        uint64_t s = load_acq(slot);
+        unsigned kind = st_kind(s);
+        if (kind == KIND_EMPTY || kind == KIND_TOMBSTONE) {
+            uint64_t claimed = st_make(KIND_CLAIMED, st_gen(s), 0, stripe);
+            if (cas64(slot, &s, claimed)) {
+                if (kind == KIND_TOMBSTONE)
+                    __atomic_fetch_sub(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                memcpy(slot_key(slot), key, klen);
+                memset(slot_key(slot) + klen, 0, c->key_area - klen);
+                if (c->extra_size)
+                    memcpy(slot_extra(c, slot), extra, c->extra_size);
+                store_rel(slot + 8, (uint64_t)word0);
+                uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
+                                             klen, h >> TAG_SHIFT);
+                store_rel(slot, published);
+                *state_out = published;
+                return (int64_t)i;
+            }
+            continue;  /* lost the slot to another stripe's insert: retry it */
+        }
+        i = (i + 1 == c->nslots) ? 0 : i + 1;
+    }
+    admit_adjust(c, stripe, -1);
+    return -2;
+}
+
+/* Turn a published slot into a tombstone if (state, word0) still match. */
+static int
+tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
+{
+    char *slot = slot_at(c, i);
+    uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(state), 0, 0);
+    if (!cas_pair(slot, state, word0, tomb, 0, NULL))
+        return 0;
+    __atomic_fetch_add(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+    /* The stripe is that of the key's hash; the slot's state only keeps the
+     * high 32 bits of it, so the caller's stripe index is recomputed by the
+     * Python layer and passed through `stripe` in Core_delete. */
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Key resolution for the fast path                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Keys that may be looked up in the per-process cache: exact str, bytes,
+ * int (bool included) and tuples of those.  Anything else (float, a str
+ * subclass with its own __eq__, ...) goes through the resolver, which encodes
+ * it canonically or raises TypeError: a dict lookup would wrongly find 1 for
+ * 1.0. */
+static int
+cacheable_key(PyObject *key, int depth)
+{
+    if (PyUnicode_CheckExact(key) || PyBytes_CheckExact(key)
+            || PyLong_CheckExact(key) || PyBool_Check(key))
+        return 1;
+    if (PyTuple_CheckExact(key) && depth < 8) {
+        Py_ssize_t n = PyTuple_GET_SIZE(key);
+        for (Py_ssize_t k = 0; k < n; k++)
+            if (!cacheable_key(PyTuple_GET_ITEM(key, k), depth + 1))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* Look a key up: from the cache when its entry is still current, else
+ * through the Python resolver (which encodes, hashes, probes and, when
+ * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
+ * 0 when absent (create false), -1 with an exception set. */
+static int
+resolve(Core *c, PyObject *key, int create, int use_cache,
+        uint64_t *slot, uint64_t *state)
+{
+    int cacheable = cacheable_key(key, 0);
+    if (use_cache && cacheable) {
+        PyObject *hit = PyDict_GetItemWithError(c->cache, key);
+        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 2) {
+            uint64_t i = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 0));
+            uint64_t s = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 1));
+            if (PyErr_Occurred())
+                return -1;
+            if (i < c->nslots && load_acq(slot_at(c, i)) == s) {
+                *slot = i;
+                *state = s;
+                return 1;
+            }
+        } else if (hit == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    PyObject *res = PyObject_CallFunctionObjArgs(c->resolver, key,
+                                                 create ? Py_True : Py_False, NULL);
+    if (res == NULL)
+        return -1;
+    if (res == Py_None) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "resolver must return (slot, state) or None");
+        return -1;
+    }
+    *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
+    *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+    if (PyErr_Occurred() || *slot >= c->nslots) {
+        Py_DECREF(res);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_IndexError, "resolver returned a bad slot");
+        return -1;
+    }
+    if (cacheable) {
+        if (PyDict_GET_SIZE(c->cache) >= c->cache_limit)
+            PyDict_Clear(c->cache);
+        if (PyDict_SetItem(c->cache, key, res) < 0) {
+            Py_DECREF(res);
+            return -1;
+        }
+    }
+    Py_DECREF(res);
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Counter verbs: word0 is the int64 value                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Read (state, word0) as a consistent pair. Returns 0 if the state changed. */
+static inline int
+read_pair(char *slot, uint64_t state, int64_t *value)
+{
+    int64_t v = (int64_t)load_acq(slot + 8);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (load_acq(slot) != state)
+        return 0;
+    *value = v;
+    return 1;
+}
+
+/* The read-modify-write verbs share one loop: resolve, then CAS (state,
+ * word0) until it lands; a changed state means the key moved or was deleted,
+ * so it is resolved again (bounded: the resolver waits on the stripe). */
+enum rmw { RMW_ADD, RMW_SET, RMW_EXCHANGE, RMW_GET };
+
+static PyObject *
+counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
+{
+    REQUIRE_OPEN(c);
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(c, key, 1, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        char *slot = slot_at(c, i);
+        for (;;) {
+            int64_t old;
+            if (!read_pair(slot, s, &old))
+                break;                      /* state changed: resolve again */
+            int64_t new;
+            switch (op) {
+            case RMW_ADD:
+                if (__builtin_add_overflow(old, arg, &new)) {
+                    PyErr_Format(PyExc_OverflowError,
+                                 "counter overflow: %lld + %lld does not fit in int64",
+                                 (long long)old, (long long)arg);
+                    return NULL;
+                }
+                break;
+            case RMW_GET:
+                return PyLong_FromLongLong(old);
+            default:
+                new = arg;
+            }
+            if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+                return PyLong_FromLongLong(op == RMW_EXCHANGE ? old : new);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+static PyObject *
+Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long n = 1;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "add(key, n=1)");
+        return NULL;
+    }
+    if (nargs == 2) {
+        if (!PyLong_Check(args[1])) {
+            PyErr_Format(PyExc_TypeError, "add() amount must be an int, not %.100s",
+                         Py_TYPE(args[1])->tp_name);
+            return NULL;
+        }
+        n = PyLong_AsLongLong(args[1]);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    return counter_rmw(self, args[0], RMW_ADD, n);
+}
+
+static int
+value_arg(PyObject *o, long long *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "counter values are ints, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    *out = PyLong_AsLongLong(o);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long v;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set(key, value)");
+        return NULL;
+    }
+    if (value_arg(args[1], &v) < 0)
+        return NULL;
+    PyObject *r = counter_rmw(self, args[0], RMW_SET, v);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Core_exchange(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long v;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "exchange(key, value)");
+        return NULL;
+    }
+    if (value_arg(args[1], &v) < 0)
+        return NULL;
+    return counter_rmw(self, args[0], RMW_EXCHANGE, v);
+}
+
+static PyObject *
+Core_value(Core *self, PyObject *key)
+{
+    return counter_rmw(self, key, RMW_GET, 0);
+}
+
+/* read(key) -> (value, exists); never creates. */
+static PyObject *
+Core_read(Core *self, PyObject *key)
+{
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            return Py_BuildValue("(iO)", 0, Py_False);
+        int64_t v;
+        if (read_pair(slot_at(self, i), s, &v))
+            return Py_BuildValue("(LO)", (long long)v, Py_True);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* cas(key, old, new, set_on_not_exists=False) -> bool.  A missing key is
+ * created holding `new` (in one insert, never visible as the default) only
+ * when set_on_not_exists is true. */
+static PyObject *
+Core_cas(Core *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"key", "old", "new", "set_on_not_exists", NULL};
+    PyObject *key, *oldo, *newo;
+    int set_missing = 0;
+    long long old, new;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p", kwlist,
+                                     &key, &oldo, &newo, &set_missing))
+        return NULL;
+    if (value_arg(oldo, &old) < 0 || value_arg(newo, &new) < 0)
+        return NULL;
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0) {
+            if (!set_missing)
+                Py_RETURN_FALSE;
+            /* Ask the Python layer to insert the key with `new`. */
+            PyObject *res = PyObject_CallMethod(self->resolver, "insert_with",
+                                                "OL", key, new);
+            if (res == NULL)
+                return NULL;
+            int created = PyObject_IsTrue(res);
+            Py_DECREF(res);
+            if (created < 0)
+                return NULL;
+            if (created)
+                Py_RETURN_TRUE;
+            continue;   /* somebody else created it first: CAS against it */
+        }
+        int64_t cur;
+        char *slot = slot_at(self, i);
+        if (!read_pair(slot, s, &cur))
+            continue;
+        if (cur != old)
+            Py_RETURN_FALSE;
+        if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+            Py_RETURN_TRUE;
+        /* Lost a race: if only the value changed the answer is False, if the
+         * slot changed, look again. */
+        if (load_acq(slot) == s)
+            Py_RETURN_FALSE;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Slot-level primitives for the Python layer                               */
+/* ------------------------------------------------------------------------ */
+
+/* find(key_bytes, hash) -> (slot, state) | None */
+static PyObject *
+Core_find(Core *self, PyObject *args)
+{
+    Py_buffer key;
+    unsigned long long h;
+    if (!PyArg_ParseTuple(args, "y*K", &key, &h))
+        return NULL;
+    if (!self->has_view || (uint64_t)key.len > self->key_size) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, self->has_view ? "key too long" : "table is closed");
+        return NULL;
+    }
+    uint64_t s;
+    int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
+    PyBuffer_Release(&key);
+    if (i < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LK)", (long long)i, (unsigned long long)s);
+}
+
+/* insert(key_bytes, hash, word0, extra) -> (slot, state, created) | None when
+ * full.  The caller holds the key's stripe, so "absent" stays true between
+ * the lookup and the insert. */
+static PyObject *
+Core_insert(Core *self, PyObject *args)
+{
+    Py_buffer key, extra;
+    unsigned long long h;
+    long long word0;
+    if (!PyArg_ParseTuple(args, "y*KLy*", &key, &h, &word0, &extra))
+        return NULL;
+    PyObject *result = NULL;
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+    } else if ((uint64_t)key.len > self->key_size) {
+        PyErr_SetString(PyExc_ValueError, "key too long");
+    } else if ((uint64_t)extra.len != self->extra_size) {
+        PyErr_SetString(PyExc_ValueError, "value has the wrong size");
+    } else {
+        uint64_t s;
+        int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
+        if (i >= 0) {
+            result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_False);
+        } else {
+            i = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &s);
+            if (i == -1) {
+                result = Py_NewRef(Py_None);
+            } else if (i == -2) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "no free slot although the live count is below capacity "
+                                "(corrupt table: run `shmdict check`)");
+            } else {
+                result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_True);
+            }
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&extra);
+    return result;
+}
+
+/* delete(slot, state, stripe, mode) -> (code, word0)
+ *   mode 0 (Counter): take whatever value word0 holds, atomically with the
+ *                     tombstone, so nothing added before is lost;
+ *   mode 1 (Lock): only if word0 (the lock word) is 0, else RC_BUSY;
+ *   mode 2 (Struct): only if this process holds the lock in word0, which
+ *                    the tombstone releases, else RC_NOT_OWNER.
+ * code is RC_OK, RC_STALE (the slot changed) or RC_BUSY.  Caller holds stripe. */
+static PyObject *
+Core_delete(Core *self, PyObject *args)
+{
+    unsigned long long i, s, stripe;
+    int mode;
+    if (!PyArg_ParseTuple(args, "KKKi", &i, &s, &stripe, &mode))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    if (stripe >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    char *slot = slot_at(self, i);
+    for (int spins = 0; spins < 1000000; spins++) {
+        int64_t v;
+        if (!read_pair(slot, s, &v))
+            return Py_BuildValue("(iL)", RC_STALE, 0LL);
+        if (mode == 1 && v != 0)
+            return Py_BuildValue("(iL)", RC_BUSY, (long long)v);
+        if (mode == 2 && (id_pid((uint64_t)v) == 0 || !is_me((uint64_t)v)))
+            return Py_BuildValue("(iL)", RC_NOT_OWNER, (long long)v);
+        if (tombstone_slot(self, i, s, (uint64_t)v)) {
+            admit_adjust(self, stripe, -1);
+            return Py_BuildValue("(iL)", RC_OK, (long long)v);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "value kept changing during delete");
+    return NULL;
+}
+
+/* slot_info(slot) -> (kind, state, key_bytes | None) for inspection. */
+static PyObject *
+Core_slot_info(Core *self, PyObject *arg)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    char *slot = slot_at(self, i);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t s = load_acq(slot);
+        if (st_kind(s) != KIND_PUBLISHED)
+            return Py_BuildValue("(IKO)", st_kind(s), (unsigned long long)s, Py_None);
+        uint64_t klen = st_klen(s);
+        if (klen > self->key_size)
+            return Py_BuildValue("(IKO)", st_kind(s), (unsigned long long)s, Py_None);
+        PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)klen);
+        if (kb == NULL)
+            return NULL;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (load_acq(slot) == s)
+            return Py_BuildValue("(IKN)", st_kind(s), (unsigned long long)s, kb);
+        Py_DECREF(kb);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "slot kept changing");
+    return NULL;
+}
+
+/* published() -> list of (slot, state, key_bytes): a snapshot of the keys. */
+static PyObject *
+Core_published(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (uint64_t i = 0; i < self->nslots; i++) {
+        char *slot = slot_at(self, i);
+        uint64_t s = load_acq(slot);
+        if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size)
+            continue;
+        PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
+        if (kb == NULL)
+            goto fail;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (load_acq(slot) != s) {      /* deleted while we copied: skip it */
+            Py_DECREF(kb);
+            continue;
+        }
+        PyObject *item = Py_BuildValue("(KKN)", (unsigned long long)i,
+                                       (unsigned long long)s, kb);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* word0(slot, state) -> int | None when the slot no longer has that state. */
+static PyObject *
+Core_word0(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    int64_t v;
+    if (!read_pair(slot_at(self, i), s, &v))
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stripe ownership and repair                                              */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *
+Core_stripe_holder(Core *self, PyObject *arg)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(load_acq(stripe_at(self, i) + STRIPE_HOLDER));
+}
+
+/* stripe_cas(i, expected, desired) -> bool.  desired == -1 means "me". */
+static PyObject *
+Core_stripe_cas(Core *self, PyObject *args)
+{
+    unsigned long long i, expected;
+    long long desired;
+    if (!PyArg_ParseTuple(args, "KKL", &i, &expected, &desired))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    uint64_t want = desired == -1 ? my_id() : (uint64_t)desired;
+    uint64_t e = expected;
+    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, want));
+}
+
+/* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
+ * Called by the process that just took a stripe over from a dead holder: a
+ * slot the dead process claimed but never published becomes a tombstone, and
+ * the stripe's live count is recounted from its published slots. */
+static PyObject *
+Core_repair_stripe(Core *self, PyObject *arg)
+{
+    unsigned long long stripe = PyLong_AsUnsignedLongLong(arg);
+    if (stripe == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (stripe >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    PyObject *hashfn = PyObject_GetAttrString(self->resolver, "hash_of");
+    if (hashfn == NULL)
+        return NULL;
+    long long dropped = 0, counted = 0;
+    for (uint64_t i = 0; i < self->nslots; i++) {
+        char *slot = slot_at(self, i);
+        uint64_t s = load_acq(slot);
+        if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
+            uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
+            if (cas64(slot, &s, tomb)) {
+                __atomic_fetch_add(hdr_i64(self, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                dropped++;
+            }
+        } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
+            /* Which stripe a published key belongs to needs its full hash,
+             * which only the Python layer (xxhash, seeded) computes. */
+            PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
+            if (kb == NULL)
+                goto fail;
+            PyObject *hv = PyObject_CallOneArg(hashfn, kb);
+            Py_DECREF(kb);
+            if (hv == NULL)
+                goto fail;
+            unsigned long long h = PyLong_AsUnsignedLongLong(hv);
+            Py_DECREF(hv);
+            if (h == (unsigned long long)-1 && PyErr_Occurred())
+                goto fail;
+            if (stripe_of(self, h) == stripe)
+                counted++;
+        }
+    }
+    Py_DECREF(hashfn);
+    int64_t have = (int64_t)load_acq(stripe_at(self, stripe) + STRIPE_LIVE);
+    int64_t delta = counted - have;
+    admit_adjust(self, stripe, delta);
+    return Py_BuildValue("(LL)", dropped, (long long)delta);
+fail:
+    Py_DECREF(hashfn);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Owner locks: Lock layout rows and the Struct record lock                 */
+/* ------------------------------------------------------------------------ */
+
+/* Acquire the exclusive lock whose word is `word` (word0 of slot i, or an
+ * extra word of an rw lock).  The lock word holds the owner id, and
+ * acquisition is a CAS of (state, 0) -> (state, me) for word0, so that it
+ * fails if the slot was deleted meanwhile.  Waits sleep on the futex (low
+ * 32 bits) in slices of at most 50 ms, checking between slices whether the
+ * owner is still alive and whether a signal (Ctrl-C) arrived. */
+static int
+owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
+              int *interrupted)
+{
+    char *slot = slot_at(c, i);
+    uint64_t *word = (uint64_t *)(slot + 8);
+    uint64_t me = my_id();
+    double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
+    int recovered = 0;
+    *interrupted = 0;
+    for (;;) {
+        uint64_t cur;
+        if (load_acq(slot) != s)
+            return RC_STALE;
+        cur = load_acq(word);
+        if (id_pid(cur) == 0) {
+            /* Free (the waiters bit may be set): take it, keeping no bit. */
+            if (cas_pair(slot, s, cur, s, me | (cur & WAITERS_BIT), NULL))
+                return recovered ? RC_RECOVERED : RC_OK;
+            continue;
+        }
+        if (!id_alive(cur)) {
+            /* The owner died holding it: inherit, and say so. */
+            if (cas_pair(slot, s, cur, s, me | (cur & WAITERS_BIT), NULL))
+                return RC_RECOVERED;
+            continue;
+        }
+        if (!blocking)
+            return RC_TIMEOUT;
+        double slice = 0.05;
+        if (timeout >= 0) {
+            double left = deadline - now_monotonic();
+            if (left <= 0)
+                return RC_TIMEOUT;
+            if (left < slice)
+                slice = left;
+        }
+        /* Announce a waiter so the releaser wakes us, then sleep. */
+        if (!(cur & WAITERS_BIT)) {
+            if (!cas_pair(slot, s, cur, s, cur | WAITERS_BIT, NULL))
+                continue;
+            cur |= WAITERS_BIT;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        futex_wait(word, (uint32_t)cur, slice);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) {
+            *interrupted = 1;
+            return RC_TIMEOUT;
+        }
+    }
+}
+
+static int
+owner_release(Core *c, uint64_t i, uint64_t s)
+{
+    char *slot = slot_at(c, i);
+    uint64_t *word = (uint64_t *)(slot + 8);
+    for (;;) {
+        if (load_acq(slot) != s)
+            return RC_STALE;
+        uint64_t cur = load_acq(word);
+        if (id_pid(cur) == 0 || !is_me(cur))
+            return RC_NOT_OWNER;
+        if (cas_pair(slot, s, cur, s, 0, NULL)) {
+            if (cur & WAITERS_BIT)
+                futex_wake_all(word);
+            return RC_OK;
+        }
+    }
+}
+
+/* lock_acquire(slot, state, blocking, timeout) -> code */
+static PyObject *
+Core_lock_acquire(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    int blocking;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "KKpd", &i, &s, &blocking, &timeout))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    int interrupted;
+    int r = owner_acquire(self, i, s, blocking, timeout, &interrupted);
+    if (interrupted)
+        return NULL;
+    return PyLong_FromLong(r);
+}
+
+static PyObject *
+Core_lock_release(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    return PyLong_FromLong(owner_release(self, i, s));
+}
+
+/* lock_owner(slot, state) -> pid of the holder (0 when free), or -1 when the
+ * slot changed. */
+static PyObject *
+Core_lock_owner(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    int64_t v;
+    if (!read_pair(slot_at(self, i), s, &v))
+        return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(id_pid((uint64_t)v));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared (reader) side of rw locks                                         */
+/* ------------------------------------------------------------------------ */
+
+/* An rw lock keeps the writer in word0 and up to extra_size/8 readers in the
+ * extra area, one owner id per reader.  A reader takes a free reader cell,
+ * then checks that no writer holds word0; a writer takes word0, then waits
+ * for the reader cells to empty.  Dead readers' cells are cleared by whoever
+ * waits on them. */
+
+static int
+reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
+               int *interrupted, int *recovered)
+{
+    char *slot = slot_at(c, i);
+    uint64_t *writer = (uint64_t *)(slot + 8);
+    uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+    uint64_t ncells = c->extra_size / 8;
+    uint64_t me = my_id();
+    double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
+    *interrupted = 0;
+    *recovered = 0;
+    for (;;) {
+        if (load_acq(slot) != s)
+            return RC_STALE;
+        uint64_t w = load_acq(writer);
+        if (id_pid(w) != 0 && !id_alive(w)) {
+            /* The writer died mid-write: clear it; what it guarded may be
+             * half-written, so the reader is told. */
+            if (cas_pair(slot, s, w, s, w & WAITERS_BIT, NULL))
+                *recovered = 1;
+            continue;
+        }
+        if (id_pid(w) == 0) {
+            for (uint64_t k = 0; k < ncells; k++) {
+                uint64_t e = 0;
+                if (cas64(&cells[k], &e, me)) {
+                    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+                    uint64_t w2 = load_acq(writer);
+                    if (id_pid(w2) == 0 && load_acq(slot) == s)
+                        return *recovered ? RC_RECOVERED : RC_OK;
+                    store_rel(&cells[k], 0);   /* a writer came: back off */
+                    break;
+                }
+                if (!id_alive(e)) {            /* a dead reader's cell */
+                    cas64(&cells[k], &e, 0);
+                }
+            }
+        }
+        if (!blocking)
+            return RC_TIMEOUT;
+        double slice = 0.002;
+        if (timeout >= 0) {
+            double left = deadline - now_monotonic();
+            if (left <= 0)
+                return RC_TIMEOUT;
+            if (left < slice)
+                slice = left;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        if (id_pid(w) != 0)
+            futex_wait(writer, (uint32_t)w, slice * 25);
+        else
+            sleep_seconds(slice);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) {
+            *interrupted = 1;
+            return RC_TIMEOUT;
+        }
+    }
+}
+
+static int
+reader_release(Core *c, uint64_t i, uint64_t s)
+{
+    char *slot = slot_at(c, i);
+    uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+    uint64_t ncells = c->extra_size / 8;
+    uint64_t me = my_id();
+    if (load_acq(slot) != s)
+        return RC_STALE;
+    for (uint64_t k = 0; k < ncells; k++) {
+        uint64_t e = me;
+        if (cas64(&cells[k], &e, 0))
+            return RC_OK;
+    }
+    return RC_NOT_OWNER;
+}
+
+/* Wait until no live reader holds the lock (the caller holds the writer
+ * word).  Returns RC_OK, RC_TIMEOUT, or RC_STALE. */
+static int
+wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interrupted)
+{
+    char *slot = slot_at(c, i);
+    uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+    uint64_t ncells = c->extra_size / 8;
+    *interrupted = 0;
+    for (unsigned long round = 0;; round++) {
+        int busy = 0;
+        for (uint64_t k = 0; k < ncells; k++) {
+            uint64_t e = load_acq(&cells[k]);
+            if (e == 0)
+                continue;
+            if (!id_alive(e)) {
+                cas64(&cells[k], &e, 0);
+                continue;
+            }
+            busy = 1;
+        }
+        if (!busy)
+            return RC_OK;
+        if (deadline > 0 && now_monotonic() >= deadline)
+            return RC_TIMEOUT;
+        Py_BEGIN_ALLOW_THREADS
+        if (round < 100)
+            sched_yield();
+        else
+            sleep_seconds(0.0005);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) {
+            *interrupted = 1;
+            return RC_TIMEOUT;
+        }
+    }
+}
+
+/* rw_acquire(slot, state, shared, blocking, timeout) -> code */
+static PyObject *
+Core_rw_acquire(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    int shared, blocking;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "KKppd", &i, &s, &shared, &blocking, &timeout))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    int interrupted = 0, recovered = 0, r;
+    if (shared) {
+        r = reader_acquire(self, i, s, blocking, timeout, &interrupted, &recovered);
+    } else {
+        double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
+        r = owner_acquire(self, i, s, blocking, timeout, &interrupted);
+        if (r >= 0 && !interrupted) {
+            int r2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic(),
+                                       &interrupted);
+            if (r2 != RC_OK) {
+                owner_release(self, i, s);
+                r = r2;
+            }
+        }
+    }
+    if (interrupted)
+        return NULL;
+    return PyLong_FromLong(r);
+}
+
+static PyObject *
+Core_rw_release(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    int shared;
+    if (!PyArg_ParseTuple(args, "KKp", &i, &s, &shared))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    return PyLong_FromLong(shared ? reader_release(self, i, s) : owner_release(self, i, s));
+}
+
+/* rw_readers(slot, state) -> list of reader pids */
+static PyObject *
+Core_rw_readers(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    uint64_t *cells = (uint64_t *)slot_extra(self, slot_at(self, i));
+    PyObject *out = PyList_New(0);
+    for (uint64_t k = 0; out && k < self->extra_size / 8; k++) {
+        uint64_t e = load_acq(&cells[k]);
+        if (e != 0) {
+            PyObject *p = PyLong_FromUnsignedLongLong(id_pid(e));
+            if (p == NULL || PyList_Append(out, p) < 0) {
+                Py_XDECREF(p);
+                Py_CLEAR(out);
+                break;
+            }
+            Py_DECREF(p);
+        }
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
+/* ------------------------------------------------------------------------ */
+
+/* record_read(slot, state, force=False) -> bytes | None (slot changed).  A
+ * seqlock read: the sequence is odd while a writer is copying, and a copy is
+ * kept only if the sequence was even and unchanged around it.  A writer that
+ * died mid-copy leaves the sequence odd; after a while the reader raises
+ * BlockingIOError so the Python layer can take the record lock (which
+ * recovers it) and read with force=True, which copies whatever is there. */
+static PyObject *
+Core_record_read(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "KK|p", &i, &s, &force))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    if (self->extra_size < 8) {
+        PyErr_SetString(PyExc_ValueError, "not a record table");
+        return NULL;
+    }
+    char *slot = slot_at(self, i);
+    uint64_t *seq = (uint64_t *)slot_extra(self, slot);
+    Py_ssize_t n = (Py_ssize_t)self->extra_size - 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        return NULL;
+    for (unsigned long spins = 0; spins < 200000; spins++) {
+        uint64_t before = load_acq(seq);
+        if ((before & 1) && !force) {
+            if (spins > 1000)
+                sched_yield();
+            continue;
+        }
+        /* Copy word by word with relaxed atomic loads (no data race). */
+        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t k = 0; k < n / 8; k++)
+            dst[k] = __atomic_load_n(&src[k], __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (force || load_acq(seq) == before) {
+            if (load_acq(slot) != s) {
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            return out;
+        }
+    }
+    Py_DECREF(out);
+    PyErr_SetString(PyExc_BlockingIOError, "record is being written");
+    return NULL;
+}
+
+/* record_write(slot, state, data) -> code.  Caller holds the record lock. */
+static PyObject *
+Core_record_write(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "KKy*", &i, &s, &data))
+        return NULL;
+    int r = RC_OK;
+    if (!self->has_view || i >= self->nslots || self->extra_size < 8
+            || (uint64_t)data.len != self->extra_size - 8) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "bad record write");
+        return NULL;
+    }
+    char *slot = slot_at(self, i);
+    uint64_t *seq = (uint64_t *)slot_extra(self, slot);
+    uint64_t cur = load_acq(word0_of(slot));
+    if (load_acq(slot) != s) {
+        r = RC_STALE;
+    } else if (id_pid(cur) == 0 || !is_me(cur)) {
+        r = RC_NOT_OWNER;
+    } else {
+        uint64_t q = load_acq(seq);
+        uint64_t odd = (q | 1);            /* odd even if a dead writer left it odd */
+        store_rel(seq, odd);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        uint64_t *dst = seq + 1;
+        const uint64_t *src = data.buf;
+        for (Py_ssize_t k = 0; k < data.len / 8; k++) {
+            uint64_t w;
+            memcpy(&w, &src[k], 8);
+            __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
+        }
+        store_rel(seq, odd + 1);
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromLong(r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Module plumbing                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* counts() -> (live, tombstones) */
+static PyObject *
+Core_counts(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    return Py_BuildValue("(LL)", (long long)load_acq(hdr_i64(self, HDR_LIVE)),
+                         (long long)load_acq(hdr_i64(self, HDR_TOMBSTONES)));
+}
+
+/* stripe_live(i) -> the stripe's own live count */
+static PyObject *
+Core_stripe_live(Core *self, PyObject *arg)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)load_acq(stripe_at(self, i) + STRIPE_LIVE));
+}
+
+static PyObject *
+Core_close(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    Core_release_view(self);
+    if (self->cache)
+        PyDict_Clear(self->cache);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Core_clear_cache(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    PyDict_Clear(self->cache);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Core_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Core_add, METH_FASTCALL,
+     "add(key, n=1) -> int: atomically add n to a Counter key (created at 0)."},
+    {"set", (PyCFunction)(void (*)(void))Core_set, METH_FASTCALL,
+     "set(key, value): store a Counter value (creating the key)."},
+    {"exchange", (PyCFunction)(void (*)(void))Core_exchange, METH_FASTCALL,
+     "exchange(key, value) -> old value (creating the key)."},
+    {"value", (PyCFunction)Core_value, METH_O,
+     "value(key) -> int: the Counter value (creating the key)."},
+    {"read", (PyCFunction)Core_read, METH_O,
+     "read(key) -> (value, exists): never creates the key."},
+    {"cas", (PyCFunction)(void (*)(void))Core_cas, METH_VARARGS | METH_KEYWORDS,
+     "cas(key, old, new, set_on_not_exists=False) -> bool."},
+    {"find", (PyCFunction)Core_find, METH_VARARGS,
+     "find(key_bytes, hash) -> (slot, state) or None: lock-free lookup."},
+    {"insert", (PyCFunction)Core_insert, METH_VARARGS,
+     "insert(key_bytes, hash, word0, extra) -> (slot, state, created) or None "
+     "when full.  The caller holds the key's stripe."},
+    {"delete", (PyCFunction)Core_delete, METH_VARARGS,
+     "delete(slot, state, stripe, mode) -> (code, word0).  Caller holds stripe."},
+    {"slot_info", (PyCFunction)Core_slot_info, METH_O,
+     "slot_info(slot) -> (kind, state, key_bytes or None)."},
+    {"published", (PyCFunction)Core_published, METH_NOARGS,
+     "published() -> [(slot, state, key_bytes)]: a snapshot of the keys."},
+    {"word0", (PyCFunction)Core_word0, METH_VARARGS,
+     "word0(slot, state) -> int, or None if the slot changed."},
+    {"stripe_holder", (PyCFunction)Core_stripe_holder, METH_O,
+     "stripe_holder(i) -> id of the process holding stripe i (0: none)."},
+    {"stripe_cas", (PyCFunction)Core_stripe_cas, METH_VARARGS,
+     "stripe_cas(i, expected, desired) -> bool; desired -1 means this process."},
+    {"repair_stripe", (PyCFunction)Core_repair_stripe, METH_O,
+     "repair_stripe(i) -> (claims_dropped, live_delta) after a holder died."},
+    {"lock_acquire", (PyCFunction)Core_lock_acquire, METH_VARARGS,
+     "lock_acquire(slot, state, blocking, timeout) -> code."},
+    {"lock_release", (PyCFunction)Core_lock_release, METH_VARARGS,
+     "lock_release(slot, state) -> code."},
+    {"lock_owner", (PyCFunction)Core_lock_owner, METH_VARARGS,
+     "lock_owner(slot, state) -> pid (0 free, -1 slot changed)."},
+    {"rw_acquire", (PyCFunction)Core_rw_acquire, METH_VARARGS,
+     "rw_acquire(slot, state, shared, blocking, timeout) -> code."},
+    {"rw_release", (PyCFunction)Core_rw_release, METH_VARARGS,
+     "rw_release(slot, state, shared) -> code."},
+    {"rw_readers", (PyCFunction)Core_rw_readers, METH_VARARGS,
+     "rw_readers(slot, state) -> [pid]."},
+    {"record_read", (PyCFunction)Core_record_read, METH_VARARGS,
+     "record_read(slot, state) -> bytes or None: a consistent snapshot."},
+    {"record_write", (PyCFunction)Core_record_write, METH_VARARGS,
+     "record_write(slot, state, data) -> code.  Caller holds the record lock."},
+    {"counts", (PyCFunction)Core_counts, METH_NOARGS,
+     "counts() -> (live, tombstones) from the header."},
+    {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
+     "stripe_live(i) -> the live count kept by stripe i."},
+    {"clear_cache", (PyCFunction)Core_clear_cache, METH_NOARGS,
+     "Forget this process's key -> slot cache."},
+    {"close", (PyCFunction)Core_close, METH_NOARGS,
+     "Release the mapping; every later call raises ValueError."},
+    {NULL}
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmdict._core.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The hash table inside one mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+};
+
+static PyObject *
+mod_my_id(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(my_id());
+}
+
+static PyObject *
+mod_id_alive(PyObject *m, PyObject *arg)
+{
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    if (id == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(id_alive(id));
+}
+
+/* Aligned 8-byte atomic load/store on any writable buffer: used to publish
+ * the header's magic last (release) and to read it (acquire). */
+static int
+buffer_word(PyObject *args, Py_buffer *view, unsigned long long *off,
+            unsigned long long *value, int store)
+{
+    int ok = store ? PyArg_ParseTuple(args, "w*KK", view, off, value)
+                   : PyArg_ParseTuple(args, "y*K", view, off);
+    if (!ok)
+        return -1;
+    if (*off % 8 != 0 || *off + 8 > (unsigned long long)view->len
+            || ((uintptr_t)view->buf & 7) != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "offset must be 8-aligned and inside the buffer");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+mod_load_u64(PyObject *m, PyObject *args)
+{
+    Py_buffer view;
+    unsigned long long off, unused = 0;
+    if (buffer_word(args, &view, &off, &unused, 0) < 0)
+        return NULL;
+    uint64_t v = load_acq((char *)view.buf + off);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *
+mod_store_u64(PyObject *m, PyObject *args)
+{
+    Py_buffer view;
+    unsigned long long off, value;
+    if (buffer_word(args, &view, &off, &value, 1) < 0)
+        return NULL;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    store_rel((char *)view.buf + off, value);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"load_u64", mod_load_u64, METH_VARARGS,
+     "load_u64(buffer, offset) -> int: an acquire load of an aligned word."},
+    {"store_u64", mod_store_u64, METH_VARARGS,
+     "store_u64(buffer, offset, value): a release store of an aligned word."},
+    {"my_id", mod_my_id, METH_NOARGS,
+     "my_id() -> this process's owner id (pid | start time << 32)."},
+    {"id_alive", mod_id_alive, METH_O,
+     "id_alive(id) -> whether the process an owner id names is alive."},
+    {NULL}
+};
+
+static struct PyModuleDef coremodule = {
+    PyModuleDef_HEAD_INIT, "shmdict._core",
+    "The atomic core of shmdict: probe loop, slot atomics, locks.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&coremodule);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    pthread_atfork(NULL, NULL, reset_id_after_fork);
+    PyModule_AddIntConstant(m, "OK", RC_OK);
+    PyModule_AddIntConstant(m, "RECOVERED", RC_RECOVERED);
+    PyModule_AddIntConstant(m, "TIMEOUT", RC_TIMEOUT);
+    PyModule_AddIntConstant(m, "STALE", RC_STALE);
+    PyModule_AddIntConstant(m, "NOT_OWNER", RC_NOT_OWNER);
+    PyModule_AddIntConstant(m, "BUSY", RC_BUSY);
+    PyModule_AddIntConstant(m, "HDR_LIVE", HDR_LIVE);
+    PyModule_AddIntConstant(m, "HDR_TOMBSTONES", HDR_TOMBSTONES);
+    PyModule_AddIntConstant(m, "HDR_ADMIT", HDR_ADMIT);
+    PyModule_AddIntConstant(m, "STRIPE_SIZE", STRIPE_SIZE);
+    PyModule_AddIntConstant(m, "SLOT_HEADER", 16);
+    PyModule_AddIntConstant(m, "MAX_KEY_SIZE", KLEN_MASK);
+    return m;
+}

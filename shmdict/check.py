@@ -1,0 +1,121 @@
+"""``check``: a consistency report of a whole table.
+
+It reads every slot and the counters and reports what does not add up:
+
+* slot states and key lengths that shmdict never writes;
+* keys whose bytes do not decode, or that are present twice;
+* published keys not reachable from their home slot (a broken probe chain);
+* slots claimed but never published by a process that is gone;
+* per-stripe and global live counts that differ from the slots;
+* stripes held by dead processes (which it repairs, as a waiter would).
+
+Counts are exact only while no other process changes the table; run it when
+the table is quiet, or read mismatches of one or two as "in flight".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import xxhash
+
+from . import _core
+from .keys import decode_key
+
+KIND_NAMES = {0: "empty", 1: "claimed", 2: "published", 3: "tombstone"}
+
+
+@dataclass
+class Report:
+    """What ``check`` found; truthy when the table is consistent."""
+
+    name: str
+    slots: int = 0
+    live: int = 0
+    tombstones: int = 0
+    counted: Dict[str, int] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    repaired: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "slots": self.slots, "live": self.live,
+                "tombstones": self.tombstones, "counted": self.counted,
+                "problems": self.problems, "repaired": self.repaired}
+
+    def __str__(self) -> str:
+        lines = [f"table {self.name!r}: {'OK' if self.ok else 'INCONSISTENT'}",
+                 f"  slots {self.slots}, live {self.live}, tombstones {self.tombstones}",
+                 "  counted: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counted.items()))]
+        lines += [f"  repaired: {r}" for r in self.repaired]
+        lines += [f"  problem: {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  ... and {len(self.problems) - 50} more problems")
+        return "\n".join(lines)
+
+
+def check_table(table: Any) -> Report:
+    table._check_open()
+    core = table._core
+    header = table._segment.header
+    nslots, nstripes, key_size = header["nslots"], header["nstripes"], header["key_size"]
+    report = Report(table.name, slots=nslots)
+
+    # Dead stripe holders first: taking the stripe over repairs it.
+    for i in range(nstripes):
+        holder = core.stripe_holder(i)
+        if holder and not _core.id_alive(holder):
+            table._stripes.acquire(i)
+            table._stripes.release(i)
+            report.repaired.append(f"stripe {i} was held by dead pid {holder & 0x3FFFFFFF}")
+
+    counted = {name: 0 for name in KIND_NAMES.values()}
+    per_stripe = [0] * nstripes
+    seen: Dict[bytes, int] = {}
+    for i in range(nslots):
+        kind, state, encoded = core.slot_info(i)
+        counted[KIND_NAMES[kind]] += 1
+        if kind == 1:
+            report.problems.append(f"slot {i}: claimed but never published")
+            continue
+        if kind != 2:
+            continue
+        if encoded is None:
+            report.problems.append(f"slot {i}: key length {(state >> 20) & 0xFFF} "
+                                   f"exceeds key_size {key_size}")
+            continue
+        try:
+            decode_key(encoded)
+        except ValueError as exc:
+            report.problems.append(f"slot {i}: undecodable key ({exc})")
+        h = xxhash.xxh3_64_intdigest(encoded, table._seed)
+        if (h >> 32) != (state >> 32):
+            report.problems.append(f"slot {i}: stored hash tag does not match its key")
+            continue
+        if encoded in seen:
+            report.problems.append(f"slot {i}: key also present in slot {seen[encoded]}")
+        seen[encoded] = i
+        per_stripe[h % nstripes] += 1
+        found = core.find(encoded, h)
+        if found is None or found[0] != i:
+            report.problems.append(f"slot {i}: key not reachable from its home slot "
+                                   f"(broken probe chain)")
+    report.counted = counted
+    report.live, report.tombstones = core.counts()
+    if report.live != counted["published"]:
+        report.problems.append(f"live count {report.live} but {counted['published']} "
+                               f"published slots")
+    if report.tombstones != counted["tombstone"]:
+        report.problems.append(f"tombstone count {report.tombstones} but "
+                               f"{counted['tombstone']} tombstones")
+    for i in range(nstripes):
+        have = core.stripe_live(i)
+        if have != per_stripe[i]:
+            report.problems.append(f"stripe {i} counts {have} keys, slots hold {per_stripe[i]}")
+    return report

@@ -1,0 +1,223 @@
+"""Layouts: what one slot of a table holds.
+
+A layout is the "generator" of Go's defaultdict: it fixes the value every new
+key starts with, how many bytes a slot's value takes, and which table class
+(with which verbs) ``shmdict.open`` returns.
+
+Every value area starts with one int64 word, ``word0``, which the C core can
+change together with the slot's state word in one 16-byte compare-and-swap;
+layouts that need more bytes get an ``extra`` area after the key.
+
+========  =================================  ==================================
+layout    word0                              extra area
+========  =================================  ==================================
+Counter   the int64 value                    none
+Lock      owner id (0: free)                 rw=True: 8 reader cells
+Struct    record lock owner id               seqlock word + packed fields
+========  =================================  ==================================
+"""
+from __future__ import annotations
+
+import collections
+import json
+import struct
+from typing import Any, Dict, Mapping, Tuple
+
+# Codes whose size is the same everywhere (standard sizes, no native 'n',
+# 'N', 'P'; 'p' and padding 'x' make no sense for a field).
+_FIELD_CODE_CHARS = set("bBhHiIlLqQefd?c")
+_INT_CODES = set("bBhHiIlLqQ")
+READER_CELLS = 8
+
+
+class Layout:
+    """Base class: a description of a slot's value, comparable across processes."""
+
+    kind = "?"
+
+    #: int64 word0 of a new key, and the bytes of its extra area.
+    def default_word0(self) -> int:
+        return 0
+
+    def default_extra(self) -> bytes:
+        return b""
+
+    def spec(self) -> Dict[str, Any]:
+        """A JSON-able description; equal specs mean compatible tables."""
+        return {"layout": self.kind}
+
+    def spec_json(self) -> str:
+        return json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def extra_size(self) -> int:
+        return len(self.default_extra())
+
+    def table_class(self) -> type:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec_json())
+
+    def __repr__(self) -> str:
+        return f"{self.kind}()"
+
+
+class Counter(Layout):
+    """An atomic int64 per key, starting at 0 (Go's ``new(int64)``)."""
+
+    kind = "Counter"
+
+    def table_class(self) -> type:
+        from .counter import CounterTable
+        return CounterTable
+
+
+class Lock(Layout):
+    """A cross-process row lock per key; ``rw=True`` adds a shared mode."""
+
+    kind = "Lock"
+
+    def __init__(self, rw: bool = False) -> None:
+        self.rw = bool(rw)
+
+    def default_extra(self) -> bytes:
+        return bytes(8 * READER_CELLS) if self.rw else b""
+
+    def spec(self) -> Dict[str, Any]:
+        return {"layout": self.kind, "rw": self.rw}
+
+    def table_class(self) -> type:
+        from .rowlock import LockTable
+        return LockTable
+
+    def __repr__(self) -> str:
+        return "Lock(rw=True)" if self.rw else "Lock()"
+
+
+class Struct(Layout):
+    """A fixed-size record per key, read as a consistent named tuple.
+
+    Fields are ``struct`` module codes, optionally with a default::
+
+        Struct(tokens="d", stamp="q", tag="16s")
+        Struct(tokens=("d", 10.0), stamp="q")
+
+    Sizes are the standard ones (``q`` is always 8 bytes) so every process
+    agrees; strings (``Ns``) are zero-padded on write and returned as stored.
+    """
+
+    kind = "Struct"
+
+    def __init__(self, **fields: Any) -> None:
+        if not fields:
+            raise ValueError("Struct() needs at least one field, e.g. Struct(count='q')")
+        self.codes: Dict[str, str] = {}
+        self.defaults: Dict[str, Any] = {}
+        for name, spec in fields.items():
+            if name.startswith("_") or name in ("recovered",):
+                raise ValueError(f"field name {name!r} is reserved")
+            if isinstance(spec, tuple):
+                if len(spec) != 2:
+                    raise ValueError(f"field {name!r}: give a code or (code, default)")
+                code, default = spec
+            else:
+                code, default = spec, None
+            self.codes[name] = _check_code(name, code)
+            self.defaults[name] = default if default is not None else _zero(code)
+        self.format = "<" + "".join(self.codes.values())
+        self.size = struct.calcsize(self.format)
+        self.padded = (self.size + 7) // 8 * 8
+        self.record = collections.namedtuple("Record", list(self.codes))  # type: ignore[misc]
+        try:
+            self._default_bytes = self.pack(self.defaults)
+        except (struct.error, TypeError, ValueError) as exc:
+            raise ValueError(f"bad Struct default: {exc}") from None
+
+    # packing ------------------------------------------------------------
+    def pack(self, values: Any) -> bytes:
+        """Pack a record, mapping, or sequence of field values to padded bytes."""
+        if isinstance(values, Mapping):
+            unknown = set(values) - set(self.codes)
+            if unknown:
+                raise ValueError(f"unknown Struct fields: {sorted(unknown)}")
+            ordered = [values.get(name, self.defaults[name]) for name in self.codes]
+        else:
+            ordered = list(values)
+            if len(ordered) != len(self.codes):
+                raise ValueError(f"a record has {len(self.codes)} fields, got {len(ordered)}")
+        try:
+            data = struct.pack(self.format, *ordered)
+        except struct.error as exc:
+            raise ValueError(f"cannot pack record {ordered!r}: {exc}") from None
+        return data + bytes(self.padded - len(data))
+
+    def unpack(self, data: bytes) -> Tuple[Any, ...]:
+        return self.record._make(struct.unpack_from(self.format, data))
+
+    def is_int_field(self, name: str) -> bool:
+        return self.codes[name][-1] in _INT_CODES
+
+    # Layout interface ----------------------------------------------------
+    def default_extra(self) -> bytes:
+        return bytes(8) + self._default_bytes   # seqlock word, then fields
+
+    def spec(self) -> Dict[str, Any]:
+        return {"layout": self.kind, "fields": [[n, c, _jsonable(self.defaults[n])]
+                                                for n, c in self.codes.items()]}
+
+    def table_class(self) -> type:
+        from .records import StructTable
+        return StructTable
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={c!r}" for n, c in self.codes.items())
+        return f"Struct({inner})"
+
+
+def _check_code(name: str, code: object) -> str:
+    if not isinstance(code, str) or not code:
+        raise ValueError(f"field {name!r}: a struct code such as 'q', 'd' or '16s'")
+    count, letter = code[:-1], code[-1]
+    if letter == "s":
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"field {name!r}: strings need a length, e.g. '16s'")
+    elif count or letter not in _FIELD_CODE_CHARS:
+        raise ValueError(f"field {name!r}: unsupported struct code {code!r} "
+                         f"(use one of {''.join(sorted(_FIELD_CODE_CHARS))} or 'Ns')")
+    return code
+
+
+def _zero(code: str) -> Any:
+    letter = code[-1]
+    if letter == "s" or letter == "c":
+        return b"" if letter == "s" else b"\x00"
+    if letter == "?":
+        return False
+    if letter in "efd":
+        return 0.0
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def from_spec(spec: Mapping[str, Any]) -> Layout:
+    """Rebuild a layout from the spec stored in a segment's header."""
+    kind = spec.get("layout")
+    if kind == "Counter":
+        return Counter()
+    if kind == "Lock":
+        return Lock(rw=bool(spec.get("rw")))
+    if kind == "Struct":
+        fields = {}
+        for name, code, default in spec["fields"]:
+            if code.endswith("s") or code == "c":
+                default = bytes.fromhex(default)
+            fields[name] = (code, default)
+        return Struct(**fields)
+    raise ValueError(f"unknown layout {kind!r}")

@@ -1,0 +1,331 @@
+"""Segment lifecycle: create or attach a table's shared memory and semaphores.
+
+A table named ``NAME`` is
+
+* one POSIX shared-memory segment ``/dev/shm/shmdict.NAME`` (what
+  ``multiprocessing.shared_memory.SharedMemory("shmdict.NAME")`` would open),
+  created mode 0600, holding a header, a stripe table and the slot array;
+* ``nstripes`` POSIX named semaphores ``/shmdict.NAME.sI`` (posix_ipc), one per
+  stripe, serialising inserts and deletes of the keys whose hash falls in it.
+
+The segment is opened with posix_ipc and mapped with ``mmap`` rather than
+through ``multiprocessing.shared_memory``: on Python < 3.13 the latter
+registers every attach with ``multiprocessing.resource_tracker``, which
+unlinks the segment when the attaching process exits.  Here nothing but an
+explicit ``unlink`` ever removes a table.
+
+Creation is race-free: the segment is created with O_CREAT|O_EXCL, so of
+several processes opening a new table at once exactly one creates it; it
+creates the semaphores, writes the header and publishes the magic word last.
+The others attach, waiting (boundedly) for the magic to appear.
+"""
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+import time
+from typing import Any, Dict, List, Optional
+
+import posix_ipc
+import xxhash
+
+from . import _core
+from .errors import CorruptSegment, LayoutMismatch, ShmDictError, TableNotFound
+from .layouts import Layout, from_spec
+
+MAGIC = int.from_bytes(b"SHMDICT1", "little")
+VERSION = 1
+PREFIX = "shmdict."
+LOAD_FACTOR = 0.75
+MAX_CAPACITY = 1 << 31
+DEFAULT_STRIPES = 16
+
+# Header fields (offsets fixed; 80..103 belong to the C core's counters).
+_HEADER = struct.Struct("<QIIQQQQQQQQ")   # magic .. seed, offsets 0..79
+_OFFSETS = struct.Struct("<QQQ")          # stripes_offset, data_offset, created
+_OFFSETS_AT = 104
+_SPEC_AT = 128                            # u16 length + layout spec JSON
+_SPEC_MAX = 1024 - _SPEC_AT - 2
+STRIPES_AT = 1024
+SLOT_HEADER = 16                          # state word + word0
+
+
+def segment_name(name: str) -> str:
+    return "/" + PREFIX + name
+
+
+def semaphore_name(name: str, stripe: int) -> str:
+    return f"/{PREFIX}{name}.s{stripe}"
+
+
+class Geometry:
+    """The numbers that fix a table's shape, computed or read from a header."""
+
+    def __init__(self, layout: Layout, capacity: int, key_size: int,
+                 nstripes: int = DEFAULT_STRIPES) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if isinstance(key_size, bool) or not isinstance(key_size, int):
+            raise TypeError(f"key_size must be an int, not {type(key_size).__name__}")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
+        if not 1 <= key_size <= _core.MAX_KEY_SIZE:
+            raise ValueError(f"key_size must be between 1 and {_core.MAX_KEY_SIZE}, got {key_size}")
+        self.layout = layout
+        self.capacity = capacity
+        self.key_size = key_size
+        self.nstripes = nstripes
+        self.extra_size = layout.extra_size
+        # Keep the load factor at most 0.75, and one slot always empty so
+        # probes for absent keys end early.
+        self.nslots = max(capacity + 1, math.ceil(capacity / LOAD_FACTOR))
+        key_area = (key_size + 7) // 8 * 8
+        self.slot_size = (SLOT_HEADER + key_area + self.extra_size + 15) // 16 * 16
+        self.stripes_offset = STRIPES_AT
+        self.data_offset = (STRIPES_AT + nstripes * _core.STRIPE_SIZE + 63) // 64 * 64
+        self.size = self.data_offset + self.nslots * self.slot_size
+
+    def describe(self) -> str:
+        return f"{self.layout!r}, capacity={self.capacity}, key_size={self.key_size}"
+
+
+class Segment:
+    """A mapped table segment plus its stripe semaphores (one per process)."""
+
+    def __init__(self, name: str, mm: mmap.mmap, header: Dict[str, Any],
+                 layout: Layout, semaphores: List[posix_ipc.Semaphore], created: bool) -> None:
+        self.name = name
+        self.mm = mm
+        self.header = header
+        self.layout = layout
+        self.semaphores = semaphores
+        self.created = created
+
+    # ----------------------------------------------------------- open/create
+    @classmethod
+    def open(cls, name: str, geometry: Optional[Geometry], *, create: bool = True,
+             mode: int = 0o600, attach_timeout: float = 5.0) -> "Segment":
+        """Create the table, or attach to the existing one.
+
+        With ``geometry`` None, only attach (and take the shape from the header).
+        """
+        if create and geometry is not None:
+            try:
+                return cls._create(name, geometry, mode)
+            except posix_ipc.ExistentialError:
+                pass  # somebody else created it first: attach
+        return cls._attach(name, geometry, attach_timeout)
+
+    @classmethod
+    def _create(cls, name: str, g: Geometry, mode: int) -> "Segment":
+        _check_room(g.size)
+        shm = posix_ipc.SharedMemory(segment_name(name), posix_ipc.O_CREX, mode=mode, size=g.size)
+        try:
+            os.fchmod(shm.fd, mode)   # the umask may have narrowed it
+            mm = mmap.mmap(shm.fd, g.size)
+        except BaseException:
+            shm.close_fd()
+            shm.unlink()
+            raise
+        shm.close_fd()
+        try:
+            semaphores = []
+            for i in range(g.nstripes):
+                sname = semaphore_name(name, i)
+                _unlink_semaphore(sname)     # a leftover from a table removed by hand
+                semaphores.append(posix_ipc.Semaphore(sname, posix_ipc.O_CREX, mode=mode,
+                                                      initial_value=1))
+            spec = g.layout.spec_json().encode()
+            if len(spec) > _SPEC_MAX:
+                raise ValueError("layout description too long (too many Struct fields)")
+            seed = int.from_bytes(os.urandom(8), "little")
+            mm[0:_HEADER.size] = _HEADER.pack(
+                0, VERSION, STRIPES_AT, _fingerprint(spec), g.capacity, g.nslots,
+                g.slot_size, g.key_size, g.extra_size, g.nstripes, seed)
+            mm[_OFFSETS_AT:_OFFSETS_AT + _OFFSETS.size] = _OFFSETS.pack(
+                g.stripes_offset, g.data_offset, int(time.time()))
+            mm[_SPEC_AT:_SPEC_AT + 2 + len(spec)] = struct.pack("<H", len(spec)) + spec
+            _core.store_u64(mm, 0, MAGIC)    # publish: attachers may now proceed
+        except BaseException:
+            mm.close()
+            _destroy(name, g.nstripes)
+            raise
+        header = read_header(mm, name)
+        return cls(name, mm, header, g.layout, semaphores, created=True)
+
+    @classmethod
+    def _attach(cls, name: str, wanted: Optional[Geometry], timeout: float) -> "Segment":
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                shm = posix_ipc.SharedMemory(segment_name(name))
+            except posix_ipc.ExistentialError:
+                raise TableNotFound(f"no shmdict table named {name!r} on this host") from None
+            try:
+                if shm.size >= STRIPES_AT:
+                    mm = mmap.mmap(shm.fd, shm.size)
+                    if _core.load_u64(mm, 0) != 0:
+                        break
+                    mm.close()
+            finally:
+                shm.close_fd()
+            if time.monotonic() > deadline:
+                raise CorruptSegment(
+                    f"table {name!r} was never finished by its creator (it may have died "
+                    f"while creating it); remove it with `shmdict rm {name}`")
+            time.sleep(0.002)
+        try:
+            header = read_header(mm, name)
+            layout = header["layout"]
+            if wanted is not None:
+                have = (header["fingerprint"], header["capacity"], header["key_size"])
+                want = (_fingerprint(wanted.layout.spec_json().encode()), wanted.capacity,
+                        wanted.key_size)
+                if have != want:
+                    raise LayoutMismatch(
+                        f"table {name!r} exists with {layout!r}, capacity={header['capacity']}, "
+                        f"key_size={header['key_size']}; you asked for {wanted.describe()}. "
+                        f"Open it with the same arguments, or remove it with `shmdict rm {name}`")
+            semaphores = []
+            for i in range(header["nstripes"]):
+                try:
+                    semaphores.append(posix_ipc.Semaphore(semaphore_name(name, i)))
+                except posix_ipc.ExistentialError:
+                    raise CorruptSegment(
+                        f"table {name!r} has lost its semaphore {i} (it is being removed?); "
+                        f"remove it with `shmdict rm {name}` and create it again") from None
+        except BaseException:
+            mm.close()
+            raise
+        return cls(name, mm, header, layout, semaphores, created=False)
+
+    # --------------------------------------------------------------- teardown
+    def close(self) -> None:
+        for sem in self.semaphores:
+            try:
+                sem.close()
+            except posix_ipc.Error:
+                pass
+        self.semaphores = []
+        if not self.mm.closed:
+            self.mm.close()
+
+    def unlink(self) -> None:
+        destroy(self.name)
+
+
+def read_header(mm: Any, name: str = "?") -> Dict[str, Any]:
+    """Parse and check a segment's header; ``CorruptSegment`` if it is wrong."""
+    size = len(mm)
+    if size < STRIPES_AT:
+        raise CorruptSegment(f"table {name!r}: segment too small ({size} bytes)")
+    (magic, version, _hdr, fingerprint, capacity, nslots, slot_size, key_size,
+     extra_size, nstripes, seed) = _HEADER.unpack_from(mm, 0)
+    stripes_offset, data_offset, created = _OFFSETS.unpack_from(mm, _OFFSETS_AT)
+    if magic != MAGIC:
+        raise CorruptSegment(f"table {name!r}: wrong magic {magic:#x}; not a shmdict segment "
+                             f"or overwritten. Remove it with `shmdict rm {name}`")
+    if version != VERSION:
+        raise CorruptSegment(f"table {name!r}: format version {version}, this shmdict "
+                             f"reads version {VERSION}")
+    (spec_len,) = struct.unpack_from("<H", mm, _SPEC_AT)
+    if spec_len > _SPEC_MAX:
+        raise CorruptSegment(f"table {name!r}: layout description overruns the header")
+    spec = bytes(mm[_SPEC_AT + 2:_SPEC_AT + 2 + spec_len])
+    if _fingerprint(spec) != fingerprint:
+        raise CorruptSegment(f"table {name!r}: layout description does not match its fingerprint")
+    try:
+        layout = from_spec(json.loads(spec))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptSegment(f"table {name!r}: unreadable layout description ({exc})") from None
+    try:
+        g = Geometry(layout, capacity, key_size, nstripes)
+    except (ValueError, TypeError) as exc:
+        raise CorruptSegment(f"table {name!r}: impossible header ({exc})") from None
+    if (nslots, slot_size, extra_size, stripes_offset, data_offset) != (
+            g.nslots, g.slot_size, g.extra_size, g.stripes_offset, g.data_offset) \
+            or not 1 <= nstripes <= 4096 or size < g.size:
+        raise CorruptSegment(f"table {name!r}: header geometry is inconsistent "
+                             f"(slots {nslots}, slot size {slot_size}, {size} bytes mapped)")
+    return {"name": name, "version": version, "fingerprint": fingerprint, "capacity": capacity,
+            "nslots": nslots, "slot_size": slot_size, "key_size": key_size,
+            "extra_size": extra_size, "nstripes": nstripes, "seed": seed,
+            "stripes_offset": stripes_offset, "data_offset": data_offset,
+            "created": created, "layout": layout, "size": g.size}
+
+
+def _fingerprint(spec: bytes) -> int:
+    return xxhash.xxh3_64_intdigest(spec)
+
+
+def _check_room(size: int) -> None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    room = st.f_bavail * st.f_frsize
+    if size > room:
+        raise ShmDictError(f"a table of {size:,} bytes does not fit in /dev/shm "
+                           f"({room:,} bytes free); lower capacity or key_size")
+
+
+def _unlink_semaphore(sname: str) -> bool:
+    try:
+        posix_ipc.unlink_semaphore(sname)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def _destroy(name: str, nstripes: int) -> None:
+    try:
+        posix_ipc.unlink_shared_memory(segment_name(name))
+    except posix_ipc.ExistentialError:
+        pass
+    for i in range(nstripes):
+        _unlink_semaphore(semaphore_name(name, i))
+
+
+def destroy(name: str) -> bool:
+    """Remove table ``name``: its segment and all its semaphores.
+
+    Processes still attached keep their mapping until they close it, but the
+    name is free at once.  Returns whether a segment existed.
+    """
+    existed = True
+    nstripes = 0
+    try:
+        shm = posix_ipc.SharedMemory(segment_name(name))
+        try:
+            if shm.size >= STRIPES_AT:
+                mm = mmap.mmap(shm.fd, STRIPES_AT)
+                try:
+                    nstripes = struct.unpack_from("<Q", mm, 64)[0]
+                finally:
+                    mm.close()
+        finally:
+            shm.close_fd()
+    except posix_ipc.ExistentialError:
+        existed = False
+    _destroy(name, min(nstripes, 4096) if existed else 0)
+    # Also sweep semaphores whose count the header no longer tells us.
+    prefix = f"sem.{PREFIX}{name}.s"
+    try:
+        for entry in os.listdir("/dev/shm"):
+            if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+                _unlink_semaphore("/" + entry[4:])
+    except OSError:
+        pass
+    return existed
+
+
+def list_tables() -> List[str]:
+    """Names of the shmdict tables on this host (Linux: from /dev/shm)."""
+    try:
+        entries = os.listdir("/dev/shm")
+    except OSError:
+        return []
+    return sorted(e[len(PREFIX):] for e in entries if e.startswith(PREFIX))

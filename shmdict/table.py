@@ -1,0 +1,305 @@
+"""The table: what every layout shares (Go's Get / Load / LoadAndDelete /
+Delete / Range, len, membership, views, lifecycle).
+
+Each layout's module subclasses :class:`Table` with its own value verbs and
+handle type: ``counter.CounterTable``, ``rowlock.LockTable``,
+``records.StructTable``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import xxhash
+
+from . import _core
+from .errors import LockHeld, TableFull
+from .keys import Key, decode_key, encode_key
+from .layouts import Layout
+from .segment import Segment, destroy
+from .stripes import Stripes
+
+#: Entries of the per-process key -> slot cache before it is cleared.
+CACHE_LIMIT = 1 << 20
+
+# Modes of _core.Core.delete
+DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
+
+
+class _Resolver:
+    """Turns key objects into slots for the C core (the slow path).
+
+    The C core keeps a per-process cache of key -> (slot, state) and calls
+    this object on a miss or when the cached slot has changed: it encodes
+    and hashes the key, probes, and, when asked to create, inserts under the
+    key's stripe lock.
+    """
+
+    def __init__(self, table: "Table") -> None:
+        self.table = table
+        self.key_size = table.key_size
+        self.seed = table._seed
+
+    def hash_of(self, encoded: bytes) -> int:
+        return xxhash.xxh3_64_intdigest(encoded, self.seed)
+
+    def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int]]:
+        found = self.table._locate(key, create)
+        return None if found is None else found[:2]
+
+    def insert_with(self, key: Any, word0: int) -> bool:
+        """Insert ``key`` with ``word0`` if absent; True if this call created it."""
+        return self.table._locate(key, True, word0=word0)[2]
+
+
+class Table:
+    """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
+
+    layout: Layout
+
+    def __init__(self, segment: Segment, *, backend: Optional[str] = None) -> None:
+        header = segment.header
+        self.name: str = segment.name
+        self.layout = segment.layout
+        self.capacity: int = header["capacity"]
+        self.key_size: int = header["key_size"]
+        self.backend = backend
+        self._segment = segment
+        self._seed: int = header["seed"]
+        self._resolver = _Resolver(self)
+        self._core = _core.Core(
+            segment.mm, header["nslots"], header["slot_size"], header["key_size"],
+            header["extra_size"], header["nstripes"], header["capacity"],
+            header["stripes_offset"], header["data_offset"], self.layout.default_word0(),
+            self.layout.default_extra(), self._resolver, CACHE_LIMIT)
+        self._stripes = Stripes(self._core, segment.semaphores)
+        self._nstripes: int = header["nstripes"]
+        self._closed = False
+
+    # ------------------------------------------------------------------ keys
+    def _encode(self, key: Any) -> Tuple[bytes, int]:
+        encoded = encode_key(key, self.key_size)
+        return encoded, xxhash.xxh3_64_intdigest(encoded, self._seed)
+
+    def _locate(self, key: Any, create: bool, word0: Optional[int] = None,
+                extra: Optional[bytes] = None) -> Optional[Tuple[int, int, bool]]:
+        """(slot, state, created) of ``key``; None if absent and not ``create``.
+
+        A key created here starts with ``word0`` and ``extra`` (default: the
+        layout's defaults) in one insert, so no other process sees it otherwise.
+        """
+        self._check_open()
+        encoded, h = self._encode(key)
+        found = self._core.find(encoded, h)
+        if found is not None:
+            return found[0], found[1], False
+        if not create:
+            return None
+        with self._stripes.held(h % self._nstripes):
+            if word0 is None:
+                word0 = self.layout.default_word0()
+            if extra is None:
+                extra = self.layout.default_extra()
+            result = self._core.insert(encoded, h, word0, extra)
+        if result is None:
+            live, _ = self._core.counts()
+            raise TableFull(f"table {self.name!r} is full: {live} of {self.capacity} keys "
+                            f"in use; delete keys or open a table with a larger capacity")
+        return result
+
+    def _slot(self, key: Any) -> Tuple[int, int]:
+        """(slot, state) of ``key``, creating it with the default."""
+        found = self._locate(key, True)
+        assert found is not None
+        return found[0], found[1]
+
+    # -------------------------------------------------------------- Go verbs
+    def get(self, key: Key) -> Any:
+        """Get-or-create: a handle on the key's slot (Go's ``Get``)."""
+        self._locate(key, True)
+        return self._handle(key)
+
+    def __getitem__(self, key: Key) -> Any:
+        return self.get(key)
+
+    def load(self, key: Key) -> Tuple[Any, bool]:
+        """``(handle, existed)``; ``existed`` is False when the default was just created."""
+        _, _, created = self._locate(key, True)  # type: ignore[misc]
+        return self._handle(key), not created
+
+    def delete(self, key: Key) -> None:
+        """Remove ``key``; deleting a missing key is a no-op."""
+        self._delete(key)
+
+    def __delitem__(self, key: Key) -> None:
+        self._delete(key)
+
+    def load_and_delete(self, key: Key) -> Tuple[Any, bool]:
+        """Remove ``key`` and return ``(snapshot, existed)`` atomically.
+
+        For a missing key: ``(default snapshot, False)``; nothing is created.
+        """
+        found = self._delete(key)
+        if found is None:
+            return self._default_snapshot(), False
+        return found, True
+
+    def _delete(self, key: Key) -> Optional[Any]:
+        """Delete; return the snapshot taken atomically with it, None if absent."""
+        while True:
+            found = self._locate(key, False)
+            if found is None:
+                return None
+            slot, state, _ = found
+            encoded, h = self._encode(key)
+            stripe = h % self._nstripes
+            with self._stripes.held(stripe):
+                outcome = self._delete_slot(slot, state, stripe)
+            if outcome is not _STALE:
+                return outcome
+
+    def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
+        """Tombstone a slot (stripe held); the snapshot, or ``_STALE`` to retry."""
+        code, word0 = self._core.delete(slot, state, stripe, DELETE_IF_FREE)
+        if code == _core.STALE:
+            return _STALE
+        if code == _core.BUSY:
+            raise LockHeld(f"key in table {self.name!r} is locked by pid "
+                           f"{word0 & 0x3FFFFFFF}; release it before deleting it")
+        return self._snapshot_of_word0(word0)
+
+    # ----------------------------------------------------------------- Range
+    def _entries(self) -> Iterator[Tuple[Key, int, int]]:
+        for slot, state, encoded in self._core.published():
+            yield decode_key(encoded), slot, state
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys())
+
+    def keys(self) -> List[Key]:
+        """A snapshot list of the keys (never creates)."""
+        self._check_open()
+        return [key for key, _, _ in self._entries()]
+
+    def items(self) -> List[Tuple[Key, Any]]:
+        """A snapshot list of ``(key, value snapshot)`` (never creates)."""
+        self._check_open()
+        out = []
+        for key, slot, state in self._entries():
+            value = self._snapshot_at(slot, state)
+            if value is not _STALE:
+                out.append((key, value))
+        return out
+
+    def values(self) -> List[Any]:
+        return [value for _, value in self.items()]
+
+    def range(self, fn) -> None:
+        """Go's ``Range``: call ``fn(key, value)`` per key until it returns False."""
+        for key, value in self.items():
+            if fn(key, value) is False:
+                break
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._core.counts()[0]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self._locate(key, False) is not None
+        except TypeError:
+            return False
+
+    def sub(self, prefix: Any) -> "Any":
+        """A view of the keys under a tuple prefix (nested maps in one table)."""
+        from .views import View
+        return View(self, prefix)
+
+    # ------------------------------------------------------- layout hooks
+    def _handle(self, key: Key) -> Any:
+        raise NotImplementedError
+
+    def _default_snapshot(self) -> Any:
+        return self._snapshot_of_word0(self.layout.default_word0())
+
+    def _snapshot_of_word0(self, word0: int) -> Any:
+        return word0
+
+    def _snapshot_at(self, slot: int, state: int) -> Any:
+        word0 = self._core.word0(slot, state)
+        return _STALE if word0 is None else self._snapshot_of_word0(word0)
+
+    # --------------------------------------------------------- inspection
+    def check(self):
+        """A consistency report of the whole table (truthy when consistent)."""
+        from .check import check_table
+        return check_table(self)
+
+    def stats(self) -> Dict[str, Any]:
+        """Numbers for ``shmdict stat``: counts, load, stripes and their holders."""
+        self._check_open()
+        header = self._segment.header
+        live, tombstones = self._core.counts()
+        holders = {}
+        for i in range(self._nstripes):
+            holder = self._core.stripe_holder(i)
+            if holder:
+                holders[i] = {"pid": holder & 0x3FFFFFFF, "alive": _core.id_alive(holder)}
+        return {"name": self.name, "layout": repr(self.layout), "capacity": self.capacity,
+                "key_size": self.key_size, "live": live, "tombstones": tombstones,
+                "slots": header["nslots"], "slot_size": header["slot_size"],
+                "bytes": header["size"], "load_factor": (live + tombstones) / header["nslots"],
+                "stripes": self._nstripes, "stripe_holders": holders,
+                "created": header["created"]}
+
+    # ---------------------------------------------------------- lifecycle
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"table {self.name!r} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Detach from the table (the table itself stays)."""
+        if not self._closed:
+            self._closed = True
+            self._core.close()
+            self._segment.close()
+
+    def unlink(self) -> None:
+        """Destroy the table: its segment and semaphores.  Also closes it."""
+        destroy(self.name)
+        self.close()
+
+    def __enter__(self) -> "Table":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self):
+        from . import api
+        return (api._reattach, (self.name, self.layout, self.capacity, self.key_size,
+                                self.backend))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} keys"
+        return (f"<shmdict {type(self).__name__} {self.name!r} {self.layout!r} "
+                f"capacity={self.capacity} {state}>")
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Stale:
+    """Marker: the slot changed under a snapshot; skip or retry."""
+
+    def __repr__(self) -> str:
+        return "<stale>"
+
+
+_STALE: Any = _Stale()
