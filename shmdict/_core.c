@@ -18,6 +18,14 @@
  *   stripe table nstripes records of STRIPE_SIZE bytes: holder id, live count
  *   slot array   nslots slots of slot_size bytes, 16-byte aligned:
  *                  [ state u64 | word0 i64 | key bytes (key_area) | extra ]
+ *   reach array  nslots u16: reach[h] is the farthest any key whose probe
+ *                sequence starts at slot h was ever placed from h
+ *
+ * Lookups stop at an empty slot or past reach[home], whichever comes first.
+ * Deleted slots become tombstones, never empty again (a lock-free reader
+ * could otherwise stop short of a key), so under churn the empty slots run
+ * out; reach keeps a miss short all the same: it only grows to the worst
+ * clustering the table ever had, which at load 0.75 is a few dozen slots.
  *
  * The state word of a slot packs, from the low bits up:
  *
@@ -262,6 +270,7 @@ typedef struct {
     uint64_t nstripes, capacity, stripes_offset, data_offset;
     char *stripes;
     char *slots;
+    uint16_t *reach;         /* nslots entries, see the header comment      */
     int64_t init_word0;      /* default of word0 for a new key             */
     PyObject *init_extra;    /* bytes: default of the extra value area     */
     PyObject *cache;         /* dict: key object -> (slot, state)          */
@@ -283,6 +292,28 @@ static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; 
  * so the slot count need not be a power of two. */
 static inline uint64_t home_of(Core *c, uint64_t h)
 { return (uint64_t)(((u128)h * c->nslots) >> 64); }
+
+#define REACH_UNBOUNDED 0xffffu
+
+/* How many slots past `home` a lookup must probe (bounded by the table). */
+static inline uint64_t reach_limit(Core *c, uint64_t home)
+{
+    uint16_t r = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
+    return (r == REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
+}
+
+/* Record that a key with this home now sits `distance` slots past it.  The
+ * store happens before the key is published (release), so any reader that
+ * sees the key also sees a reach that covers it. */
+static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
+{
+    uint16_t want = distance >= REACH_UNBOUNDED ? REACH_UNBOUNDED : (uint16_t)distance;
+    uint16_t cur = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
+    while (cur < want &&
+           !__atomic_compare_exchange_n(&c->reach[home], &cur, want, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
+}
 
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
@@ -324,7 +355,7 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     else if (stripes_offset < 128 || stripes_offset % 64 != 0) bad = "stripe table misplaced";
     else if (stripes_offset + nstripes * STRIPE_SIZE > data_offset) bad = "stripe table overlaps slots";
     else if (data_offset % 64 != 0) bad = "slot array misaligned";
-    else if (data_offset > size || nslots > (size - data_offset) / slot_size) bad = "slot array exceeds the mapping";
+    else if (data_offset > size || nslots > (size - data_offset) / (slot_size + 2)) bad = "slot array exceeds the mapping";
     else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size) bad = "default value has the wrong size";
     if (bad) {
         PyErr_Format(PyExc_ValueError, "corrupt table geometry: %s", bad);
@@ -342,6 +373,7 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->data_offset = data_offset;
     self->stripes = self->base + stripes_offset;
     self->slots = self->base + data_offset;
+    self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->init_word0 = init_word0;
     Py_INCREF(init_extra);
     self->init_extra = init_extra;
@@ -403,7 +435,8 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
 {
     uint64_t high = h >> TAG_SHIFT;
     uint64_t i = home_of(c, h);
-    for (uint64_t probes = 0; probes < c->nslots; probes++) {
+    uint64_t limit = reach_limit(c, i);
+    for (uint64_t probes = 0; probes <= limit; probes++) {
         char *slot = slot_at(c, i);
         uint64_t s = load_acq(slot);
         unsigned kind = st_kind(s);
@@ -514,7 +547,8 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
     uint64_t stripe = stripe_of(c, h);
     if (!admit_reserve(c, stripe))
         return -1;
-    uint64_t i = home_of(c, h);
+    uint64_t home = home_of(c, h);
+    uint64_t i = home;
     for (uint64_t probes = 0; probes < c->nslots; probes++) {
         char *slot = slot_at(c, i);
         uint64_t s = load_acq(slot);
@@ -524,6 +558,7 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
             if (cas64(slot, &s, claimed)) {
                 if (kind == KIND_TOMBSTONE)
                     __atomic_fetch_sub(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                reach_extend(c, home, probes);   /* before the publish below */
                 memcpy(slot_key(slot), key, klen);
                 memset(slot_key(slot) + klen, 0, c->key_area - klen);
                 if (c->extra_size)

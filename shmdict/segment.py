@@ -86,7 +86,8 @@ class Geometry:
         self.slot_size = (SLOT_HEADER + key_area + self.extra_size + 15) // 16 * 16
         self.stripes_offset = STRIPES_AT
         self.data_offset = (STRIPES_AT + nstripes * _core.STRIPE_SIZE + 63) // 64 * 64
-        self.size = self.data_offset + self.nslots * self.slot_size
+        # After the slots: one u16 "reach" per slot (see _core.c).
+        self.size = self.data_offset + self.nslots * self.slot_size + self.nslots * 2
 
     def describe(self) -> str:
         return f"{self.layout!r}, capacity={self.capacity}, key_size={self.key_size}"

@@ -304,3 +304,25 @@ def test_table_passes_to_spawned_workers(counter):
         p.join()
         assert p.exitcode == 0
     assert counter.read("spawned") == (2, True)
+
+
+def test_churn_through_a_small_table_keeps_every_key_reachable(name):
+    """Thousands of distinct keys inserted and deleted through 50 slots: every
+    empty slot becomes a tombstone, yet every live key stays reachable, every
+    deleted one stays gone, and the counts add up."""
+    d = shmdict.open(name, shmdict.Counter(), capacity=40)
+    live = {}
+    try:
+        for i in range(5000):
+            d.add(("client", i), i)
+            live[("client", i)] = i
+            if len(live) == 40:
+                victim = next(iter(live))
+                assert d.load_and_delete(victim) == (live.pop(victim), True)
+        assert dict(d.items()) == live
+        assert all(d.read(k) == (v, True) for k, v in live.items())
+        assert d.read(("client", 0)) == (0, False)
+        report = d.check()
+        assert report and report.counted["empty"] < 5
+    finally:
+        d.close()
