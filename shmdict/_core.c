@@ -353,6 +353,8 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     else if (nstripes == 0 || nstripes > 65536) bad = "stripe count out of range";
     else if (capacity == 0 || capacity > nslots) bad = "capacity out of range";
     else if (stripes_offset < 128 || stripes_offset % 64 != 0) bad = "stripe table misplaced";
+    else if (stripes_offset > size || nstripes * STRIPE_SIZE > size - stripes_offset)
+        bad = "stripe table exceeds the mapping";  /* before the sum below can wrap */
     else if (stripes_offset + nstripes * STRIPE_SIZE > data_offset) bad = "stripe table overlaps slots";
     else if (data_offset % 64 != 0) bad = "slot array misaligned";
     else if (data_offset > size || nslots > (size - data_offset) / (slot_size + 2)) bad = "slot array exceeds the mapping";
@@ -471,17 +473,32 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
  * steal it from a dead holder and recompute the global count from the
  * stripes (which it can, since nobody else changes them meanwhile). */
 
+/* A live holder keeps the admission lock for a few stores.  One that has
+ * kept the same word for this long is stopped for good, or the word is
+ * garbage naming some unrelated live process (a corrupted segment): take it
+ * over rather than spin forever. */
+#define ADMIT_STALL_SECONDS 2.0
+
 static void
 admit_lock(Core *c)
 {
     uint64_t me = my_id();
     uint64_t *word = (uint64_t *)(c->base + HDR_ADMIT);
+    uint64_t stuck_word = 0;
+    double stuck_since = 0;
     for (unsigned long spins = 0;; spins++) {
         uint64_t expected = 0;
         if (cas64(word, &expected, me))
             return;
         if (spins % 1024 == 1023) {
-            if (!id_alive(expected) || is_me(expected)) {
+            int stalled = 0;
+            if (expected != stuck_word) {
+                stuck_word = expected;
+                stuck_since = now_monotonic();
+            } else if (now_monotonic() - stuck_since > ADMIT_STALL_SECONDS) {
+                stalled = 1;
+            }
+            if (stalled || !id_alive(expected) || is_me(expected)) {
                 /* The holder died (or is a previous incarnation of our pid
                  * from before a fork): take over and rebuild the sum. */
                 if (cas64(word, &expected, me)) {

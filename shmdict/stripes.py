@@ -20,35 +20,86 @@ right after the semaphore is taken:
 
 Liveness is judged by pid and start time, which assumes all processes using
 a table share one PID namespace (one host, no containers with their own).
+
+The bound, and how to change it: a holder that died after recording itself
+stalls the others for at most ``poll`` seconds (plus scheduling); one that
+died in the instant between its wait and its CAS (or between its release's
+CAS and post) stalls them for at most ``stall_timeout + poll`` seconds.  The
+defaults are ``POLL`` (0.1 s) and ``STALL_TIMEOUT`` (2 s); set them per
+process with the environment variables ``SHMDICT_STRIPE_POLL`` and
+``SHMDICT_STALL_TIMEOUT`` (read at import), per module by assigning
+``shmdict.stripes.POLL`` / ``STALL_TIMEOUT`` before opening a table, or per
+table with ``shmdict.open(..., stripe_poll=..., stall_timeout=...)``.
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import posix_ipc
 
 from . import _core
 
+
+
+def _seconds(value: object, what: str) -> float:
+    """``value`` as a positive, finite number of seconds, or ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{what} must be a positive, finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _env_seconds(variable: str, default: float) -> float:
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        return _seconds(float(raw), variable)
+    except ValueError:
+        raise ValueError(f"environment variable {variable}={raw!r} is not a positive "
+                         f"number of seconds") from None
+
+
 #: Seconds between checks of a stripe's holder while waiting for it.
-POLL = 0.1
+POLL = _env_seconds("SHMDICT_STRIPE_POLL", 0.1)
 #: Seconds a taken stripe may show no holder before a waiter takes it over.
-STALL_TIMEOUT = 2.0
+STALL_TIMEOUT = _env_seconds("SHMDICT_STALL_TIMEOUT", 2.0)
 
 
 class Stripes:
     """The stripe locks of one attached table."""
 
     def __init__(self, core: "_core.Core", semaphores: List[posix_ipc.Semaphore],
-                 poll: float = POLL, stall_timeout: float = STALL_TIMEOUT) -> None:
+                 poll: Optional[float] = None, stall_timeout: Optional[float] = None) -> None:
         self.core = core
         self.semaphores = semaphores
         self.count = len(semaphores)
-        self.poll = poll
-        self.stall_timeout = stall_timeout
+        self.poll = POLL
+        self.stall_timeout = STALL_TIMEOUT
+        self.configure(poll, stall_timeout)
         #: What the last repairs did: (stripe, claims dropped, count delta).
         self.repairs: List[tuple] = []
+        #: How many times this process took a stripe over from a dead holder.
+        self.takeovers = 0
+
+    def configure(self, poll: Optional[float] = None,
+                  stall_timeout: Optional[float] = None) -> None:
+        """Change the recovery bound of this table in this process (None: keep)."""
+        if poll is not None:
+            self.poll = _seconds(poll, "stripe_poll")
+        if stall_timeout is not None:
+            self.stall_timeout = _seconds(stall_timeout, "stall_timeout")
+
+    @property
+    def bound(self) -> float:
+        """Worst-case seconds a dead holder stalls a waiter (before scheduling)."""
+        return self.stall_timeout + self.poll
 
     def acquire(self, i: int) -> None:
         sem = self.semaphores[i]
@@ -96,6 +147,7 @@ class Stripes:
             self.release(i)
 
     def _repair(self, i: int) -> None:
+        self.takeovers += 1
         dropped, delta = self.core.repair_stripe(i)
         self.repairs.append((i, dropped, delta))
         del self.repairs[:-16]
