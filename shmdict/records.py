@@ -178,9 +178,12 @@ class StructTable(Table):
     # ------------------------------------------------------------ deleting
     def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
         # Take the record lock so no update is half-done, snapshot, and let
-        # the tombstone release the lock in the same atomic step.
-        if not self._lock(slot, state):
-            return _STALE
+        # the tombstone release the lock in the same atomic step.  Never wait
+        # for the record lock while holding the stripe: its holder may be
+        # inserting a key of this stripe inside its update() block.
+        code = self._core.lock_acquire(slot, state, False, -1.0)
+        if code not in (_core.OK, _core.RECOVERED):
+            return _STALE                    # _wait_before_retry waits for it
         snapshot = self.layout.unpack(self._core.record_read(slot, state, True) or
                                       self.layout.default_extra()[8:])
         code, _ = self._core.delete(slot, state, stripe, DELETE_IF_MINE)
@@ -188,6 +191,10 @@ class StructTable(Table):
             self._core.lock_release(slot, state)
             return _STALE
         return snapshot
+
+    def _wait_before_retry(self, slot: int, state: int) -> None:
+        if self._lock(slot, state):
+            self._core.lock_release(slot, state)
 
     def _handle(self, key: Key) -> "StructHandle":
         return StructHandle(self, key)

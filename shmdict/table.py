@@ -156,6 +156,10 @@ class Table:
                 outcome = self._delete_slot(slot, state, stripe)
             if outcome is not _STALE:
                 return outcome
+            self._wait_before_retry(slot, state)
+
+    def _wait_before_retry(self, slot: int, state: int) -> None:
+        """Between delete attempts, outside the stripe: wait for what blocked it."""
 
     def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
         """Tombstone a slot (stripe held); the snapshot, or ``_STALE`` to retry."""

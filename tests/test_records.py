@@ -168,3 +168,29 @@ def test_writer_killed_inside_update(records):
     with records.update("k") as rec:
         assert not rec.recovered
     assert records.check()
+
+
+def _update_and_insert(table, ready, go):
+    with table.update("a") as rec:
+        ready.set()
+        go.wait(10)
+        for i in range(90):                   # new keys: some share a's stripe
+            table.set(("new", i), (1.0, i, b"", True))
+        rec.stamp = 7
+
+
+def test_delete_waits_for_an_update_without_deadlock(records):
+    """delete() of a record inside another process's update(), while that
+    update inserts keys of the same stripe: both finish."""
+    ready, go = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_update_and_insert, args=(records, ready, go))
+    p.start()
+    assert ready.wait(10)
+    deleter = ctx.Process(target=records.delete, args=("a",))
+    deleter.start()
+    time.sleep(0.2)
+    go.set()
+    p.join(30)
+    deleter.join(30)
+    assert p.exitcode == 0 and deleter.exitcode == 0
+    assert "a" not in records and len(records) == 90
