@@ -1,0 +1,603 @@
+"""Rate limits shared by every process of a host: GCRA, fixed and sliding windows.
+
+::
+
+    import shmdict
+
+    limiter = shmdict.RateLimiter("myapp.limits", rate=100, period=1.0, burst=20)
+    result = limiter.hit(api_key)          # from any worker of the host
+    if not result.allowed:
+        return 429, {"Retry-After": str(math.ceil(result.retry_after))}
+
+:class:`RateLimiter` is the Generic Cell Rate Algorithm (GCRA, as redis-cell
+and the ATM networks it comes from): one int64 per key, the key's
+*theoretical arrival time* (TAT), in nanoseconds of ``CLOCK_MONOTONIC``.  On
+Linux that clock is one system-wide clock, the same in every process of the
+host, and it never jumps with wall-clock changes, so a TAT written by one
+worker means the same instant to all the others.  The TATs live in a Counter
+table called ``name`` (``shmdict.unlink(name)`` removes the limiter's state)
+and a hit advances its key's TAT with the table's compare-and-swap: no lock,
+no server, a retry only when another process changed the same key in between.
+
+The rule, with ``T = period / rate`` (the *emission interval*, in whole
+nanoseconds, rounded up so the limit is never exceeded by rounding) and the
+*tolerance* ``tau = burst * T``::
+
+    base    = max(tat, now)            # an idle key has "saved up" nothing beyond tau
+    new_tat = base + cost * T
+    allowed = new_tat - now <= tau     # then tat := new_tat
+    remaining   = (tau - (tat_after - now)) // T
+    retry_after = new_tat - now - tau  (when refused)
+    reset_after = tat_after - now      (until the key is back to a full burst)
+
+so ``burst`` hits pass at once, then one per ``T``; over any interval of
+length ``t`` at most ``burst + t / T <= burst + rate * t / period`` hits are
+allowed, and a steady stream of one hit per ``T`` is never refused.
+
+**Backends.**  ``backend=`` is handed to :func:`shmdict.open` as is
+(``shmdict.open(name, Counter(), capacity, key_size, backend=backend)``).  If
+the table object it returns has a method::
+
+    _gcra(key, emission_interval_ns: int, tolerance_ns: int, cost: int)
+        -> (allowed: bool, remaining: int, retry_after_ns: int, reset_after_ns: int)
+
+the limiter calls it instead of its local read/compare-and-swap loop.  It
+must apply the rule above (as :func:`gcra_step` does) atomically on the
+server, with the server's clock, to the key's TAT stored as the int64 value of
+``key``, and a ``cost`` of 0 must change nothing (``peek`` uses it).  That is
+how a Redis table runs the same limiter for several hosts: one clock, one
+atomic step.
+
+**Windows.**  :class:`FixedWindowLimiter` (``limit`` hits per window, the
+window starting at a key's first hit) and :class:`SlidingWindowLimiter` (the
+"sliding window counter": the previous window's count, weighted by how much
+of it still overlaps the last ``period``, plus the current one) pack their
+whole state into the key's one int64 too, so they are also one CAS per hit.
+The ``limits`` storage (``shmdict.limits_storage``) uses the same encodings.
+
+**Expiry.**  A table has a fixed capacity and keys often come from the
+network (client addresses, API keys), so a key whose state is back to "no
+history" is garbage.  When inserting a new key finds the table full, the
+limiter sweeps such keys (:meth:`RateLimiter.sweep`, callable at any time)
+and tries once more; only a table full of keys with live state raises
+``shmdict.TableFull``.  A sweep never makes a limit laxer: see
+:func:`sweep_table`.
+
+**Clocks.**  Every limiter takes ``clock=``: a callable returning integer
+nanoseconds.  The default is ``time.monotonic_ns``; :class:`SimulatedClock` is
+a clock tests move by hand.  The clock must be shared by all processes that
+use the table (a simulated clock is, when it never moves, or when a single
+process uses it).
+"""
+from __future__ import annotations
+
+import math
+import time
+from fractions import Fraction
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
+
+from .errors import TableFull
+from .keys import Key
+from .layouts import Counter
+
+#: A clock: a callable returning integer nanoseconds, shared by the processes.
+Clock = Callable[[], int]
+
+NS = 1_000_000_000
+
+
+def monotonic_clock() -> int:
+    """``CLOCK_MONOTONIC`` in nanoseconds: one clock for every process of a Linux host."""
+    return time.monotonic_ns()
+
+
+class SimulatedClock:
+    """A clock for tests: starts at ``start_ns`` and moves only when told.
+
+    >>> clock = SimulatedClock()
+    >>> limiter = RateLimiter("test.limits", rate=10, clock=clock)
+    >>> clock.advance(0.1)     # a tenth of a second passes
+    """
+
+    def __init__(self, start_ns: int = 1_000 * NS) -> None:
+        self.now_ns = int(start_ns)
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance(self, seconds: float = 0.0, *, ns: int = 0) -> int:
+        """Move forward by ``seconds`` plus ``ns`` nanoseconds; return the new time."""
+        step = round(seconds * NS) + int(ns)
+        if step < 0:
+            raise ValueError("a monotonic clock never goes back")
+        self.now_ns += step
+        return self.now_ns
+
+    def __repr__(self) -> str:
+        return f"SimulatedClock(now_ns={self.now_ns})"
+
+
+class RateLimitResult(NamedTuple):
+    """The outcome of a hit (or a peek): truthy when allowed.
+
+    ``limit`` is the burst; ``remaining`` how many hits of cost 1 would still
+    be allowed right now, after this call; ``retry_after`` the seconds to wait
+    before this hit would be allowed (0.0 when it was); ``reset_after`` the
+    seconds until the key is back to its full ``limit``.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: float
+    reset_after: float
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+# Building the named tuple through tuple.__new__ skips the generated
+# __new__'s argument handling: a third of the cost of a hit.
+_result = tuple.__new__
+
+
+# ---------------------------------------------------------------- GCRA
+def emission_interval_ns(rate: float, period: float) -> int:
+    """``period / rate`` in whole nanoseconds, rounded up: never a laxer limit.
+
+    Computed exactly from the two numbers as given (``Fraction`` of each
+    float), so ``allowed <= burst + rate * t / period`` holds exactly, not
+    just up to float rounding.
+    """
+    return max(1, math.ceil(Fraction(period) * NS / Fraction(rate)))
+
+
+def gcra_step(tat: int, now: int, emission_ns: int, tolerance_ns: int,
+              cost: int) -> Tuple[int, bool, int, int, int]:
+    """One GCRA decision: ``(tat_after, allowed, remaining, retry_after_ns, reset_after_ns)``.
+
+    Pure arithmetic on integers (nanoseconds), the same for the local CAS
+    loop and for a backend that runs it on a server.  ``tat`` is the stored
+    theoretical arrival time (0 for a new key); ``tat_after`` is what to
+    store, equal to ``tat`` when the hit is refused or ``cost`` is 0.
+    """
+    base = tat if tat > now else now
+    new_tat = base + cost * emission_ns
+    ahead = new_tat - now
+    if ahead > tolerance_ns:
+        return tat, False, (tolerance_ns - (base - now)) // emission_ns, \
+            ahead - tolerance_ns, base - now
+    if cost == 0:
+        return tat, True, (tolerance_ns - ahead) // emission_ns, 0, ahead
+    return new_tat, True, (tolerance_ns - ahead) // emission_ns, 0, ahead
+
+
+# ------------------------------------------------------------- sweeping
+def sweep_table(table: Any, is_idle: Callable[[Key, int, int], bool],
+                merge: Callable[[int, int, int], int], clock: Clock) -> int:
+    """Delete the keys whose state is idle ("as if never hit"); return how many.
+
+    ``is_idle(key, value, now)`` tells an idle value; ``merge(current, taken,
+    now)`` combines two states into one at least as strict as both.  A key
+    is first CASed from its idle value to 0 (which every encoding here reads
+    as "no history", so a concurrent hit sees the same thing either way), then
+    deleted with ``load_and_delete``.  If a hit slipped in between, the
+    deleted value is not 0: it is put back, merged with whatever a concurrent
+    hit may have inserted meanwhile, so no hit is ever forgotten (at worst a
+    limit is momentarily stricter than it should be).
+    """
+    removed = 0
+    now = clock()
+    for key, value in table.items():
+        if value != 0 and not is_idle(key, value, now):
+            continue
+        if value != 0 and not table.cas(key, value, 0):
+            continue        # a hit changed it: it is live again
+        taken, existed = table.load_and_delete(key)
+        if not existed:
+            continue
+        if taken == 0:
+            removed += 1
+            continue
+        while True:         # put the slipped-in hit back
+            current, exists = table.read(key)
+            merged = merge(current, taken, clock()) if exists else taken
+            if table.cas(key, current, merged, set_on_not_exists=True):
+                break
+    return removed
+
+
+def _gcra_merge(current: int, taken: int, now: int) -> int:
+    """Two TATs for one key -> one that has consumed what both did."""
+    return max(current, now) + max(0, taken - now)
+
+
+# ----------------------------------------------------------- RateLimiter
+def _check_cost(cost: object, most: int) -> int:
+    if not isinstance(cost, int) or isinstance(cost, bool):
+        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+    if cost < 0:
+        raise ValueError(f"cost must be >= 0, got {cost}")
+    if cost > most:
+        raise ValueError(f"cost {cost} exceeds the limit's burst of {most}: "
+                         f"such a hit could never be allowed")
+    return cost
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+class _Limiter:
+    """What the limiters share: the table, the clock, sweeping, lifecycle."""
+
+    def __init__(self, name: str, capacity: int, key_size: int, backend: Optional[str],
+                 clock: Optional[Clock]) -> None:
+        from .api import open as open_table
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning nanoseconds")
+        self.name = name
+        self.clock: Clock = clock if clock is not None else time.monotonic_ns
+        self.table = open_table(name, Counter(), capacity, key_size, backend=backend)
+
+    # An encoding's idea of an idle value, and how to merge two values.
+    def _is_idle(self, key: Key, value: int, now: int) -> bool:
+        raise NotImplementedError
+
+    def _merge(self, current: int, taken: int, now: int) -> int:
+        raise NotImplementedError
+
+    def sweep(self) -> int:
+        """Delete keys whose state has fully expired; return how many were removed."""
+        return sweep_table(self.table, self._is_idle, self._merge, self.clock)
+
+    def _cas_or_sweep(self, key: Key, old: int, new: int) -> bool:
+        """The table's CAS (creating the key), sweeping once if the table is full."""
+        try:
+            return self.table.cas(key, old, new, True)
+        except TableFull:
+            if not self.sweep():
+                raise
+            return self.table.cas(key, old, new, True)
+
+    def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
+        raise NotImplementedError
+
+    def allow(self, key: Key, cost: int = 1) -> bool:
+        """``hit(key, cost).allowed``."""
+        return self.hit(key, cost).allowed
+
+    def reset(self, key: Key) -> None:
+        """Forget ``key``'s history: its next hit sees a full limit."""
+        self.table.delete(key)
+
+    def keys(self) -> Iterable[Key]:
+        return self.table.keys()
+
+    def close(self) -> None:
+        """Detach from the table (the shared state stays)."""
+        self.table.close()
+
+    def unlink(self) -> None:
+        """Destroy the table and with it every key's state."""
+        self.table.unlink()
+
+    def __enter__(self) -> "_Limiter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RateLimiter(_Limiter):
+    """GCRA: ``rate`` hits per ``period`` seconds per key, bursts of ``burst``.
+
+    ``burst`` (default: ``rate`` rounded down, at least 1) hits pass at once
+    from an idle key; after that one hit per ``period / rate``.  The state of
+    every key is one int64 in the Counter table ``name`` (created with
+    ``capacity`` and ``key_size``, or attached to); see the module docstring
+    for the rule, the backend contract and expiry.
+    """
+
+    def __init__(self, name: str, rate: float, period: float = 1.0,
+                 burst: Optional[int] = None, capacity: int = 10_000, key_size: int = 64,
+                 backend: Optional[str] = None, *, clock: Optional[Clock] = None) -> None:
+        self.rate = _positive("rate", rate)
+        self.period = _positive("period", period)
+        if burst is None:
+            burst = max(1, int(self.rate))
+        if isinstance(burst, bool) or not isinstance(burst, int):
+            raise TypeError(f"burst must be an int, not {type(burst).__name__}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        self.burst = burst
+        self.emission_interval_ns = emission_interval_ns(self.rate, self.period)
+        self.tolerance_ns = burst * self.emission_interval_ns
+        if self.tolerance_ns >= 1 << 62:
+            raise ValueError("period / rate * burst is too long to count in nanoseconds")
+        super().__init__(name, capacity, key_size, backend, clock)
+        self._remote = getattr(self.table, "_gcra", None)
+        self._add, self._cas = self.table.add, self.table.cas
+
+    def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
+        """Try to spend ``cost`` on ``key``; the result says whether it was allowed.
+
+        A refused hit spends nothing.  ``cost`` 0 changes nothing (see :meth:`peek`).
+        """
+        if cost != 1:
+            _check_cost(cost, self.burst)
+        interval, tolerance = self.emission_interval_ns, self.tolerance_ns
+        if self._remote is not None:
+            allowed, remaining, retry_ns, reset_ns = self._remote(key, interval, tolerance, cost)
+            return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
+                                             retry_ns / NS, reset_ns / NS))
+        read, clock = self.table.read, self.clock
+        while True:
+            tat = read(key)[0]
+            now = clock()
+            new_tat, allowed, remaining, retry_ns, reset_ns = gcra_step(
+                tat, now, interval, tolerance, cost)
+            if new_tat == tat or self._cas_or_sweep(key, tat, new_tat):
+                return _result(RateLimitResult, (allowed, self.burst, remaining,
+                                                 retry_ns / NS, reset_ns / NS))
+
+    def allow(self, key: Key, cost: int = 1) -> bool:
+        """``hit(key, cost).allowed``, without building a result: the hot path.
+
+        The same rule as :func:`gcra_step`, inlined: ``add(key, 0)`` reads the
+        TAT (creating the key at 0, "no history", if it is new), then one CAS.
+        """
+        if cost != 1:
+            _check_cost(cost, self.burst)
+        if self._remote is not None:
+            return bool(self._remote(key, self.emission_interval_ns, self.tolerance_ns,
+                                     cost)[0])
+        add, cas, clock = self._add, self._cas, self.clock
+        step, tolerance = cost * self.emission_interval_ns, self.tolerance_ns
+        while True:
+            try:
+                tat = add(key, 0)
+            except TableFull:
+                if not self.sweep():
+                    raise
+                continue
+            now = clock()
+            new_tat = (tat if tat > now else now) + step
+            if new_tat - now > tolerance:
+                return False
+            if cas(key, tat, new_tat):
+                return True
+
+    def peek(self, key: Key) -> RateLimitResult:
+        """Would a hit of cost 1 be allowed now?  Spends nothing, creates nothing.
+
+        ``remaining`` is the number of cost-1 hits available right now.
+        """
+        if self._remote is not None:
+            _, remaining, _, reset_ns = self._remote(key, self.emission_interval_ns,
+                                                     self.tolerance_ns, 0)
+        else:
+            tat = self.table.read(key)[0]
+            _, _, remaining, _, reset_ns = gcra_step(
+                tat, self.clock(), self.emission_interval_ns, self.tolerance_ns, 0)
+        retry_ns = max(0, reset_ns + self.emission_interval_ns - self.tolerance_ns)
+        return RateLimitResult(remaining >= 1, self.burst, remaining, retry_ns / NS,
+                               reset_ns / NS)
+
+    def _is_idle(self, key: Key, value: int, now: int) -> bool:
+        return value <= now          # a TAT in the past: as if never hit
+
+    def _merge(self, current: int, taken: int, now: int) -> int:
+        return _gcra_merge(current, taken, now)
+
+    def __repr__(self) -> str:
+        return (f"<RateLimiter {self.name!r} {self.rate:g}/{self.period:g}s "
+                f"burst={self.burst}>")
+
+
+# -------------------------------------------------------------- windows
+#: Fixed window word: ``expiry_ms << 24 | count``, expiry in ms of the clock.
+FW_COUNT_BITS = 24
+FW_COUNT_MAX = (1 << FW_COUNT_BITS) - 1
+_MS = 1_000_000
+
+
+def fixed_window_unpack(word: int, now: int) -> Tuple[int, int]:
+    """``(count, window_end_ns)`` of a fixed-window word; (0, 0) once expired."""
+    end = (word >> FW_COUNT_BITS) * _MS
+    if end <= now:
+        return 0, 0
+    return word & FW_COUNT_MAX, end
+
+
+def fixed_window_pack(count: int, end_ns: int) -> int:
+    """A fixed-window word: the count saturates at ``FW_COUNT_MAX``."""
+    return ((end_ns // _MS) << FW_COUNT_BITS) | min(count, FW_COUNT_MAX)
+
+
+def fixed_window_open(now: int, period_ns: int) -> int:
+    """The end of a window opened at ``now`` (rounded up to the millisecond)."""
+    return -(-(now + period_ns) // _MS) * _MS
+
+
+def _fixed_merge(current: int, taken: int, now: int) -> int:
+    c_count, c_end = fixed_window_unpack(current, now)
+    t_count, t_end = fixed_window_unpack(taken, now)
+    if not t_end:
+        return current
+    return fixed_window_pack(c_count + t_count, max(c_end, t_end))
+
+
+#: Sliding window word: ``(window index mod 2**23) << 40 | previous << 20 | current``.
+SW_COUNT_BITS = 20
+SW_COUNT_MAX = (1 << SW_COUNT_BITS) - 1
+SW_INDEX_MOD = 1 << 23
+
+
+def sliding_window_unpack(word: int, now: int, period_ns: int) -> Tuple[int, int, int]:
+    """``(previous, current, elapsed_ns)``: counts as seen in the window holding ``now``."""
+    index = now // period_ns
+    elapsed = now - index * period_ns
+    behind = (index - (word >> 2 * SW_COUNT_BITS)) % SW_INDEX_MOD
+    if behind == 0:
+        return (word >> SW_COUNT_BITS) & SW_COUNT_MAX, word & SW_COUNT_MAX, elapsed
+    if behind == 1:
+        return word & SW_COUNT_MAX, 0, elapsed
+    return 0, 0, elapsed
+
+
+def sliding_window_pack(previous: int, current: int, now: int, period_ns: int) -> int:
+    index = (now // period_ns) % SW_INDEX_MOD
+    return (index << 2 * SW_COUNT_BITS) | (min(previous, SW_COUNT_MAX) << SW_COUNT_BITS) \
+        | min(current, SW_COUNT_MAX)
+
+
+def sliding_window_weighted(previous: int, current: int, elapsed: int, period_ns: int) -> int:
+    """floor(previous * (1 - elapsed / period)) + current, in integers."""
+    return previous * (period_ns - elapsed) // period_ns + current
+
+
+class _WindowLimiter(_Limiter):
+    def __init__(self, name: str, limit: int, period: float, capacity: int, key_size: int,
+                 backend: Optional[str], clock: Optional[Clock], most: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        if not 1 <= limit <= most:
+            raise ValueError(f"limit must be between 1 and {most}, got {limit}")
+        self.limit = limit
+        self.period = _positive("period", period)
+        self.period_ns = max(1, round(self.period * NS))
+        super().__init__(name, capacity, key_size, backend, clock)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.limit}/{self.period:g}s>"
+
+
+class FixedWindowLimiter(_WindowLimiter):
+    """``limit`` hits per key per window of ``period`` seconds.
+
+    A key's window opens at its first hit and lasts ``period`` (so windows of
+    different keys do not all reset at the same instant); refused hits are
+    not counted.  Simple and exact, but up to ``2 * limit`` hits can pass
+    around a window's end; :class:`RateLimiter` has no such edge.
+    """
+
+    def __init__(self, name: str, limit: int, period: float = 1.0, capacity: int = 10_000,
+                 key_size: int = 64, backend: Optional[str] = None, *,
+                 clock: Optional[Clock] = None) -> None:
+        if _positive("period", period) < 0.001:
+            raise ValueError("a fixed window lasts at least 1 ms")
+        super().__init__(name, limit, period, capacity, key_size, backend, clock, FW_COUNT_MAX)
+
+    def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
+        """Count ``cost`` against ``key``'s window if it fits; say whether it did."""
+        _check_cost(cost, self.limit)
+        read, clock = self.table.read, self.clock
+        while True:
+            word = read(key)[0]
+            now = clock()
+            count, end = fixed_window_unpack(word, now)
+            if not end:
+                end = fixed_window_open(now, self.period_ns)
+            if count + cost > self.limit:
+                return RateLimitResult(False, self.limit, self.limit - count,
+                                       (end - now) / NS, (end - now) / NS)
+            if cost == 0 or self._cas_or_sweep(key, word, fixed_window_pack(count + cost, end)):
+                return RateLimitResult(True, self.limit, self.limit - count - cost, 0.0,
+                                       (end - now) / NS)
+
+    def peek(self, key: Key) -> RateLimitResult:
+        """Would a hit of cost 1 be allowed now?  Spends nothing."""
+        now = self.clock()
+        count, end = fixed_window_unpack(self.table.read(key)[0], now)
+        left = (end - now) / NS if end else 0.0
+        allowed = count < self.limit
+        return RateLimitResult(allowed, self.limit, self.limit - count,
+                               0.0 if allowed else left, left)
+
+    def _is_idle(self, key: Key, value: int, now: int) -> bool:
+        return fixed_window_unpack(value, now)[1] == 0
+
+    def _merge(self, current: int, taken: int, now: int) -> int:
+        return _fixed_merge(current, taken, now)
+
+
+class SlidingWindowLimiter(_WindowLimiter):
+    """The sliding window counter: ``limit`` hits per ``period``, approximately.
+
+    Windows are aligned to the clock (window ``i`` is ``[i*period,
+    (i+1)*period)``); a hit is allowed when ``floor(previous * (1 - elapsed /
+    period)) + current + cost <= limit`` -- the rule of the ``limits``
+    library.  It smooths the fixed window's edge at the cost of assuming the
+    previous window's hits were evenly spread.  Refused hits are not counted.
+    """
+
+    def __init__(self, name: str, limit: int, period: float = 1.0, capacity: int = 10_000,
+                 key_size: int = 64, backend: Optional[str] = None, *,
+                 clock: Optional[Clock] = None) -> None:
+        super().__init__(name, limit, period, capacity, key_size, backend, clock, SW_COUNT_MAX)
+
+    def _state(self, word: int, now: int) -> Tuple[int, int, int]:
+        return sliding_window_unpack(word, now, self.period_ns)
+
+    def _retry_ns(self, previous: int, current: int, elapsed: int, cost: int) -> int:
+        """Nanoseconds until ``cost`` fits, if nobody else hits meanwhile."""
+        p, limit = self.period_ns, self.limit
+        room = limit - current - cost            # what the previous window may weigh
+        if room >= 0:
+            if previous <= room:
+                return 0
+            # previous * (p - e) // p <= room  <=>  previous * (p - e) < (room + 1) * p
+            e = p - ((room + 1) * p - 1) // previous
+            return max(0, e - elapsed)
+        # Wait for the next window, where the current count becomes "previous".
+        room = limit - cost
+        e = 0 if current <= room else p - ((room + 1) * p - 1) // current
+        return (p - elapsed) + e
+
+    def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
+        """Count ``cost`` against ``key`` if the weighted count allows; say whether it did."""
+        _check_cost(cost, self.limit)
+        read, clock, p = self.table.read, self.clock, self.period_ns
+        while True:
+            word = read(key)[0]
+            now = clock()
+            previous, current, elapsed = self._state(word, now)
+            weighted = sliding_window_weighted(previous, current, elapsed, p)
+            if weighted + cost > self.limit:
+                retry = self._retry_ns(previous, current, elapsed, cost)
+                return RateLimitResult(False, self.limit, max(0, self.limit - weighted),
+                                       retry / NS, self._reset_ns(previous, current, elapsed) / NS)
+            new = sliding_window_pack(previous, current + cost, now, p)
+            if cost == 0 or self._cas_or_sweep(key, word, new):
+                return RateLimitResult(True, self.limit, self.limit - weighted - cost, 0.0,
+                                       self._reset_ns(previous, current + cost, elapsed) / NS)
+
+    def _reset_ns(self, previous: int, current: int, elapsed: int) -> int:
+        if current:
+            return 2 * self.period_ns - elapsed
+        return self.period_ns - elapsed if previous else 0
+
+    def peek(self, key: Key) -> RateLimitResult:
+        """Would a hit of cost 1 be allowed now?  Spends nothing."""
+        now = self.clock()
+        previous, current, elapsed = self._state(self.table.read(key)[0], now)
+        weighted = sliding_window_weighted(previous, current, elapsed, self.period_ns)
+        allowed = weighted + 1 <= self.limit
+        retry = 0 if allowed else self._retry_ns(previous, current, elapsed, 1)
+        return RateLimitResult(allowed, self.limit, max(0, self.limit - weighted), retry / NS,
+                               self._reset_ns(previous, current, elapsed) / NS)
+
+    def _is_idle(self, key: Key, value: int, now: int) -> bool:
+        previous, current, _ = self._state(value, now)
+        return previous == 0 and current == 0
+
+    def _merge(self, current: int, taken: int, now: int) -> int:
+        p = self.period_ns
+        cp, cc, _ = sliding_window_unpack(current, now, p)
+        tp, tc, _ = sliding_window_unpack(taken, now, p)
+        return sliding_window_pack(cp + tp, cc + tc, now, p)
