@@ -1,0 +1,170 @@
+"""The ``limits`` storage ``shmdict://NAME``: strategies, expiry, processes."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+limits = pytest.importorskip("limits")
+from limits import parse, strategies  # noqa: E402
+from limits.storage import storage_from_string  # noqa: E402
+
+import shmdict  # noqa: E402
+from shmdict.limits_storage import ShmDictStorage  # noqa: E402
+from shmdict.ratelimit import NS, SimulatedClock  # noqa: E402
+
+
+@pytest.fixture
+def clock():
+    return SimulatedClock(3600 * 1000 * NS)      # the start of an hour-long window
+
+
+@pytest.fixture
+def store(name, clock):
+    storage = ShmDictStorage(f"shmdict://{name}?capacity=64", clock=clock)
+    yield storage
+    storage.close()
+
+
+def test_the_scheme_is_registered(name):
+    storage = storage_from_string(f"shmdict://{name}?capacity=500&key_size=100")
+    assert isinstance(storage, ShmDictStorage)
+    assert (storage.table.name, storage.table.capacity, storage.table.key_size) == \
+        (name, 500, 100)
+    assert storage.check()
+    storage.close()
+    assert not storage.check()
+    again = storage_from_string(f"shmdict://{name}", capacity=500, key_size=100)
+    assert again.table.capacity == 500
+
+
+@pytest.mark.parametrize("uri", ["shmdict://", "shmdict://bad name", "shmdict://a/b",
+                                 "shmdict://t?capacity=lots", "shmdict://t?colour=red",
+                                 "memory://"])
+def test_bad_uris(uri):
+    with pytest.raises(ValueError):
+        ShmDictStorage(uri)
+
+
+def test_fixed_window(store, clock):
+    limiter = strategies.FixedWindowRateLimiter(store)
+    item = parse("3/minute")
+    assert [limiter.hit(item, "ip", "10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    assert limiter.hit(item, "ip", "10.0.0.2")           # another client
+    assert not limiter.test(item, "ip", "10.0.0.1")
+    stats = limiter.get_window_stats(item, "ip", "10.0.0.1")
+    assert stats.remaining == 0
+    assert stats.reset_time == pytest.approx(time.time() + 60, abs=2)
+    clock.advance(59.999)
+    assert not limiter.hit(item, "ip", "10.0.0.1")
+    clock.advance(0.001)                                  # the window has ended
+    assert limiter.test(item, "ip", "10.0.0.1")
+    assert store.get(item.key_for("ip", "10.0.0.1")) == 0
+    assert [limiter.hit(item, "ip", "10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    limiter.clear(item, "ip", "10.0.0.1")
+    assert limiter.hit(item, "ip", "10.0.0.1", cost=3)
+
+
+def test_incr_get_and_expiry(store, clock):
+    assert store.incr("k", 10) == 1
+    assert store.incr("k", 10, amount=5) == 6
+    assert store.get("k") == 6 and store.get("missing") == 0
+    assert store.get_expiry("k") == pytest.approx(time.time() + 10, abs=1)
+    clock.advance(10)
+    assert store.get("k") == 0
+    assert store.incr("k", 10) == 1                       # a new window
+
+
+def test_sliding_window_counter(store, clock):
+    limiter = strategies.SlidingWindowCounterRateLimiter(store)
+    item = parse("10/hour")
+    assert sum(limiter.hit(item, "u") for _ in range(12)) == 10
+    previous, previous_ttl, current, current_ttl = store.get_sliding_window(
+        item.key_for("u"), 3600)
+    assert (previous, previous_ttl, current, current_ttl) == (0, 0.0, 10, 7200.0)
+    clock.advance(3600 + 0.3 * 3600)          # next window, 30% in: weight 0.7
+    assert store.get_sliding_window(item.key_for("u"), 3600) == \
+        (10, pytest.approx(0.7 * 3600), 0, pytest.approx(1.7 * 3600))
+    assert sum(limiter.hit(item, "u") for _ in range(5)) == 3
+    assert limiter.get_window_stats(item, "u").remaining == 0
+    clock.advance(2 * 3600)
+    assert limiter.test(item, "u")
+    limiter.clear(item, "u")
+    assert store.get_sliding_window(item.key_for("u"), 3600)[2] == 0
+    assert not limiter.hit(item, "u", cost=11)
+
+
+def test_moving_window_is_refused(store):
+    with pytest.raises(NotImplementedError):
+        strategies.MovingWindowRateLimiter(store)
+
+
+def test_expired_keys_make_room(name, clock):
+    store = ShmDictStorage(f"shmdict://{name}", capacity=8, clock=clock)
+    for i in range(8):
+        store.incr(f"k{i}", 60 if i else 600)
+    with pytest.raises(shmdict.TableFull):
+        store.incr("newcomer", 60)
+    clock.advance(61)
+    assert store.incr("newcomer", 60) == 1               # swept the expired ones
+    assert store.get("k0") == 1                          # the live one stayed
+    assert len(store.table) == 2
+    assert store.reset() == 2 and len(store.table) == 0
+
+
+def test_expire_sweeps_sliding_windows(store, clock):
+    assert store.acquire_sliding_window_entry("a", 5, 60)
+    assert store.acquire_sliding_window_entry("b", 5, 3600)
+    clock.advance(61)
+    assert store.expire() == 0                # "a" still weighs in its next window
+    clock.advance(60)
+    assert store.expire() == 1
+    assert store.get_sliding_window("b", 3600)[2] == 1
+
+
+def _fixed_worker(name, frozen_ns, kind, barrier, queue):
+    import shmdict.limits_storage  # noqa: F401  (registers the scheme)
+    clock = SimulatedClock(frozen_ns)
+    storage = storage_from_string(f"shmdict://{name}", capacity=64, clock=clock)
+    strategy = (strategies.FixedWindowRateLimiter if kind == "fixed"
+                else strategies.SlidingWindowCounterRateLimiter)(storage)
+    item = parse("30/hour")
+    barrier.wait()
+    queue.put(sum(strategy.hit(item, "shared-client") for _ in range(100)))
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_processes_never_get_more_than_the_limit(name, kind):
+    """4 processes, 400 hits on one limit of 30: exactly 30 pass."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    frozen = 3600 * 1000 * NS + 1            # one instant shared by all, mid-window
+    procs = [ctx.Process(target=_fixed_worker, args=(name, frozen, kind, barrier, queue))
+             for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    allowed = [queue.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    assert sum(allowed) == 30
+
+
+def test_processes_with_the_real_clock(name):
+    """The same with the real monotonic clock: the window outlasts the test."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def worker():
+        storage = storage_from_string(f"shmdict://{name}", capacity=64)
+        limiter = strategies.FixedWindowRateLimiter(storage)
+        queue.put(sum(limiter.hit(parse("25/day"), "k") for _ in range(60)))
+
+    procs = [ctx.Process(target=worker) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    total = sum(queue.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join(30)
+    assert total == 25
