@@ -1,0 +1,391 @@
+"""The Lua scripts of the Redis backend: each verb that must be atomic is one.
+
+Every script gets the same three keys, which share one hash tag (``{name}``)
+so they live in one Redis Cluster slot:
+
+* ``KEYS[1]`` meta:  a hash: layout spec, capacity, key_size, created;
+* ``KEYS[2]`` data:  a hash: encoded key -> value (the table's keys);
+* ``KEYS[3]`` rlock: a hash: encoded key -> lease state of a Struct
+  record being updated.
+
+Values in ``data``: a Counter is a decimal int64 (so ``HINCRBY`` applies); a
+Lock is its lease state; a Struct record is its packed bytes.  Lua numbers
+are doubles, so int64 values never pass through ``tonumber``: they are
+compared as strings (all writers store the canonical decimal form).
+
+A lease state is ``""`` (free) or JSON ``{"w": token, "x": expiry_ms,
+"r": {token: [count, expiry_ms]}}``: ``w`` holds the exclusive owner, ``r``
+the shared owners.  Expiry is in the server's clock (``TIME``), so hosts
+with skewed clocks agree.  A lease whose expiry has passed belongs to a
+holder that stopped renewing it (it died, or lost the server for longer than
+the lease): the next acquirer drops it, and is told when it was a writer's.
+
+Errors come back as replies whose first word the Python side maps:
+``SHMDICT_FULL live capacity``, ``SHMDICT_NOTABLE``, ``SHMDICT_HELD``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+_PRELUDE = r"""
+local META, DATA, RLOCK = KEYS[1], KEYS[2], KEYS[3]
+
+-- 'existed' or 'created' (field now holds `default`), else 'notable' or 'full'.
+local function ensure(f, default)
+  local cap = redis.call('HGET', META, 'capacity')
+  if not cap then return 'notable' end
+  if redis.call('HEXISTS', DATA, f) == 1 then return 'existed' end
+  if redis.call('HLEN', DATA) >= tonumber(cap) then return 'full' end
+  redis.call('HSET', DATA, f, default)
+  return 'created'
+end
+
+local function fail(status)
+  if status == 'notable' then return redis.error_reply('SHMDICT_NOTABLE') end
+  return redis.error_reply('SHMDICT_FULL ' .. redis.call('HLEN', DATA) .. ' ' ..
+                           redis.call('HGET', META, 'capacity'))
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function lease_load(raw)
+  if not raw or raw == '' then return {r = {}} end
+  local s = cjson.decode(raw)
+  if type(s.r) ~= 'table' then s.r = {} end
+  return s
+end
+
+local function lease_save(hash, f, s)
+  if s.w == nil and next(s.r) == nil then
+    redis.call('HSET', hash, f, '')
+  else
+    if next(s.r) == nil then s.r = nil end
+    redis.call('HSET', hash, f, cjson.encode(s))
+    if s.r == nil then s.r = {} end
+  end
+end
+
+-- Drop expired leases; true when an exclusive holder's lease had expired.
+local function lease_expire(s, now)
+  local died = false
+  if s.w ~= nil and s.x < now then s.w = nil; s.x = nil; died = true end
+  for tok, e in pairs(s.r) do
+    if e[2] < now then s.r[tok] = nil end
+  end
+  return died
+end
+
+-- Whether someone other than `tok` holds a live exclusive lease.
+local function held_by_other(raw, tok, now)
+  if not raw or raw == '' then return false end
+  local s = lease_load(raw)
+  return s.w ~= nil and s.w ~= tok and s.x >= now
+end
+
+-- Take a lease in `hash` at field f: returns {1, died} or {0, ms until the
+-- blocking lease expires}.
+local function lease_take(hash, f, tok, lease, shared)
+  local now = now_ms()
+  local s = lease_load(redis.call('HGET', hash, f))
+  local died = lease_expire(s, now)
+  if shared then
+    if s.w ~= nil then return {0, s.x - now} end
+    local e = s.r[tok]
+    if e then e[1] = e[1] + 1; e[2] = now + lease else s.r[tok] = {1, now + lease} end
+  else
+    if s.w ~= nil then return {0, s.x - now} end
+    local first = next(s.r)
+    if first ~= nil then return {0, s.r[first][2] - now} end
+    s.w = tok; s.x = now + lease
+  end
+  lease_save(hash, f, s)
+  return {1, died and 1 or 0}
+end
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script with its SHA1 (for ``EVALSHA``)."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _script(name: str, body: str, prelude: bool = True) -> Script:
+    return Script(name, (_PRELUDE if prelude else "") + body)
+
+
+# ----------------------------------------------------------------- tables
+OPEN = _script("open", r"""
+local cur = redis.call('HMGET', META, 'layout', 'capacity', 'key_size')
+if not cur[1] then
+  if ARGV[4] == '0' then return {0} end
+  local t = redis.call('TIME')
+  redis.call('HSET', META, 'layout', ARGV[1], 'capacity', ARGV[2], 'key_size', ARGV[3],
+             'created', t[1], 'format', '1')
+  return {1}
+end
+return {2, cur[1], cur[2], cur[3]}
+""")
+
+UNLINK = _script("unlink", r"""
+local existed = redis.call('EXISTS', META)
+redis.call('UNLINK', META, DATA, RLOCK)
+return existed
+""")
+
+# Get-or-create with the default value: 1 if created, 0 if it existed.
+ENSURE = _script("ensure", r"""
+local st = ensure(ARGV[1], ARGV[2])
+if st == 'created' then return 1 elseif st == 'existed' then return 0 end
+return fail(st)
+""")
+
+# ---------------------------------------------------------------- Counter
+COUNTER_ADD = _script("counter_add", r"""
+local st = ensure(ARGV[1], '0')
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+local r = redis.pcall('HINCRBY', DATA, ARGV[1], ARGV[2])
+if type(r) == 'table' and r.err then
+  if st == 'created' then redis.call('HDEL', DATA, ARGV[1]) end
+  return redis.error_reply('SHMDICT_OVERFLOW')
+end
+return r
+""")
+
+# Create-or-overwrite; returns the previous value (the default if created).
+COUNTER_EXCHANGE = _script("counter_exchange", r"""
+local old = redis.call('HGET', DATA, ARGV[1]) or '0'
+local st = ensure(ARGV[1], ARGV[2])
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+redis.call('HSET', DATA, ARGV[1], ARGV[2])
+return old
+""")
+
+# ARGV: field, old, new, set_on_not_exists ('1'/'0').
+COUNTER_CAS = _script("counter_cas", r"""
+local cur = redis.call('HGET', DATA, ARGV[1])
+if not cur then
+  if ARGV[4] ~= '1' then return 0 end
+  local st = ensure(ARGV[1], ARGV[3])
+  if st ~= 'created' and st ~= 'existed' then return fail(st) end
+  return 1
+end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', DATA, ARGV[1], ARGV[3])
+return 1
+""")
+
+# The value, creating the key at 0 (a handle's `.value`).
+COUNTER_VALUE = _script("counter_value", r"""
+local st = ensure(ARGV[1], '0')
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+return redis.call('HGET', DATA, ARGV[1])
+""")
+
+# The old value and the delete in one step; nil if absent.
+TAKE = _script("take", r"""
+local v = redis.call('HGET', DATA, ARGV[1])
+if v then redis.call('HDEL', DATA, ARGV[1]) end
+return v
+""")
+
+# GCRA, on the server's clock, with exactly the rule of
+# shmdict.ratelimit.gcra_step.  ARGV: field, emission_interval_ns (T),
+# tolerance_ns (tau), cost.  The theoretical arrival time (TAT, int64 ns
+# since the epoch of the server's TIME) is the counter's value; it is split
+# into (seconds, nanoseconds) so no double ever holds more than 2^53, and
+# only `base - now` (exact while under 2^53 ns, about 104 days) is computed.
+# Returns {allowed, remaining, retry_after_ns, reset_after_ns}.  A refused
+# hit, and a hit of cost 0, change nothing and create nothing.
+GCRA = _script("gcra", r"""
+local f = ARGV[1]
+local T, tau, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+local raw = redis.call('HGET', DATA, f)
+local rel = 0                                -- base - now, base = max(tat, now)
+if raw and string.match(raw, '^%d+$') and #raw > 9 then
+  local n = #raw
+  local s, ns = tonumber(string.sub(raw, 1, n - 9)), tonumber(string.sub(raw, n - 8))
+  rel = (s - now_s) * 1000000000 + (ns - now_n)
+  if rel < 0 then rel = 0 end
+end
+local ahead = rel + cost * T                 -- new_tat - now
+if ahead > tau then
+  return {0, math.floor((tau - rel) / T), ahead - tau, rel}
+end
+if cost > 0 then
+  local total = now_n + ahead                -- new_tat = now + ahead, as sec/ns
+  local carry = math.floor(total / 1000000000)
+  local value = string.format('%d%09d', now_s + carry, total - carry * 1000000000)
+  local st = ensure(f, value)
+  if st ~= 'existed' and st ~= 'created' then return fail(st) end
+  redis.call('HSET', DATA, f, value)
+end
+return {1, math.floor((tau - ahead) / T), 0, ahead}
+""")
+
+# ------------------------------------------------------------------ Lock
+# ARGV: field, token, lease_ms, shared ('1'/'0').  {1, died} or {0, wait_ms}.
+LOCK_ACQUIRE = _script("lock_acquire", r"""
+local st = ensure(ARGV[1], '')
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+return lease_take(DATA, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1')
+""")
+
+# ARGV: field, token, shared.  1 if released, 0 if `token` did not hold it.
+LOCK_RELEASE = _script("lock_release", r"""
+local hash = DATA
+if ARGV[4] == 'r' then hash = RLOCK end
+local raw = redis.call('HGET', hash, ARGV[1])
+if not raw then return 0 end
+local s = lease_load(raw)
+if ARGV[3] == '1' then
+  local e = s.r[ARGV[2]]
+  if not e then return 0 end
+  e[1] = e[1] - 1
+  if e[1] <= 0 then s.r[ARGV[2]] = nil end
+else
+  if s.w ~= ARGV[2] then return 0 end
+  s.w = nil; s.x = nil
+end
+if hash == RLOCK then
+  redis.call('HDEL', RLOCK, ARGV[1])
+else
+  lease_save(hash, ARGV[1], s)
+end
+return 1
+""")
+
+# ARGV: lease_ms, then (where 'd'|'r', field, token, shared) per held lease.
+# Extends each lease still held; returns 1/0 per lease (0: it was lost).
+LEASE_RENEW = _script("lease_renew", r"""
+local lease = tonumber(ARGV[1])
+local now = now_ms()
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local hash = DATA
+  if ARGV[i] == 'r' then hash = RLOCK end
+  local f, tok, shared = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1'
+  local raw = redis.call('HGET', hash, f)
+  local ok = 0
+  if raw and raw ~= '' then
+    local s = lease_load(raw)
+    if shared then
+      if s.r[tok] then s.r[tok][2] = now + lease; ok = 1 end
+    elseif s.w == tok then
+      s.x = now + lease; ok = 1
+    end
+    if ok == 1 then lease_save(hash, f, s) end
+  end
+  out[#out + 1] = ok
+  i = i + 4
+end
+return out
+""")
+
+# The live holders of a lease: {writer token or '', reader tokens...}.
+LEASE_INFO = _script("lease_info", r"""
+local hash = DATA
+if ARGV[2] == 'r' then hash = RLOCK end
+local s = lease_load(redis.call('HGET', hash, ARGV[1]))
+lease_expire(s, now_ms())
+local out = {s.w or ''}
+for tok, _ in pairs(s.r) do out[#out + 1] = tok end
+return out
+""")
+
+# Delete a lock key unless someone holds a live lease on it.  ARGV: field.
+# Returns 1 if it existed, 0 if not.
+LOCK_DELETE = _script("lock_delete", r"""
+local raw = redis.call('HGET', DATA, ARGV[1])
+if not raw then return 0 end
+local s = lease_load(raw)
+lease_expire(s, now_ms())
+if s.w ~= nil or next(s.r) ~= nil then
+  return redis.error_reply('SHMDICT_HELD ' .. (s.w or next(s.r)))
+end
+redis.call('HDEL', DATA, ARGV[1])
+return 1
+""")
+
+# ---------------------------------------------------------------- Struct
+# Writers other than update() wait while another token holds the record's
+# lease; they return 'busy' (with the ms left on it) and the client retries.
+
+# ARGV: field, token, bytes.  1 done, or {'busy', ms}.
+STRUCT_SET = _script("struct_set", r"""
+local now = now_ms()
+local raw = redis.call('HGET', RLOCK, ARGV[1])
+if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+local st = ensure(ARGV[1], ARGV[3])
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+redis.call('HSET', DATA, ARGV[1], ARGV[3])
+return 1
+""")
+
+# ARGV: field, token, old, new, set_on_not_exists.  1/0, or {'busy', ms}.
+STRUCT_CAS = _script("struct_cas", r"""
+local now = now_ms()
+local raw = redis.call('HGET', RLOCK, ARGV[1])
+if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+local cur = redis.call('HGET', DATA, ARGV[1])
+if not cur then
+  if ARGV[5] ~= '1' then return 0 end
+  local st = ensure(ARGV[1], ARGV[4])
+  if st ~= 'existed' and st ~= 'created' then return fail(st) end
+  return 1
+end
+if cur ~= ARGV[3] then return 0 end
+redis.call('HSET', DATA, ARGV[1], ARGV[4])
+return 1
+""")
+
+# Start update(): create the key with the default, take the record's lease,
+# return {1, died, record bytes} or {0, wait_ms}.
+# ARGV: field, token, lease_ms, default bytes.
+STRUCT_BEGIN = _script("struct_begin", r"""
+local st = ensure(ARGV[1], ARGV[4])
+if st ~= 'existed' and st ~= 'created' then return fail(st) end
+local got = lease_take(RLOCK, ARGV[1], ARGV[2], tonumber(ARGV[3]), false)
+if got[1] == 0 then return got end
+return {1, got[2], redis.call('HGET', DATA, ARGV[1])}
+""")
+
+# Finish update(): write the record and drop the lease, if still ours.
+# ARGV: field, token, bytes.  1, or 0 when the lease was lost.
+STRUCT_COMMIT = _script("struct_commit", r"""
+local s = lease_load(redis.call('HGET', RLOCK, ARGV[1]))
+if s.w ~= ARGV[2] then return 0 end
+redis.call('HDEL', RLOCK, ARGV[1])
+if redis.call('EXISTS', META) == 0 then return redis.error_reply('SHMDICT_NOTABLE') end
+redis.call('HSET', DATA, ARGV[1], ARGV[3])
+return 1
+""")
+
+# Delete a record, waiting out another's update.  ARGV: field, token.
+# Returns the record bytes (nil if absent), or {'busy', ms}.
+STRUCT_TAKE = _script("struct_take", r"""
+local now = now_ms()
+local raw = redis.call('HGET', RLOCK, ARGV[1])
+if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+local v = redis.call('HGET', DATA, ARGV[1])
+redis.call('HDEL', DATA, ARGV[1])
+redis.call('HDEL', RLOCK, ARGV[1])
+return v
+""")
+
+ALL = [OPEN, UNLINK, ENSURE, COUNTER_ADD, COUNTER_EXCHANGE, COUNTER_CAS, COUNTER_VALUE,
+       TAKE, GCRA, LOCK_ACQUIRE, LOCK_RELEASE, LEASE_RENEW, LEASE_INFO, LOCK_DELETE,
+       STRUCT_SET, STRUCT_CAS, STRUCT_BEGIN, STRUCT_COMMIT, STRUCT_TAKE]

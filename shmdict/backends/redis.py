@@ -1,0 +1,951 @@
+"""The Redis backend: the same tables, verbs and errors on a Redis server.
+
+``shmdict.open(name, layout, capacity, key_size, backend="redis://host:6379/0")``
+returns a table whose verbs mean what they mean on shared memory, for
+processes on any number of hosts that reach the same server.
+
+Storage (see :mod:`shmdict.backends._lua` for the scripts)::
+
+    shmdict:{NAME}:meta    hash: layout spec, capacity, key_size, created
+    shmdict:{NAME}:data    hash: canonical key encoding -> value
+    shmdict:{NAME}:rlock   hash: key -> lease of a Struct record being updated
+
+One Redis hash per table keeps ``len`` O(1) (``HLEN``), lets the capacity be
+enforced atomically in the same script that inserts, and lets iteration use
+``HSCAN`` (never ``KEYS``).  Keys are encoded by :func:`shmdict.keys.encode_key`,
+so key types, ``KeyTooLong`` and ``TableFull`` mean exactly what they mean on
+shared memory.
+
+Every verb is one round trip: a plain command where one suffices (``HGET``
+for ``read``, ``HEXISTS`` for ``in``), otherwise one Lua script (``EVALSHA``).
+
+Locks are leases: the holder's token and an expiry in the server's clock.  A
+daemon thread per table renews the leases this process holds every
+``lease / 3`` seconds, so a live holder keeps its lock for as long as it
+wants, and a holder that dies (or loses the server for longer than
+``lease``) loses it ``lease`` seconds later at most; the next acquirer is
+told (``recovered``, :class:`shmdict.OwnerDiedWarning`).  Ownership is per
+process, as on shared memory: the token is ``host/pid/random``.
+
+Options, as keyword arguments of ``shmdict.open`` or in the URL's query
+(``redis://h:6379/0?socket_timeout=1&lease=5``):
+
+* ``socket_timeout`` (seconds, default 5): how long a call waits for the
+  server before raising :class:`shmdict.BackendError`;
+* ``socket_connect_timeout`` (seconds, default 2): the same for connecting;
+* ``lease`` (seconds, default 10): a lock's lease, the longest a dead
+  holder can keep a lock.
+
+Calls are never retried behind your back: a write that raises
+``BackendError`` may or may not have been applied (the server may have
+died after applying it), and one that returned has been applied once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..check import Report
+from ..errors import (BackendError, LayoutMismatch, LockHeld, NotOwner, OwnerDiedWarning,
+                      ShmDictError, TableFull, TableNotFound)
+from ..keys import Key, decode_key, encode_key
+from ..layouts import Counter, Layout, Lock, Struct, from_spec
+from ..records import MutableRecord, StructHandle
+from . import _lua
+
+try:
+    import redis as _redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _redis = None
+
+#: Options a table accepts, with their defaults (seconds).
+DEFAULT_OPTIONS: Dict[str, float] = {
+    "socket_timeout": 5.0,
+    "socket_connect_timeout": 2.0,
+    "lease": 10.0,
+}
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+SCAN_COUNT = 1000
+#: Longest pause between two attempts to take a busy lock (seconds).
+MAX_POLL = 0.02
+
+
+# ------------------------------------------------------------- connection
+class Connection:
+    """A parsed backend URL, its options and the (per-process) Redis client."""
+
+    def __init__(self, url: str, options: Dict[str, Any]) -> None:
+        if _redis is None:
+            raise ImportError("the Redis backend needs the redis package: "
+                              "pip install 'shmdict[redis]'")
+        self.url = url
+        self.explicit = dict(options)
+        parts = urlsplit(url)
+        rest, ours = [], {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in DEFAULT_OPTIONS:
+                ours[key] = value
+            else:
+                rest.append((key, value))
+        for key, value in options.items():
+            if key not in DEFAULT_OPTIONS:
+                raise TypeError(f"unknown Redis backend option {key!r}; "
+                                f"known: {', '.join(sorted(DEFAULT_OPTIONS))}")
+            ours[key] = value
+        self.options: Dict[str, float] = dict(DEFAULT_OPTIONS)
+        for key, value in ours.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Redis backend option {key}={value!r} is not a number "
+                                 f"of seconds") from None
+            if not number > 0:
+                raise ValueError(f"Redis backend option {key}={value!r} must be > 0")
+            self.options[key] = number
+        self.client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        host = parts.hostname or parts.path or "localhost"
+        self.where = (f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
+                      if parts.scheme != "unix" else f"unix://{parts.path}")
+        self.lease_ms = max(1, int(self.options["lease"] * 1000))
+
+    @property
+    def client(self) -> Any:
+        """This process's client for the URL (shared by the tables that use it)."""
+        key = (os.getpid(), self.client_url, self.options["socket_timeout"],
+               self.options["socket_connect_timeout"])
+        client = _CLIENTS.get(key)
+        if client is None:
+            try:
+                client = _redis.Redis.from_url(
+                    self.client_url,
+                    socket_timeout=self.options["socket_timeout"],
+                    socket_connect_timeout=self.options["socket_connect_timeout"],
+                    retry=Retry(NoBackoff(), 0))
+            except ValueError as exc:
+                raise ValueError(f"bad Redis URL {self.where!r}: {exc}") from None
+            _CLIENTS[key] = client
+        return client
+
+
+_CLIENTS: Dict[Tuple[Any, ...], Any] = {}
+_TOKEN: Tuple[int, str] = (0, "")
+
+
+def process_token() -> str:
+    """This process's lock-owner token: ``host/pid/random`` (new after a fork)."""
+    global _TOKEN
+    pid = os.getpid()
+    if _TOKEN[0] != pid:
+        _TOKEN = (pid, f"{socket.gethostname()}/{pid}/{secrets.token_hex(6)}")
+    return _TOKEN[1]
+
+
+def token_pid(token: Any) -> Optional[int]:
+    """The pid inside a lock-owner token (None if it is not one)."""
+    if isinstance(token, bytes):
+        token = token.decode("utf-8", "replace")
+    try:
+        return int(str(token).rsplit("/", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _int64(value: Any, what: str = "value") -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"a counter {what} is an int, not {type(value).__name__}")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise OverflowError(f"{what} {value} is outside the int64 range")
+    return value
+
+
+# ------------------------------------------------------------------ table
+class RedisTable:
+    """What every layout's table on Redis shares.  Use :func:`shmdict.open`."""
+
+    layout: Layout
+
+    def __init__(self, conn: Connection, name: str, layout: Layout, capacity: int,
+                 key_size: int) -> None:
+        self.name = name
+        self.layout = layout
+        self.capacity = capacity
+        self.key_size = key_size
+        self.backend = conn.url
+        self._conn = conn
+        self._r = conn.client
+        prefix = f"shmdict:{{{name}}}:"
+        self._keys = (prefix + "meta", prefix + "data", prefix + "rlock")
+        self._data = self._keys[1]
+        self._closed = False
+        self._keeper = _LeaseKeeper(self)
+
+    # ----------------------------------------------------------- plumbing
+    def _eval(self, script: _lua.Script, *args: Any) -> Any:
+        """Run one script on this table's keys (one round trip)."""
+        if self._closed:
+            self._check_open()
+        try:
+            try:
+                return self._r.execute_command("EVALSHA", script.sha, 3, *self._keys, *args)
+            except NoScriptError:   # a new or restarted server: send the source
+                return self._r.execute_command("EVAL", script.source, 3, *self._keys, *args)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    def _cmd(self, *args: Any) -> Any:
+        """Run one plain Redis command."""
+        if self._closed:
+            self._check_open()
+        try:
+            return self._r.execute_command(*args)
+        except RedisError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> Exception:
+        """The shmdict exception for a Redis one."""
+        if isinstance(exc, ResponseError):
+            message = str(exc)
+            word = message.split(" ", 1)[0]
+            if word == "SHMDICT_FULL":
+                _, live, capacity = message.split()[:3]
+                return TableFull(f"table {self.name!r} is full: {live} of {capacity} keys "
+                                 f"in use; delete keys or open a table with a larger capacity")
+            if word == "SHMDICT_NOTABLE":
+                return TableNotFound(
+                    f"table {self.name!r} no longer exists on {self._conn.where}: it was "
+                    f"unlinked, or the server lost its data (restarted without "
+                    f"persistence); open it again to create it")
+            if word == "SHMDICT_HELD":
+                return LockHeld(f"key in table {self.name!r} is locked by "
+                                f"{message.split(' ', 1)[-1]}; release it before deleting it")
+            if word == "SHMDICT_OVERFLOW":
+                return OverflowError("the add would leave the int64 range; nothing changed")
+            return BackendError(f"Redis at {self._conn.where} failed on table "
+                                f"{self.name!r}: {message}")
+        if isinstance(exc, (_RedisConnectionError, _RedisTimeoutError)):
+            what = "did not answer in time" if isinstance(exc, _RedisTimeoutError) \
+                else "cannot be reached"
+            opts = self._conn.options
+            return BackendError(
+                f"Redis at {self._conn.where} {what} (table {self.name!r}): {exc}. Is the "
+                f"server up? Timeouts: socket_timeout={opts['socket_timeout']:g}s, "
+                f"socket_connect_timeout={opts['socket_connect_timeout']:g}s (set them in "
+                f"the URL query or as shmdict.open(..., socket_timeout=...))")
+        return BackendError(f"Redis at {self._conn.where} (table {self.name!r}): {exc}")
+
+    def _field(self, key: Any) -> bytes:
+        return encode_key(key, self.key_size)
+
+    def _open(self, create: bool) -> None:
+        spec = self.layout.spec_json()
+        reply = self._eval(_lua.OPEN, spec, self.capacity, self.key_size, int(create))
+        if reply[0] == 0:
+            raise TableNotFound(f"no table {self.name!r} on {self._conn.where}; "
+                                f"open it with create=True to create it")
+        if reply[0] == 2:
+            theirs = (reply[1].decode(), int(reply[2]), int(reply[3]))
+            if theirs != (spec, self.capacity, self.key_size):
+                try:
+                    layout: Any = from_spec(json.loads(theirs[0]))
+                except (ValueError, KeyError, TypeError):
+                    layout = theirs[0]
+                raise LayoutMismatch(
+                    f"table {self.name!r} on {self._conn.where} is {layout!r} with "
+                    f"capacity={theirs[1]}, key_size={theirs[2]}; you asked for "
+                    f"{self.layout!r} with capacity={self.capacity}, "
+                    f"key_size={self.key_size}")
+
+    def _wait(self, attempt: Callable[[], Tuple[bool, Any]], blocking: bool = True,
+              timeout: float = -1) -> Tuple[bool, Any]:
+        """Call ``attempt`` until it succeeds: ``(True, value)``; ``(False, None)``
+        when not ``blocking`` or past ``timeout``.  Sleeps between attempts
+        (interruptible by Ctrl-C), backing off to ``MAX_POLL``."""
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            done, value = attempt()
+            if done:
+                return True, value
+            if not blocking:
+                return False, None
+            sleep = pause
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False, None
+                sleep = min(sleep, left)
+            time.sleep(sleep)
+            pause = min(pause * 2, MAX_POLL)
+
+    # ------------------------------------------------------ layout hooks
+    def _default_value(self) -> Any:
+        raise NotImplementedError
+
+    def _snapshot(self, raw: Optional[bytes]) -> Any:
+        raise NotImplementedError
+
+    def _take(self, field: bytes) -> Tuple[bool, Any]:
+        """Delete ``field``: ``(existed, snapshot taken atomically with it)``."""
+        raw = self._eval(_lua.TAKE, field)
+        return (raw is not None), self._snapshot(raw)
+
+    def _handle(self, key: Key) -> Any:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- Go verbs
+    def _ensure(self, field: bytes) -> bool:
+        """Get-or-create ``field`` with the default; True if this call created it."""
+        return self._eval(_lua.ENSURE, field, self._default_value()) == 1
+
+    def get(self, key: Key) -> Any:
+        """Get-or-create: a handle on the key (Go's ``Get``)."""
+        self._ensure(self._field(key))
+        return self._handle(key)
+
+    def __getitem__(self, key: Key) -> Any:
+        return self.get(key)
+
+    def load(self, key: Key) -> Tuple[Any, bool]:
+        """``(handle, existed)``; ``existed`` is False when the default was just created."""
+        created = self._ensure(self._field(key))
+        return self._handle(key), not created
+
+    def delete(self, key: Key) -> None:
+        """Remove ``key``; deleting a missing key is a no-op."""
+        self._take(self._field(key))
+
+    def __delitem__(self, key: Key) -> None:
+        self.delete(key)
+
+    def load_and_delete(self, key: Key) -> Tuple[Any, bool]:
+        """Remove ``key`` and return ``(snapshot, existed)`` atomically."""
+        existed, snapshot = self._take(self._field(key))
+        return snapshot, existed
+
+    # -------------------------------------------------------------- Range
+    def _scan(self) -> Iterator[Tuple[bytes, bytes]]:
+        """Every (field, raw value) pair, by ``HSCAN`` (each key once)."""
+        seen: Dict[bytes, bytes] = {}
+        cursor = 0
+        while True:
+            cursor, batch = self._cmd("HSCAN", self._data, cursor, "COUNT", SCAN_COUNT)
+            if isinstance(batch, dict):
+                seen.update(batch)
+            else:   # a flat [field, value, ...] list
+                seen.update(zip(batch[::2], batch[1::2]))
+            if int(cursor) == 0:
+                return iter(seen.items())
+
+    def keys(self) -> List[Key]:
+        """A snapshot list of the keys (never creates)."""
+        return [decode_key(field) for field, _ in self._scan()]
+
+    def items(self) -> List[Tuple[Key, Any]]:
+        """A snapshot list of ``(key, value snapshot)`` (never creates)."""
+        return [(decode_key(field), self._snapshot(raw)) for field, raw in self._scan()]
+
+    def values(self) -> List[Any]:
+        return [value for _, value in self.items()]
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys())
+
+    def range(self, fn: Callable[[Key, Any], Any]) -> None:
+        """Go's ``Range``: call ``fn(key, value)`` per key until it returns False."""
+        for key, value in self.items():
+            if fn(key, value) is False:
+                break
+
+    def __len__(self) -> int:
+        return int(self._cmd("HLEN", self._data))
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            field = self._field(key)
+        except TypeError:
+            return False
+        return bool(self._cmd("HEXISTS", self._data, field))
+
+    def sub(self, prefix: Any) -> Any:
+        """A view of the keys under a tuple prefix (nested maps in one table)."""
+        from ..views import View
+        return View(self, prefix)
+
+    # --------------------------------------------------------- inspection
+    def check(self) -> Report:
+        """A consistency report (truthy when consistent): metadata, every key's
+        encoding and size, every value's format, the live count against the
+        capacity, and leftover record leases (expired ones are removed)."""
+        report = Report(self.name, slots=self.capacity)
+        meta = self._cmd("HMGET", self._keys[0], "layout", "capacity", "key_size")
+        if meta[0] is None:
+            report.problems.append(f"no metadata: the table is gone from {self._conn.where}")
+        elif (meta[0].decode(), int(meta[1]), int(meta[2])) != \
+                (self.layout.spec_json(), self.capacity, self.key_size):
+            report.problems.append("metadata differs from this table's layout or geometry")
+        live = 0
+        for field, raw in self._scan():
+            live += 1
+            if len(field) > self.key_size:
+                report.problems.append(f"key {field!r}: {len(field)} bytes > key_size")
+            try:
+                decode_key(field)
+            except ValueError as exc:
+                report.problems.append(f"key {field!r}: undecodable ({exc})")
+                continue
+            problem = self._check_value(raw)
+            if problem:
+                report.problems.append(f"key {decode_key(field)!r}: {problem}")
+        report.live = live
+        report.counted = {"published": live}
+        if live > self.capacity:
+            report.problems.append(f"{live} keys exceed the capacity {self.capacity}")
+        leases = self._cmd("HGETALL", self._keys[2]) or {}
+        if not isinstance(leases, dict):
+            leases = dict(zip(leases[::2], leases[1::2]))
+        for field in leases:
+            if not self._cmd("HEXISTS", self._data, field):
+                holders = self._eval(_lua.LEASE_INFO, field, "r")
+                if holders[0]:
+                    report.problems.append(f"record lease on missing key {field!r}")
+                else:
+                    self._cmd("HDEL", self._keys[2], field)
+                    report.repaired.append(f"removed an expired lease on missing key {field!r}")
+        return report
+
+    def _check_value(self, raw: bytes) -> Optional[str]:
+        return None
+
+    def stats(self) -> Dict[str, Any]:
+        """Numbers for ``shmdict stat``."""
+        live = len(self)
+        return {"name": self.name, "layout": repr(self.layout), "capacity": self.capacity,
+                "key_size": self.key_size, "live": live, "backend": self._conn.where,
+                "load_factor": live / self.capacity}
+
+    # ---------------------------------------------------------- lifecycle
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"table {self.name!r} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Detach (the table stays on the server).  Stops renewing leases."""
+        if not self._closed:
+            self._keeper.stop()
+            self._closed = True
+
+    def unlink(self) -> None:
+        """Destroy the table on the server (all its keys).  Also closes it."""
+        self._check_open()
+        self._eval(_lua.UNLINK)
+        self.close()
+
+    def __enter__(self) -> "RedisTable":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        return (_reattach, (self._conn.url, self.name, self.layout, self.capacity,
+                            self.key_size, self._conn.explicit))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._conn.where
+        return (f"<shmdict {type(self).__name__} {self.name!r} {self.layout!r} "
+                f"capacity={self.capacity} {state}>")
+
+
+# ----------------------------------------------------------------- leases
+class _LeaseKeeper:
+    """Renews the leases this process holds on one table, from a daemon thread.
+
+    The thread runs only while some lease is held, and renews them all in
+    one script call every ``lease / 3`` seconds.  A renewal that fails (the
+    server is away) is retried at the next tick; if the server stays away
+    longer than the lease, the lock is lost and its release raises
+    ``NotOwner``.
+    """
+
+    def __init__(self, table: RedisTable) -> None:
+        self._table = table
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+        self._held: Dict[Tuple[str, bytes, bool], int] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = threading.Event()
+
+    def hold(self, where: str, field: bytes, shared: bool) -> None:
+        if self._pid != os.getpid():    # forked: the parent's leases are not ours
+            self._reset()
+        with self._mutex:
+            entry = (where, field, shared)
+            self._held[entry] = self._held.get(entry, 0) + 1
+            if self._thread is None and not self._stopped.is_set():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"shmdict-lease-{self._table.name}")
+                self._thread.start()
+
+    def drop(self, where: str, field: bytes, shared: bool) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+        with self._mutex:
+            entry = (where, field, shared)
+            count = self._held.get(entry, 0) - 1
+            if count > 0:
+                self._held[entry] = count
+            else:
+                self._held.pop(entry, None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        table = self._table
+        interval = table._conn.options["lease"] / 3
+        token = process_token()
+        while not self._stopped.wait(interval):
+            with self._mutex:
+                if not self._held:
+                    self._thread = None
+                    return
+                args: List[Any] = [table._conn.lease_ms]
+                for where, field, shared in self._held:
+                    args += [where, field, token, int(shared)]
+            try:
+                table._eval(_lua.LEASE_RENEW, *args)
+            except (ShmDictError, ValueError):
+                pass    # the server is away: try again at the next tick
+        with self._mutex:
+            self._thread = None
+
+
+# ---------------------------------------------------------------- Counter
+class RedisCounterTable(RedisTable):
+    """Atomic int64 counters on Redis (``HINCRBY`` inside a capacity check)."""
+
+    def _default_value(self) -> Any:
+        return 0
+
+    def _snapshot(self, raw: Optional[bytes]) -> int:
+        return 0 if raw is None else int(raw)
+
+    def _check_value(self, raw: bytes) -> Optional[str]:
+        try:
+            value = int(raw)
+        except ValueError:
+            return f"value {raw!r} is not an integer"
+        if not INT64_MIN <= value <= INT64_MAX or str(value).encode() != raw:
+            return f"value {raw!r} is not a canonical int64"
+        return None
+
+    def add(self, key: Key, n: int = 1) -> int:
+        """Atomically add ``n`` (get-or-create at 0); return the new value."""
+        return self._eval(_lua.COUNTER_ADD, self._field(key), _int64(n, "increment"))
+
+    def read(self, key: Key) -> Tuple[int, bool]:
+        """``(value, exists)``; a missing key reads ``(0, False)`` and is not created."""
+        raw = self._cmd("HGET", self._data, self._field(key))
+        return (0, False) if raw is None else (int(raw), True)
+
+    def set(self, key: Key, value: int) -> None:
+        """Store ``value`` (creating the key)."""
+        self._eval(_lua.COUNTER_EXCHANGE, self._field(key), _int64(value))
+
+    def exchange(self, key: Key, value: int) -> int:
+        """Store ``value`` and return the previous one (creating the key)."""
+        return int(self._eval(_lua.COUNTER_EXCHANGE, self._field(key), _int64(value)))
+
+    def cas(self, key: Key, old: int, new: int, set_on_not_exists: bool = False) -> bool:
+        """Compare-and-swap ``old`` -> ``new``; a missing key is set to ``new``
+        only with ``set_on_not_exists`` (otherwise False, nothing created)."""
+        return self._eval(_lua.COUNTER_CAS, self._field(key), _int64(old), _int64(new),
+                          int(bool(set_on_not_exists))) == 1
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        if isinstance(value, RedisCounterHandle):
+            if value._table is self and value._key == key:
+                return   # the tail of `d[key] += n`: the add already happened
+            value = value.value
+        self.set(key, value)
+
+    def total(self) -> int:
+        """The sum of all values (a snapshot)."""
+        return sum(self.values())
+
+    def _handle(self, key: Key) -> "RedisCounterHandle":
+        return RedisCounterHandle(self, key)
+
+    def _gcra(self, key: Key, emission_interval_ns: int, tolerance_ns: int,
+              cost: int) -> Tuple[bool, int, int, int]:
+        """One GCRA decision for ``RateLimiter``, atomically on the server's clock.
+
+        The key's value is its theoretical arrival time (ns since the epoch).
+        Returns ``(allowed, remaining, retry_after_ns, reset_after_ns)``.
+        """
+        allowed, remaining, retry_after, reset_after = self._eval(
+            _lua.GCRA, self._field(key), int(emission_interval_ns), int(tolerance_ns),
+            int(cost))
+        return bool(allowed), int(remaining), int(retry_after), int(reset_after)
+
+
+class RedisCounterHandle:
+    """A key's counter on Redis; every operation goes to the server."""
+
+    __slots__ = ("_table", "_key")
+
+    def __init__(self, table: RedisCounterTable, key: Key) -> None:
+        self._table = table
+        self._key = key
+
+    @property
+    def key(self) -> Key:
+        return self._key
+
+    @property
+    def value(self) -> int:
+        """The current value (the key is re-created at 0 if it was deleted)."""
+        return int(self._table._eval(_lua.COUNTER_VALUE, self._table._field(self._key)))
+
+    def add(self, n: int = 1) -> int:
+        return self._table.add(self._key, n)
+
+    def set(self, value: int) -> None:
+        self._table.set(self._key, value)
+
+    def exchange(self, value: int) -> int:
+        return self._table.exchange(self._key, value)
+
+    def cas(self, old: int, new: int) -> bool:
+        """Compare-and-swap on this key (re-created at 0 if it was deleted)."""
+        self._table._ensure(self._table._field(self._key))
+        return self._table.cas(self._key, old, new)
+
+    def __iadd__(self, n: int) -> "RedisCounterHandle":
+        self._table.add(self._key, n)
+        return self
+
+    def __isub__(self, n: int) -> "RedisCounterHandle":
+        self._table.add(self._key, -n)
+        return self
+
+    def __int__(self) -> int:
+        return self.value
+
+    __index__ = __int__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RedisCounterHandle):
+            return self._table is other._table and self._key == other._key
+        if isinstance(other, int):
+            return self.value == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((id(self._table), self._key))
+
+    def __repr__(self) -> str:
+        return f"<counter {self._key!r} = {self.value}>"
+
+
+# ------------------------------------------------------------------- Lock
+class RedisLockTable(RedisTable):
+    """Row locks on Redis: leases owned by a process token."""
+
+    def _default_value(self) -> Any:
+        return b""
+
+    def _snapshot(self, raw: Optional[bytes]) -> bool:
+        # Whether the key is held; a lease the server has let expire is
+        # still reported held until someone takes it over.
+        return bool(raw) and bool(json.loads(raw).get("w"))
+
+    def _check_value(self, raw: bytes) -> Optional[str]:
+        if raw == b"":
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            return f"lock state {raw!r} is not JSON"
+        if not isinstance(state, dict):
+            return f"lock state {raw!r} is not an object"
+        return None
+
+    def _take(self, field: bytes) -> Tuple[bool, Any]:
+        return self._eval(_lua.LOCK_DELETE, field) == 1, False
+
+    def _holders(self, key: Key) -> Tuple[Optional[str], List[str]]:
+        """(exclusive holder's token or None, shared holders' tokens), live leases."""
+        field = self._field(key)
+        if not self._cmd("HEXISTS", self._data, field):
+            return None, []
+        info = [t.decode() for t in self._eval(_lua.LEASE_INFO, field, "d")]
+        return (info[0] or None), info[1:]
+
+    def owner(self, key: Key) -> Optional[int]:
+        """The pid holding ``key``'s lock, or None (never creates the key)."""
+        token = self._holders(key)[0]
+        return None if token is None else token_pid(token)
+
+    def _handle(self, key: Key) -> "RedisLockHandle":
+        return RedisLockHandle(self, key)
+
+
+class RedisLockHandle:
+    """One key's lock on Redis, with the ``threading.Lock`` interface."""
+
+    def __init__(self, table: RedisLockTable, key: Key, shared: bool = False) -> None:
+        self._table = table
+        self._key = key
+        self._shared = shared
+        #: True when the last acquire took over the lease of a holder that died.
+        self.recovered = False
+
+    @property
+    def key(self) -> Key:
+        return self._key
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number or -1")
+        table = self._table
+        field = table._field(self._key)
+        token = process_token()
+        args = (field, token, table._conn.lease_ms, int(self._shared))
+
+        def attempt() -> Tuple[bool, Any]:
+            reply = table._eval(_lua.LOCK_ACQUIRE, *args)
+            return reply[0] == 1, reply[1]
+
+        got, died = table._wait(attempt, blocking, timeout)
+        if not got:
+            return False
+        table._keeper.hold("d", field, self._shared)
+        self.recovered = died == 1
+        if self.recovered:
+            warnings.warn(OwnerDiedWarning(
+                f"lock {self._key!r} in table {table.name!r} was taken over from a holder "
+                f"whose lease expired (it died or lost the server); what it guarded may "
+                f"be half-written"), stacklevel=2)
+        return True
+
+    def release(self) -> None:
+        """Release; ``NotOwner`` (a ``RuntimeError``) if this process doesn't hold it."""
+        table = self._table
+        field = table._field(self._key)
+        done = table._eval(_lua.LOCK_RELEASE, field, process_token(), int(self._shared), "d")
+        table._keeper.drop("d", field, self._shared)
+        if done != 1:
+            raise NotOwner(f"release of lock {self._key!r}, which this process does not "
+                           f"hold (never taken, or its lease expired and was taken over)")
+
+    def locked(self) -> bool:
+        """Whether anyone holds the lock exclusively."""
+        return self.owner is not None
+
+    @property
+    def owner(self) -> Optional[int]:
+        """The pid of the exclusive holder, or None (see ``holder`` for its host)."""
+        return self._table.owner(self._key)
+
+    @property
+    def holder(self) -> Optional[str]:
+        """The exclusive holder's token ``host/pid/random``, or None."""
+        return self._table._holders(self._key)[0]
+
+    @property
+    def readers(self) -> list:
+        """Pids holding the lock in shared mode (``rw=True`` tables)."""
+        if not getattr(self._table.layout, "rw", False):
+            return []
+        return [token_pid(t) for t in self._table._holders(self._key)[1]]
+
+    def read(self) -> "RedisLockHandle":
+        """The shared side of an ``rw=True`` lock: ``with d[key].read(): ...``."""
+        self._need_rw()
+        return RedisLockHandle(self._table, self._key, shared=True)
+
+    def write(self) -> "RedisLockHandle":
+        """The exclusive side of an ``rw=True`` lock: ``with d[key].write(): ...``."""
+        self._need_rw()
+        return RedisLockHandle(self._table, self._key, shared=False)
+
+    def _need_rw(self) -> None:
+        if not getattr(self._table.layout, "rw", False):
+            raise TypeError(f"table {self._table.name!r} is Lock(); "
+                            f"open it with Lock(rw=True) for read()/write()")
+
+    def __enter__(self) -> "RedisLockHandle":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        owner = self.owner
+        state = f"held by pid {owner}" if owner else "free"
+        return f"<lock {self._key!r} {state}>"
+
+
+# ----------------------------------------------------------------- Struct
+class RedisStructTable(RedisTable):
+    """Records on Redis: one value per key, so every read is consistent.
+
+    ``update()`` holds a lease on the record (in the ``rlock`` hash) for the
+    block; ``set``, ``cas`` and ``delete`` wait while another process holds
+    it, so an update never overwrites a write made during its block.
+    """
+
+    layout: Struct
+
+    def _default_value(self) -> bytes:
+        return self.layout.default_extra()[8:]
+
+    def _snapshot(self, raw: Optional[bytes]) -> Any:
+        return self.layout.unpack(raw if raw is not None else self._default_value())
+
+    def _check_value(self, raw: bytes) -> Optional[str]:
+        if len(raw) != self.layout.padded:
+            return f"record of {len(raw)} bytes, expected {self.layout.padded}"
+        return None
+
+    def _writing(self, script: _lua.Script, *args: Any) -> Any:
+        """Run a write script, waiting while another process updates the record."""
+        def attempt() -> Tuple[bool, Any]:
+            reply = self._eval(script, *args)
+            busy = isinstance(reply, list) and reply and reply[0] == b"busy"
+            return not busy, reply
+        return self._wait(attempt)[1]
+
+    def read(self, key: Key) -> Tuple[Any, bool]:
+        """``(record, exists)``: a consistent snapshot; never creates the key."""
+        raw = self._cmd("HGET", self._data, self._field(key))
+        return self._snapshot(raw), raw is not None
+
+    def set(self, key: Key, record: Any) -> None:
+        """Store a whole record (a tuple, named tuple or mapping of fields)."""
+        data = self.layout.pack(record)
+        self._writing(_lua.STRUCT_SET, self._field(key), process_token(), data)
+
+    def __setitem__(self, key: Key, record: Any) -> None:
+        self.set(key, record)
+
+    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
+        """Replace the record with ``new`` if it equals ``old``; a missing key is
+        created holding ``new`` only with ``set_on_not_exists``."""
+        old_data, new_data = self.layout.pack(old), self.layout.pack(new)
+        return self._writing(_lua.STRUCT_CAS, self._field(key), process_token(), old_data,
+                             new_data, int(bool(set_on_not_exists))) == 1
+
+    @contextmanager
+    def update(self, key: Key) -> Iterator[MutableRecord]:
+        """``with d.update(key) as rec: rec.tokens -= 1``: atomic read-modify-write.
+
+        Holds the record's lease for the block; writes back on a clean exit,
+        not at all on an exception.  ``rec.recovered`` is True when the
+        previous updater's lease expired mid-update (it died).
+        """
+        field = self._field(key)
+        token = process_token()
+        args = (field, token, self._conn.lease_ms, self._default_value())
+
+        def attempt() -> Tuple[bool, Any]:
+            reply = self._eval(_lua.STRUCT_BEGIN, *args)
+            return reply[0] == 1, reply
+
+        _, reply = self._wait(attempt)
+        recovered = reply[1] == 1
+        if recovered:
+            warnings.warn(OwnerDiedWarning(
+                f"an updater of table {self.name!r} died inside an update; the record "
+                f"keeps whatever it had written"), stacklevel=3)
+        self._keeper.hold("r", field, False)
+        try:
+            try:
+                rec = MutableRecord(self.layout, self.layout.unpack(reply[2]), recovered)
+                yield rec
+                data = self.layout.pack(rec._asdict())
+            except BaseException:
+                self._eval(_lua.LOCK_RELEASE, field, token, 0, "r")
+                raise
+            if self._eval(_lua.STRUCT_COMMIT, field, token, data) != 1:
+                raise NotOwner(f"the update of {key!r} in table {self.name!r} lost its lease "
+                               f"(held longer than the server could confirm); nothing "
+                               f"was written")
+        finally:
+            self._keeper.drop("r", field, False)
+
+    def add(self, key: Key, field: str, n: int = 1) -> int:
+        """Atomically add ``n`` to an integer field; return its new value."""
+        if field not in self.layout.codes:
+            raise AttributeError(f"no field {field!r}; fields: {list(self.layout.codes)}")
+        if not self.layout.is_int_field(field):
+            raise TypeError(f"field {field!r} is {self.layout.codes[field]!r}, not an integer")
+        with self.update(key) as rec:
+            value = getattr(rec, field) + n
+            setattr(rec, field, value)
+        return value
+
+    def _take(self, field: bytes) -> Tuple[bool, Any]:
+        raw = self._writing(_lua.STRUCT_TAKE, field, process_token())
+        return raw is not None, self._snapshot(raw)
+
+    def _handle(self, key: Key) -> StructHandle:
+        return StructHandle(self, key)  # type: ignore[arg-type]
+
+
+_TABLE_CLASSES = {"Counter": RedisCounterTable, "Lock": RedisLockTable,
+                  "Struct": RedisStructTable}
+
+
+# ----------------------------------------------------------- entry points
+def open_table(url: str, name: str, layout: Layout, capacity: int, key_size: int, *,
+               create: bool = True, **options: Any) -> RedisTable:
+    """Create table ``name`` on the Redis at ``url`` or attach to it."""
+    if not isinstance(layout, (Counter, Lock, Struct)):
+        raise TypeError(f"the Redis backend has no table for layout {layout!r}")
+    conn = Connection(url, options)
+    table = _TABLE_CLASSES[layout.kind](conn, name, layout, capacity, key_size)
+    table._open(create)
+    return table
+
+
+def unlink_table(url: str, name: str, **options: Any) -> bool:
+    """Destroy table ``name`` on the Redis at ``url``; True if it existed."""
+    conn = Connection(url, options)
+    table = RedisCounterTable(conn, name, Counter(), 1, 1)
+    try:
+        return table._eval(_lua.UNLINK) == 1
+    finally:
+        table.close()
+
+
+def _reattach(url: str, name: str, layout: Layout, capacity: int, key_size: int,
+              options: Dict[str, Any]) -> RedisTable:
+    """Unpickling a table: attach to it (never silently create a new one)."""
+    return open_table(url, name, layout, capacity, key_size, create=False, **options)
