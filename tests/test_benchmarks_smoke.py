@@ -1,0 +1,119 @@
+"""The benchmarks run at tiny sizes, so they cannot rot.
+
+They check what the benchmarks check (conservation, mutual exclusion) and
+that a peer which is not installed, or cannot start, becomes a row saying
+why instead of a crash.  Figures at these sizes mean nothing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from types import ModuleType
+
+import pytest
+
+import shmdict
+from shmdict import bench
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+
+
+def load(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}",
+                                                  os.path.join(BENCHMARKS, f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shmdict_bench_verb(capsys):
+    assert bench.main(["--keys", "200", "--repeats", "2", "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "add, existing key (1 key)" in out and "insert of a new key" in out
+
+
+def test_timing_helpers():
+    calls = []
+    timing = bench.measure(lambda n: calls.append(n), 7, repeats=3)
+    assert calls == [7, 7, 7] and timing.ops == 21 and timing.median > 0
+    n, done = bench.calibrate_counted(lambda n: None, 0.001, max_n=64)
+    assert 1 <= n <= 64 and done >= 1
+    run = bench.run_parallel(lambda i: (lambda n: None), 2, 10)
+    assert run.processes == 2 and run.ops == 20
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        bench.run_parallel(lambda i: (lambda n: 1 // 0), 1, 1)
+    assert bench.markdown_table(["a"], [["x|y"]]).splitlines()[2] == "| x\\|y |"
+
+
+def test_bench_core(capsys):
+    core = load("bench_core")
+    assert core.main(["--keys", "300", "--repeats", "2", "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "2 processes adding on disjoint keys" in out and "segment bytes per slot" in out
+
+
+def test_bench_layouts(capsys):
+    layouts = load("bench_layouts")
+    assert layouts.main(["--repeats", "1", "--budget", "0.005", "--first", "3",
+                         "--second", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "threading.Lock" in out and "Struct.update" in out and "nested view" in out
+
+
+def test_peers_small_run(tmp_path, capsys):
+    peers = load("peers")
+    code = peers.main(["--keys", "200", "--repeats", "1", "--budget", "0.003",
+                       "--out-dir", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "| workload | peer |" in results and "Command:" in results
+    for workload in ("counter add, 1 key, 2 processes", "insert of a new key",
+                     "lock, 2 processes on one key", "struct update", "memory per key"):
+        assert f"| {workload}" in out
+    # shmdict itself ran every workload, and lost nothing.
+    for line in out.splitlines():
+        if line.startswith("| ") and "| shmdict |" in line:
+            assert "| — |" not in line, line
+            assert "**yes" not in line, line
+
+
+def test_missing_peer_is_a_row(monkeypatch, capsys):
+    peers = load("peers")
+    real_import = peers._import
+
+    def pretend_missing(module, package):
+        if module == "diskcache":
+            raise peers.Unsupported(f"not installed (pip install {package})")
+        return real_import(module, package)
+    monkeypatch.setattr(peers, "_import", pretend_missing)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
+                        lambda name: None if name == "redis-server" else real_which(name))
+    run = peers.Run(50, 1, 0.002, [peers.ShmdictPeer, peers.DiskcachePeer, peers.RedisPeer],
+                    log=lambda line: None)
+    try:
+        run.cell("insert of a new key", run.peers[0], run.insert_row)
+        run.cell("insert of a new key", run.peers[1], run.insert_row)
+        run.cell("insert of a new key", run.peers[2], run.insert_row)
+    finally:
+        run.stop()
+    rows = {row.peer: row for row in run.rows}
+    assert rows["shmdict"].value is not None and rows["shmdict"].lost == 0
+    assert rows["diskcache"].value is None and "not installed" in rows["diskcache"].note
+    assert rows["Redis (redis-py)"].value is None and "redis-server" in \
+        rows["Redis (redis-py)"].note
+    assert "not installed" in peers.results_table(run.rows)
+
+
+def test_no_tables_left_behind():
+    leftovers = [t for t in shmdict.list_tables() if str(t).startswith(
+        (f"bench.peers.{os.getpid()}", f"bench.core.{os.getpid()}",
+         f"bench.layouts.{os.getpid()}"))]
+    assert not leftovers
