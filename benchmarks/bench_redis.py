@@ -1,0 +1,195 @@
+"""Benchmark of the Redis backend (issue 7): its cost per verb next to redis-py
+used by hand for the same thing, and next to the shared-memory backend.
+
+For each workload, from one run, the median ns/op of:
+
+* **shmdict on Redis**: ``shmdict.open(..., backend="redis://...")``;
+* **redis-py by hand**: the fewest round trips a careful user would write
+  for the same semantics (``HINCRBY``, ``HGET``, ``SET NX PX`` + a Lua
+  release, a Lua CAS, ...) -- the floor the backend is measured against;
+* **shmdict on shared memory**: the same verb on the default backend.
+
+and the ratios backend / by-hand (should be near 1: one round trip per
+verb) and backend / shared memory (the price of leaving the host).
+
+Run::
+
+    .venv/bin/python benchmarks/bench_redis.py                   # ~30 s
+    .venv/bin/python benchmarks/bench_redis.py --url redis://127.0.0.1:6399/0
+    .venv/bin/python benchmarks/bench_redis.py --repeats 3 --budget 0.05
+
+Without ``--url`` (or ``$SHMDICT_REDIS_URL``) it starts a ``redis-server``
+on a free port on 127.0.0.1, without persistence, and stops it at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import redis
+
+import shmdict
+from shmdict.bench import calibrate, fmt_ns, machine_summary, markdown_table, measure
+
+Op = Callable[[int], Any]
+
+
+def start_server() -> Tuple[str, Callable[[], None]]:
+    """A throwaway redis-server on a free local port: (url, stop)."""
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server not found: apt-get install redis-server, or pass --url")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return f"redis://127.0.0.1:{port}/0", stop
+
+
+def repeat(fn: Callable[[], Any]) -> Op:
+    def op(n: int) -> None:
+        for _ in range(n):
+            fn()
+    return op
+
+
+# Hand-written Lua a careful redis-py user would use for the same semantics.
+HAND_CAS = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end
+return 0"""
+HAND_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"""
+
+
+def workloads(url: str, prefix: str) -> List[Tuple[str, Op, Op, Op]]:
+    """(label, shmdict-on-Redis op, redis-py-by-hand op, shmdict-on-shm op) per workload."""
+    r = redis.Redis.from_url(url)
+    hand = f"{prefix}.hand"
+    rc = shmdict.open(prefix + ".c", shmdict.Counter(), backend=url)
+    sc = shmdict.open(prefix + ".c", shmdict.Counter())
+    rl = shmdict.open(prefix + ".l", shmdict.Lock(), backend=url)
+    sl = shmdict.open(prefix + ".l", shmdict.Lock())
+    layout = shmdict.Struct(tokens="d", stamp="q")
+    rs = shmdict.open(prefix + ".s", layout, backend=url)
+    ss = shmdict.open(prefix + ".s", layout)
+    for table in (rc, sc):
+        table.set("k", 0)
+        table.set("z", 0)
+    for table in (rs, ss):
+        table.set("k", (1.0, 2))
+    r.hset(hand, mapping={"k": 0, "z": 0})
+    r.hset(hand + ".s", "k", layout.pack((1.0, 2)))
+    cas = r.register_script(HAND_CAS)
+    unlock = r.register_script(HAND_UNLOCK)
+    rlh, slh = rl["row"], sl["row"]
+    token = "bench-token"
+    lock_key = hand + ".lock"
+    record = (3.0, 4)
+
+    def hand_lock() -> None:
+        r.set(lock_key, token, nx=True, px=10_000)
+        unlock(keys=[lock_key], args=[token])
+
+    def lock_cycle(handle: Any) -> Callable[[], None]:
+        def cycle() -> None:
+            handle.acquire()
+            handle.release()
+        return cycle
+
+    rate_r = shmdict.RateLimiter(prefix + ".rl", rate=1e9, burst=10**6, backend=url)
+    rate_s = shmdict.RateLimiter(prefix + ".rl", rate=1e9, burst=10**6)
+    return [
+        ("Counter add (HINCRBY)", repeat(lambda: rc.add("k")),
+         repeat(lambda: r.hincrby(hand, "k", 1)), repeat(lambda: sc.add("k"))),
+        ("Counter read (HGET)", repeat(lambda: rc.read("k")),
+         repeat(lambda: r.hget(hand, "k")), repeat(lambda: sc.read("k"))),
+        ("Counter cas (Lua CAS)", repeat(lambda: rc.cas("z", 0, 0)),
+         repeat(lambda: cas(keys=[hand], args=["z", 0, 0])), repeat(lambda: sc.cas("z", 0, 0))),
+        ("key in table (HEXISTS)", repeat(lambda: "k" in rc),
+         repeat(lambda: r.hexists(hand, "k")), repeat(lambda: "k" in sc)),
+        ("Lock acquire+release (SET NX PX + Lua DEL)", repeat(lock_cycle(rlh)),
+         repeat(hand_lock), repeat(lock_cycle(slh))),
+        ("Struct read (HGET + unpack)", repeat(lambda: rs.read("k")),
+         repeat(lambda: layout.unpack(r.hget(hand + ".s", "k"))), repeat(lambda: ss.read("k"))),
+        ("Struct set (pack + HSET)", repeat(lambda: rs.set("k", record)),
+         repeat(lambda: r.hset(hand + ".s", "k", layout.pack(record))),
+         repeat(lambda: ss.set("k", record))),
+        ("RateLimiter.hit (GCRA; by hand: HINCRBY)", repeat(lambda: rate_r.hit("u")),
+         repeat(lambda: r.hincrby(hand, "k", 1)), repeat(lambda: rate_s.hit("u"))),
+    ]
+
+
+def run(url: str, repeats: int, budget: float) -> List[Dict[str, Any]]:
+    prefix = f"bench.redis.{os.getpid()}"
+    suffixes = (".c", ".l", ".s", ".rl")
+    rows: List[Dict[str, Any]] = []
+    try:
+        for label, backend_op, hand_op, shm_op in workloads(url, prefix):
+            figures = {}
+            for kind, op in (("redis", backend_op), ("hand", hand_op), ("shm", shm_op)):
+                n = calibrate(op, budget)
+                figures[kind] = measure(op, n, repeats).median
+            rows.append({"workload": label, **figures})
+    finally:
+        client = redis.Redis.from_url(url)
+        client.delete(f"{prefix}.hand", f"{prefix}.hand.s", f"{prefix}.hand.lock")
+        for suffix in suffixes:
+            shmdict.unlink(prefix + suffix)
+            shmdict.unlink(prefix + suffix, backend=url)
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("SHMDICT_REDIS_URL"),
+                        help="a Redis to use (default: start one on a free port)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=0.2,
+                        help="seconds per repeat of one workload")
+    args = parser.parse_args(argv)
+    stop = None
+    url = args.url
+    if url is None:
+        url, stop = start_server()
+    try:
+        print(f"# shmdict Redis backend vs redis-py by hand vs shared memory\n")
+        print(f"{machine_summary()}; Redis at {url.split('?')[0]}, redis-py "
+              f"{redis.__version__}; median of {args.repeats} repeats\n")
+        rows = run(url, args.repeats, args.budget)
+    finally:
+        if stop is not None:
+            stop()
+    print(markdown_table(
+        ["workload", "shmdict on Redis", "redis-py by hand", "backend / by hand",
+         "shared memory", "Redis / shm"],
+        [[r["workload"], fmt_ns(r["redis"]), fmt_ns(r["hand"]), f"{r['redis'] / r['hand']:.2f}x",
+          fmt_ns(r["shm"]), f"{r['redis'] / r['shm']:.0f}x"] for r in rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
