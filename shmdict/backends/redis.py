@@ -194,9 +194,9 @@ class RedisTable:
         self._keeper = _LeaseKeeper(self)
 
     # ----------------------------------------------------------- plumbing
-    def _eval(self, script: _lua.Script, *args: Any) -> Any:
+    def _eval(self, script: _lua.Script, *args: Any, closed_ok: bool = False) -> Any:
         """Run one script on this table's keys (one round trip)."""
-        if self._closed:
+        if self._closed and not closed_ok:
             self._check_open()
         try:
             try:
@@ -454,8 +454,7 @@ class RedisTable:
 
     def unlink(self) -> None:
         """Destroy the table on the server (all its keys).  Also closes it."""
-        self._check_open()
-        self._eval(_lua.UNLINK)
+        self._eval(_lua.UNLINK, closed_ok=True)
         self.close()
 
     def __enter__(self) -> "RedisTable":
