@@ -335,15 +335,27 @@ class RateLimiter(_Limiter):
             allowed, remaining, retry_ns, reset_ns = self._remote(key, interval, tolerance, cost)
             return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
                                              retry_ns / NS, reset_ns / NS))
-        read, clock = self.table.read, self.clock
+        # gcra_step, inlined (tests hold the two equal): add(key, 0) reads the
+        # TAT, creating a new key at 0 ("no history"), then one CAS.
+        add, cas, clock = self._add, self._cas, self.clock
+        step = cost * interval
         while True:
-            tat = read(key)[0]
+            try:
+                tat = add(key, 0) if step else self.table.read(key)[0]
+            except TableFull:
+                if not self.sweep():
+                    raise
+                continue
             now = clock()
-            new_tat, allowed, remaining, retry_ns, reset_ns = gcra_step(
-                tat, now, interval, tolerance, cost)
-            if new_tat == tat or self._cas_or_sweep(key, tat, new_tat):
-                return _result(RateLimitResult, (allowed, self.burst, remaining,
-                                                 retry_ns / NS, reset_ns / NS))
+            base = tat if tat > now else now
+            ahead = base + step - now
+            if ahead > tolerance:           # refused: spends nothing
+                return _result(RateLimitResult, (
+                    False, self.burst, (tolerance - base + now) // interval,
+                    (ahead - tolerance) / NS, (base - now) / NS))
+            if not step or cas(key, tat, base + step):
+                return _result(RateLimitResult, (
+                    True, self.burst, (tolerance - ahead) // interval, 0.0, ahead / NS))
 
     def allow(self, key: Key, cost: int = 1) -> bool:
         """``hit(key, cost).allowed``, without building a result: the hot path.
