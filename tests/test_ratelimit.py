@@ -404,3 +404,36 @@ def test_the_default_clock_is_shared_by_processes():
     theirs = queue.get(timeout=60)
     proc.join()
     assert before <= theirs <= time.monotonic_ns()
+
+
+# ------------------------------------------------------ on the Redis backend
+def _redis_hammer(name, url, barrier, queue):
+    limiter = RateLimiter(name, rate=1, period=3600, burst=15, backend=url)
+    barrier.wait()
+    queue.put(sum(limiter.allow("k") for _ in range(30)))
+
+
+def test_on_redis_the_server_runs_the_step(name, redis_url):
+    """backend=redis://: hits go through the table's _gcra, on the server's clock;
+    3 processes (standing in for 3 hosts) share one limit exactly."""
+    limiter = RateLimiter(name, rate=1, period=3600, burst=15, backend=redis_url)
+    try:
+        assert limiter._remote is not None
+        assert limiter.peek("k") == RateLimitResult(True, 15, 15, 0.0, 0.0)
+        ctx = multiprocessing.get_context("fork")
+        barrier, queue = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_redis_hammer, args=(name, redis_url, barrier, queue))
+                 for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        assert sum(queue.get(timeout=60) for _ in procs) == 15
+        for proc in procs:
+            proc.join(30)
+        refused = limiter.hit("k")
+        assert not refused and refused.remaining == 0
+        assert refused.retry_after == pytest.approx(3600, abs=5)
+        limiter.reset("k")
+        assert limiter.hit("k", cost=15).allowed
+    finally:
+        limiter.close()
+        shmdict.unlink(name, backend=redis_url)
