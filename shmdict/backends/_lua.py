@@ -32,10 +32,12 @@ _PRELUDE = r"""
 local META, DATA, RLOCK = KEYS[1], KEYS[2], KEYS[3]
 
 -- 'existed' or 'created' (field now holds `default`), else 'notable' or 'full'.
+-- (A key present in DATA proves the table exists: meta and data are only
+-- ever deleted together.)
 local function ensure(f, default)
+  if redis.call('HEXISTS', DATA, f) == 1 then return 'existed' end
   local cap = redis.call('HGET', META, 'capacity')
   if not cap then return 'notable' end
-  if redis.call('HEXISTS', DATA, f) == 1 then return 'existed' end
   if redis.call('HLEN', DATA) >= tonumber(cap) then return 'full' end
   redis.call('HSET', DATA, f, default)
   return 'created'
