@@ -69,6 +69,7 @@ class Row:
     lost: Optional[int] = None          # updates lost (None: not checked)
     expected: Optional[int] = None      # updates made, when checked
     note: str = ""
+    shared: bool = True                 # the peer shares its data between processes
 
     @property
     def ns(self) -> Optional[float]:
@@ -157,10 +158,10 @@ class ShmdictPeer(Peer):
         super().start(run)
         self.tables: List[Any] = []
 
-    def _open(self, suffix: str, layout: Any, capacity: int) -> Any:
+    def _open(self, suffix: str, layout: Any, capacity: int, key_size: int = 64) -> Any:
         name = f"bench.peers.{os.getpid()}.{suffix}"
         shmdict.unlink(name)
-        table = shmdict.open(name, layout, capacity=capacity)
+        table = shmdict.open(name, layout, capacity=capacity, key_size=key_size)
         self.tables.append(table)
         return table
 
@@ -201,13 +202,17 @@ class ShmdictPeer(Peer):
         return table.read, update
 
     def memory(self, keys):
-        table = self._open("mem", shmdict.Counter(), len(keys))
-        for key in keys:
-            table.add(key)
-        stats = table.stats()
-        return (stats["bytes"] / len(keys),
-                f"segment bytes / keys at capacity={len(keys):,} "
-                f"({stats['slot_size']} B slots, load factor <= 0.75)")
+        per_key = {}
+        for key_size in (64, 16):
+            table = self._open(f"mem{key_size}", shmdict.Counter(), len(keys), key_size)
+            for key in keys:
+                table.add(key)
+            stats = table.stats()
+            per_key[key_size] = (stats["bytes"] / len(keys), stats["slot_size"])
+        return (per_key[64][0],
+                f"segment bytes / keys at capacity={len(keys):,}, key_size=64 "
+                f"({per_key[64][1]} B slots, load factor <= 0.75); with key_size=16, "
+                f"enough for these keys: {per_key[16][0]:.0f} B/key")
 
 
 class ShmdictFixedWindowPeer(Peer):
@@ -490,12 +495,20 @@ class PrometheusPeer(Peer):
 
     def memory(self, keys):
         counter = self._counter("mem")
-        before = _dir_bytes(self.dir)
+        path = os.path.join(self.dir, f"counter_{os.getpid()}.db")
         labels = counter.labels
+        labels(keys[0]).inc(0)           # the file of this process exists from here on
+        before = _mmap_used(path)
         for key in keys:
             labels(key).inc()
-        return ((_dir_bytes(self.dir) - before) / len(keys),
-                "growth of this process's mmap file (each process has its own)")
+        return ((_mmap_used(path) - before) / len(keys),
+                "bytes used in this process's mmap file (each process has its own)")
+
+
+def _mmap_used(path: str) -> int:
+    """The used length recorded in the header of a prometheus_client mmap file."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(4), "little")
 
 
 class RedisPeer(Peer):
@@ -816,7 +829,7 @@ class Run:
             row = Row(workload, peer.name, note=str(exc))
         except Exception as exc:
             row = Row(workload, peer.name, note=f"failed: {type(exc).__name__}: {exc}"[:200])
-        row.workload, row.peer = workload, peer.name
+        row.workload, row.peer, row.shared = workload, peer.name, peer.shared
         if not row.note and row.value is not None:
             row.note = next((text for start, text in peer.notes.items()
                              if workload.startswith(start)), "")
@@ -970,6 +983,36 @@ def results_table(rows: Sequence[Row]) -> str:
                            "updates lost", "note"], out)
 
 
+def targets(rows: Sequence[Row]) -> List[str]:
+    """Issue 6's targets, checked on this run's rows: one line each."""
+    lines = []
+    for peer in ("Manager().dict() + lock", "Redis (redis-py)"):
+        ratios = [(r.workload, r.ns / ref.ns) for r in rows
+                  if r.peer == peer and r.workload.startswith("counter add") and r.ns
+                  and (ref := reference(rows, r.workload)) is not None and ref.ns]
+        if ratios:
+            worst = min(ratios, key=lambda x: x[1])
+            ok = worst[1] >= 100
+            lines.append(f"- counter add >= 100x faster than {peer}: "
+                         f"{'met' if ok else 'NOT met'} (smallest ratio {worst[1]:,.0f}x, "
+                         f"{worst[0]})")
+    beaten = []
+    for r in rows:
+        ref = reference(rows, r.workload)
+        if (r.shared and not r.peer.startswith("shmdict") and r.ns and ref is not None
+                and ref.ns and r.ns < ref.ns):
+            lost = " (and loses updates)" if r.lost else ""
+            beaten.append(f"{r.workload}: {r.peer} {ref.ns / r.ns:.1f}x "
+                          f"{'smaller' if r.unit == 'bytes/key' else 'faster'}{lost}")
+    if beaten:
+        lines.append("- shmdict ahead of every shared peer on every workload: NOT met; "
+                     "shared peers ahead of shmdict in this run:")
+        lines += [f"  - {b}" for b in beaten]
+    else:
+        lines.append("- shmdict ahead of every shared peer on every workload: met")
+    return lines
+
+
 def plot(rows: Sequence[Row], path: str) -> Optional[str]:
     """A log-scale bar chart of ns/op (and bytes/key) per peer per workload."""
     try:
@@ -1016,7 +1059,9 @@ def write_results(rows: Sequence[Row], command: str, machine: str, seconds: floa
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     text = (f"# shmdict and its peers: latest results\n\n"
             f"- Machine: {machine}\n- Date: {date}\n- Command: `{command}`\n"
-            f"- Run time: {seconds:.0f} s\n\n"
+            f"- Run time: {seconds:.0f} s; load average at the end "
+            f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (the machine is shared: "
+            f"multi-process figures move with its load)\n\n"
             "Median of the repeats; ns/op for one process (a Python loop of calls, the "
             "loop's cost included for every peer), aggregate ops/s for two processes "
             "started together. *peer / shmdict* is the peer's cost (ns/op, 1/ops/s, "
@@ -1024,7 +1069,8 @@ def write_results(rows: Sequence[Row], command: str, machine: str, seconds: floa
             "smaller. *Updates lost* compares the counters' final sum (or, for locks, a "
             "non-atomic increment made under the lock) with the number of operations "
             "made.\n\n"
-            + results_table(rows) + "\n\n"
+            + results_table(rows) + "\n\n## Targets (issue 6), checked on this run\n\n"
+            + "\n".join(targets(rows)) + "\n\n"
             + ("![ns/op per peer per workload](results.png)\n" if plot_note is None
                else f"({plot_note})\n"))
     with open(path, "w") as f:
@@ -1061,6 +1107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     seconds = time.perf_counter() - started
     print(f"# shmdict and its peers\n\n{machine}\n")
     print(results_table(rows))
+    print("\n" + "\n".join(targets(rows)))
     if not args.no_write:
         os.makedirs(args.out_dir, exist_ok=True)
         note = plot(rows, os.path.join(args.out_dir, "results.png"))
