@@ -895,6 +895,179 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
 }
 
 /* ------------------------------------------------------------------------ */
+/* GCRA rate limiting on a Counter key                                      */
+/* ------------------------------------------------------------------------ */
+
+static inline int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* gcra(key, emission_ns, tolerance_ns, cost) -> (allowed, remaining,
+ * retry_after_ns, reset_after_ns).  One step of the Generic Cell Rate
+ * Algorithm (see shmdict/ratelimit.py, gcra_step, for the rule) on the key's
+ * theoretical arrival time, in nanoseconds of CLOCK_MONOTONIC (one clock for
+ * the whole host), advanced by the same 16-byte CAS as every counter update.
+ * This is RateLimiter.hit without a Python frame; cost 0 only looks. */
+/* One GCRA step on `key`: fills out[] = {allowed, remaining, retry_after_ns,
+ * reset_after_ns}.  Returns -1 with an exception set. */
+static int
+gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_t cost,
+          int64_t out[4])
+{
+    if (emission <= 0 || tolerance < 0 || cost < 0
+            || (cost > 0 && emission > INT64_MAX / 4 / cost)) {
+        PyErr_SetString(PyExc_ValueError, "gcra: bad emission interval, tolerance or cost");
+        return -1;
+    }
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return -1;
+    }
+    int64_t step = cost * emission;
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, cost != 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return -1;
+        int64_t tat = 0;
+        if (r == 1 && !read_pair(slot_at(self, i), s, &tat))
+            continue;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        int64_t base = tat > now ? tat : now;
+        int64_t ahead = base - now + step;
+        if (ahead > tolerance) {
+            out[0] = 0;
+            out[1] = floor_div(tolerance - (base - now), emission);
+            out[2] = ahead - tolerance;
+            out[3] = base - now;
+            return 0;
+        }
+        if (step == 0 || cas_pair(slot_at(self, i), s, (uint64_t)tat, s,
+                                  (uint64_t)(base + step), NULL)) {
+            out[0] = 1;
+            out[1] = floor_div(tolerance - ahead, emission);
+            out[2] = 0;
+            out[3] = ahead;
+            return 0;
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return -1;
+}
+
+/* gcra(key, emission_ns, tolerance_ns, cost) -> (allowed, remaining,
+ * retry_after_ns, reset_after_ns): the backend-neutral form (see
+ * shmdict/ratelimit.py, whose gcra_step states the rule). */
+static PyObject *
+Core_gcra(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "gcra(key, emission_ns, tolerance_ns, cost)");
+        return NULL;
+    }
+    long long emission = PyLong_AsLongLong(args[1]);
+    long long tolerance = PyLong_AsLongLong(args[2]);
+    long long cost = PyLong_AsLongLong(args[3]);
+    int64_t out[4];
+    if (PyErr_Occurred() || gcra_step(self, args[0], emission, tolerance, cost, out) < 0)
+        return NULL;
+    PyObject *t = PyTuple_New(4);
+    if (t == NULL)
+        return NULL;
+    PyTuple_SET_ITEM(t, 0, PyBool_FromLong((long)out[0]));
+    for (int k = 1; k < 4; k++) {
+        PyObject *v = PyLong_FromLongLong(out[k]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, v);
+    }
+    return t;
+}
+
+/* gcra_hit(emission_ns, tolerance_ns, burst, result_type, fallback, key,
+ * cost=1) -> result_type(allowed, burst, remaining, retry_after_s,
+ * reset_after_s).  RateLimiter.hit itself, bound with functools.partial to
+ * its first five arguments, so a hit costs one C call.  `fallback` is
+ * (exception_type, handler): when the step raises that exception (TableFull),
+ * handler(key, cost) answers instead (it sweeps expired keys and retries). */
+static PyObject *
+Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 6 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "hit(key, cost=1)");
+        return NULL;
+    }
+    long long emission = PyLong_AsLongLong(args[0]);
+    long long tolerance = PyLong_AsLongLong(args[1]);
+    long long burst = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyTypeObject *result_type = (PyTypeObject *)args[3];
+    PyObject *fallback = args[4], *key = args[5];
+    long long cost = 1;
+    if (nargs == 7) {
+        if (!PyLong_Check(args[6]) || PyBool_Check(args[6])) {
+            PyErr_Format(PyExc_TypeError, "cost must be an int, not %.100s",
+                         Py_TYPE(args[6])->tp_name);
+            return NULL;
+        }
+        cost = PyLong_AsLongLong(args[6]);
+        if (cost == -1 && PyErr_Occurred())
+            return NULL;
+        if (cost < 0) {
+            PyErr_Format(PyExc_ValueError, "cost must be >= 0, got %lld", cost);
+            return NULL;
+        }
+        if (cost > burst) {
+            PyErr_Format(PyExc_ValueError, "cost %lld exceeds the limit's burst of %lld: "
+                         "such a hit could never be allowed", cost, burst);
+            return NULL;
+        }
+    }
+    if (!PyType_Check(result_type) || !PyType_IsSubtype(result_type, &PyTuple_Type)
+            || !PyTuple_Check(fallback) || PyTuple_GET_SIZE(fallback) != 2) {
+        PyErr_SetString(PyExc_TypeError, "gcra_hit: bad result type or fallback");
+        return NULL;
+    }
+    int64_t out[4];
+    if (gcra_step(self, key, emission, tolerance, cost, out) < 0) {
+        if (!PyErr_ExceptionMatches(PyTuple_GET_ITEM(fallback, 0)))
+            return NULL;
+        PyErr_Clear();
+        PyObject *c = PyLong_FromLongLong(cost);
+        if (c == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(fallback, 1), key, c, NULL);
+        Py_DECREF(c);
+        return r;
+    }
+    PyObject *r = result_type->tp_alloc(result_type, 5);
+    if (r == NULL)
+        return NULL;
+    PyObject *items[5] = {
+        PyBool_FromLong((long)out[0]), PyLong_FromLongLong(burst),
+        PyLong_FromLongLong(out[1]), PyFloat_FromDouble((double)out[2] / 1e9),
+        PyFloat_FromDouble((double)out[3] / 1e9)};
+    for (int k = 0; k < 5; k++) {
+        if (items[k] == NULL) {
+            for (int j = 0; j < 5; j++)
+                Py_XDECREF(items[j]);
+            Py_DECREF(r);
+            return NULL;
+        }
+    }
+    for (int k = 0; k < 5; k++)
+        PyTuple_SET_ITEM(r, k, items[k]);
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Slot-level primitives for the Python layer                               */
 /* ------------------------------------------------------------------------ */
 
@@ -1653,6 +1826,12 @@ static PyMethodDef Core_methods[] = {
      "read(key) -> (value, exists): never creates the key."},
     {"cas", (PyCFunction)(void (*)(void))Core_cas, METH_VARARGS | METH_KEYWORDS,
      "cas(key, old, new, set_on_not_exists=False) -> bool."},
+    {"gcra_hit", (PyCFunction)(void (*)(void))Core_gcra_hit, METH_FASTCALL,
+     "gcra_hit(emission_ns, tolerance_ns, burst, result_type, fallback, key, cost=1) "
+     "-> result_type(allowed, burst, remaining, retry_after_s, reset_after_s)."},
+    {"gcra", (PyCFunction)(void (*)(void))Core_gcra, METH_FASTCALL,
+     "gcra(key, emission_ns, tolerance_ns, cost) -> (allowed, remaining, "
+     "retry_after_ns, reset_after_ns): one GCRA step on CLOCK_MONOTONIC."},
     {"find", (PyCFunction)Core_find, METH_VARARGS,
      "find(key_bytes, hash) -> (slot, state) or None: lock-free lookup."},
     {"insert", (PyCFunction)Core_insert, METH_VARARGS,

@@ -71,6 +71,7 @@ process uses it).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from fractions import Fraction
@@ -321,7 +322,27 @@ class RateLimiter(_Limiter):
             raise ValueError("period / rate * burst is too long to count in nanoseconds")
         super().__init__(name, capacity, key_size, backend, clock)
         self._remote = getattr(self.table, "_gcra", None)
+        if self._remote is None and clock is None and hasattr(self.table, "_core"):
+            # Shared memory on the default clock: the same step, done in C
+            # (one call, CLOCK_MONOTONIC read inside it, one CAS), and hit()
+            # itself is that C call, its settings bound in advance.
+            core = self.table._core
+            self._remote = core.gcra
+            self.hit = functools.partial(  # type: ignore[method-assign]
+                core.gcra_hit, self.emission_interval_ns, self.tolerance_ns, self.burst,
+                RateLimitResult, (TableFull, self._hit_after_sweep))
         self._add, self._cas = self.table.add, self.table.cas
+
+    def _hit_after_sweep(self, key: Key, cost: int) -> "RateLimitResult":
+        """The C hit found the table full: the Python path sweeps and retries."""
+        return RateLimiter.hit(self, key, cost)
+
+    def _remote_after_sweep(self, key: Key, cost: int) -> Tuple[bool, int, int, int]:
+        """The table was full: sweep expired keys and try once more."""
+        if not self.sweep():
+            raise TableFull(f"rate limiter {self.name!r} is full of keys with live state; "
+                            f"open it with a larger capacity")
+        return self._remote(key, self.emission_interval_ns, self.tolerance_ns, cost)
 
     def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
         """Try to spend ``cost`` on ``key``; the result says whether it was allowed.
@@ -332,7 +353,11 @@ class RateLimiter(_Limiter):
             _check_cost(cost, self.burst)
         interval, tolerance = self.emission_interval_ns, self.tolerance_ns
         if self._remote is not None:
-            allowed, remaining, retry_ns, reset_ns = self._remote(key, interval, tolerance, cost)
+            try:
+                allowed, remaining, retry_ns, reset_ns = self._remote(key, interval, tolerance,
+                                                                      cost)
+            except TableFull:
+                allowed, remaining, retry_ns, reset_ns = self._remote_after_sweep(key, cost)
             return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
                                              retry_ns / NS, reset_ns / NS))
         # gcra_step, inlined (tests hold the two equal): add(key, 0) reads the
@@ -366,8 +391,10 @@ class RateLimiter(_Limiter):
         if cost != 1:
             _check_cost(cost, self.burst)
         if self._remote is not None:
-            return bool(self._remote(key, self.emission_interval_ns, self.tolerance_ns,
-                                     cost)[0])
+            try:
+                return self._remote(key, self.emission_interval_ns, self.tolerance_ns, cost)[0]
+            except TableFull:
+                return self._remote_after_sweep(key, cost)[0]
         add, cas, clock = self._add, self._cas, self.clock
         step, tolerance = cost * self.emission_interval_ns, self.tolerance_ns
         while True:
