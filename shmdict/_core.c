@@ -1071,6 +1071,37 @@ Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs)
 /* Slot-level primitives for the Python layer                               */
 /* ------------------------------------------------------------------------ */
 
+/* locate(key, create) -> (slot, state) | None: a key object to its slot,
+ * through the per-process cache (validated against the slot's state word) or
+ * the resolver.  What every layout's handle calls before its C verb. */
+static PyObject *
+Core_locate(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "locate(key, create)");
+        return NULL;
+    }
+    int create = PyObject_IsTrue(args[1]);
+    if (create < 0)
+        return NULL;
+    REQUIRE_OPEN(self);
+    uint64_t i, s;
+    int r = resolve(self, args[0], create, 1, &i, &s);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    PyObject *t = PyTuple_New(2);
+    PyObject *a = PyLong_FromUnsignedLongLong(i), *b = PyLong_FromUnsignedLongLong(s);
+    if (t == NULL || a == NULL || b == NULL) {
+        Py_XDECREF(t); Py_XDECREF(a); Py_XDECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    return t;
+}
+
 /* find(key_bytes, hash) -> (slot, state) | None */
 static PyObject *
 Core_find(Core *self, PyObject *args)
@@ -1675,6 +1706,79 @@ Core_rw_readers(Core *self, PyObject *args)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Row locks by key (the LockHandle hot path)                               */
+/* ------------------------------------------------------------------------ */
+
+/* key_acquire(key, blocking, timeout, shared) -> code: resolve the key
+ * through the cache (creating it), take its lock (rw tables: the shared or
+ * the exclusive side), and look again if the slot changed meanwhile. */
+static PyObject *
+Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "key_acquire(key, blocking, timeout, shared)");
+        return NULL;
+    }
+    int blocking = PyObject_IsTrue(args[1]);
+    double timeout = PyFloat_AsDouble(args[2]);
+    int shared = PyObject_IsTrue(args[3]);
+    if (blocking < 0 || shared < 0 || (timeout == -1.0 && PyErr_Occurred()))
+        return NULL;
+    REQUIRE_OPEN(self);
+    int rw = self->extra_size > 0;
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, args[0], 1, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        int interrupted = 0, recovered = 0, code;
+        if (rw && shared) {
+            code = reader_acquire(self, i, s, blocking, timeout, &interrupted, &recovered);
+        } else {
+            double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
+            code = owner_acquire(self, i, s, blocking, timeout, &interrupted);
+            if (rw && code >= 0 && !interrupted) {
+                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic(),
+                                           &interrupted);
+                if (c2 != RC_OK) {
+                    owner_release(self, i, s);
+                    code = c2;
+                }
+            }
+        }
+        if (interrupted)
+            return NULL;
+        if (code != RC_STALE)
+            return PyLong_FromLong(code);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* key_release(key, shared) -> code (RC_NOT_OWNER when missing or not ours). */
+static PyObject *
+Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "key_release(key, shared)");
+        return NULL;
+    }
+    int shared = PyObject_IsTrue(args[1]);
+    if (shared < 0)
+        return NULL;
+    REQUIRE_OPEN(self);
+    uint64_t i, s;
+    int r = resolve(self, args[0], 0, 1, &i, &s);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return PyLong_FromLong(RC_NOT_OWNER);
+    int rw = self->extra_size > 0;
+    int code = (rw && shared) ? reader_release(self, i, s) : owner_release(self, i, s);
+    return PyLong_FromLong(code);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
 /* ------------------------------------------------------------------------ */
 
@@ -1832,6 +1936,8 @@ static PyMethodDef Core_methods[] = {
     {"gcra", (PyCFunction)(void (*)(void))Core_gcra, METH_FASTCALL,
      "gcra(key, emission_ns, tolerance_ns, cost) -> (allowed, remaining, "
      "retry_after_ns, reset_after_ns): one GCRA step on CLOCK_MONOTONIC."},
+    {"locate", (PyCFunction)(void (*)(void))Core_locate, METH_FASTCALL,
+     "locate(key, create) -> (slot, state) or None, through the key cache."},
     {"find", (PyCFunction)Core_find, METH_VARARGS,
      "find(key_bytes, hash) -> (slot, state) or None: lock-free lookup."},
     {"insert", (PyCFunction)Core_insert, METH_VARARGS,
@@ -1857,6 +1963,10 @@ static PyMethodDef Core_methods[] = {
      "lock_release(slot, state) -> code."},
     {"lock_owner", (PyCFunction)Core_lock_owner, METH_VARARGS,
      "lock_owner(slot, state) -> pid (0 free, -1 slot changed)."},
+    {"key_acquire", (PyCFunction)(void (*)(void))Core_key_acquire, METH_FASTCALL,
+     "key_acquire(key, blocking, timeout, shared) -> code: a Lock table's row lock."},
+    {"key_release", (PyCFunction)(void (*)(void))Core_key_release, METH_FASTCALL,
+     "key_release(key, shared) -> code."},
     {"rw_acquire", (PyCFunction)Core_rw_acquire, METH_VARARGS,
      "rw_acquire(slot, state, shared, blocking, timeout) -> code."},
     {"rw_release", (PyCFunction)Core_rw_release, METH_VARARGS,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import collections
 import json
 import struct
-from typing import Any, Dict, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any, Dict, Tuple
 
 # Codes whose size is the same everywhere (standard sizes, no native 'n',
 # 'N', 'P'; 'p' and padding 'x' make no sense for a field).
@@ -129,8 +130,10 @@ class Struct(Layout):
             self.codes[name] = _check_code(name, code)
             self.defaults[name] = default if default is not None else _zero(code)
         self.format = "<" + "".join(self.codes.values())
-        self.size = struct.calcsize(self.format)
+        self._struct = struct.Struct(self.format)
+        self.size = self._struct.size
         self.padded = (self.size + 7) // 8 * 8
+        self._padding = bytes(self.padded - self.size)
         self.record = collections.namedtuple("Record", list(self.codes))  # type: ignore[misc]
         try:
             self._default_bytes = self.pack(self.defaults)
@@ -150,13 +153,24 @@ class Struct(Layout):
             if len(ordered) != len(self.codes):
                 raise ValueError(f"a record has {len(self.codes)} fields, got {len(ordered)}")
         try:
-            data = struct.pack(self.format, *ordered)
+            data = self._struct.pack(*ordered)
         except struct.error as exc:
             raise ValueError(f"cannot pack record {ordered!r}: {exc}") from None
-        return data + bytes(self.padded - len(data))
+        return data + self._padding
+
+    def pack_in_order(self, values: Any) -> bytes:
+        """Pack field values given in field order (the fast path of ``update``)."""
+        try:
+            return self._struct.pack(*values) + self._padding
+        except struct.error as exc:
+            raise ValueError(f"cannot pack record {list(values)!r}: {exc}") from None
+
+    def unpack_values(self, data: bytes) -> Tuple[Any, ...]:
+        """The field values as a plain tuple (no named tuple)."""
+        return self._struct.unpack_from(data)
 
     def unpack(self, data: bytes) -> Tuple[Any, ...]:
-        return self.record._make(struct.unpack_from(self.format, data))
+        return self.record._make(self._struct.unpack_from(data))
 
     def is_int_field(self, name: str) -> bool:
         return self.codes[name][-1] in _INT_CODES

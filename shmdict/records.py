@@ -13,8 +13,7 @@ A record is guarded two ways:
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
-from typing import Any, Iterator, Tuple
+from typing import Any, Optional, Tuple
 
 from . import _core
 from .errors import NotOwner, OwnerDiedWarning
@@ -24,30 +23,49 @@ from .table import _STALE, DELETE_IF_MINE, Table
 
 
 class MutableRecord:
-    """The record inside ``with d.update(key) as rec:``; written back on a clean exit."""
+    """The record inside ``with d.update(key) as rec:``; written back on a clean exit.
 
-    def __init__(self, layout: Struct, values: Tuple[Any, ...], recovered: bool) -> None:
-        object.__setattr__(self, "_layout", layout)
-        object.__setattr__(self, "_values", dict(zip(layout.codes, values)))
-        object.__setattr__(self, "recovered", recovered)
+    Each Struct layout gets its own subclass whose ``__slots__`` are the
+    fields (see :func:`record_class`), so ``rec.tokens -= 1`` is a plain
+    attribute access and a misspelt field is an ``AttributeError``.
+    ``recovered`` says whether the previous writer died inside an update.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"record has no field {name!r}") from None
+    __slots__ = ("recovered",)
+    _fields: Tuple[str, ...] = ()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self._values:
-            raise AttributeError(f"record has no field {name!r}; fields: {list(self._values)}")
-        self._values[name] = value
+    def _astuple(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
 
     def _asdict(self) -> dict:
-        return dict(self._values)
+        return {name: getattr(self, name) for name in self._fields}
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._asdict().items())
         return f"MutableRecord({inner})"
+
+
+def record_class(layout: Struct) -> type:
+    """The MutableRecord subclass for one layout's fields (made once per layout)."""
+    cls = layout.__dict__.get("_mutable_record")
+    if cls is None:
+        fields = tuple(layout.codes)
+        cls = type("MutableRecord", (MutableRecord,), {"__slots__": fields, "_fields": fields})
+        layout._mutable_record = cls  # type: ignore[attr-defined]
+    return cls
+
+
+def make_record(layout: Struct, values: Tuple[Any, ...], recovered: bool) -> MutableRecord:
+    """A MutableRecord of ``layout`` holding ``values`` (in field order)."""
+    return _new_record(record_class(layout), values, recovered)
+
+
+def _new_record(cls: type, values: Tuple[Any, ...], recovered: bool) -> MutableRecord:
+    rec = cls.__new__(cls)
+    for name, value in zip(cls._fields, values):
+        setattr(rec, name, value)
+    rec.recovered = recovered
+    return rec
 
 
 class StructTable(Table):
@@ -55,11 +73,16 @@ class StructTable(Table):
 
     layout: Struct
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._record_class = record_class(self.layout)
+
     # ------------------------------------------------------------ reading
     def read(self, key: Key) -> Tuple[Any, bool]:
         """``(record, exists)``: a consistent snapshot; never creates the key."""
+        locate = self._core.locate
         while True:
-            found = self._locate(key, False)
+            found = locate(key, False)
             if found is None:
                 return self._default_snapshot(), False
             value = self._snapshot_at(found[0], found[1])
@@ -71,7 +94,7 @@ class StructTable(Table):
             data = self._core.record_read(slot, state)
         except BlockingIOError:
             # A writer died mid-copy: taking the lock recovers the record.
-            if not self._lock(slot, state):
+            if self._lock(slot, state) is None:
                 return _STALE
             self._core.lock_release(slot, state)
             data = self._core.record_read(slot, state)
@@ -81,35 +104,39 @@ class StructTable(Table):
         return self.layout.unpack(self.layout.default_extra()[8:])
 
     # ------------------------------------------------------------ writing
-    def _lock(self, slot: int, state: int) -> bool:
-        """Take the record lock; False if the slot changed.  Repairs after a dead writer."""
+    def _lock(self, slot: int, state: int) -> Optional[bool]:
+        """Take the record lock: None if the slot changed, else whether the
+        previous writer had died inside an update (then the record is made
+        readable again around whatever it had written)."""
         code = self._core.lock_acquire(slot, state, True, -1.0)
         if code == _core.STALE:
+            return None
+        if code != _core.RECOVERED:
             return False
-        if code == _core.RECOVERED:
-            warnings.warn(OwnerDiedWarning(
-                f"a writer of table {self.name!r} died inside an update; the record "
-                f"keeps whatever it had written"), stacklevel=3)
-            # Make the sequence even again around what is there now.
-            data = self._core.record_read(slot, state, True)
-            if data is not None:
-                self._core.record_write(slot, state, data)
-            self._last_recovered = True
-        else:
-            self._last_recovered = False
+        warnings.warn(OwnerDiedWarning(
+            f"a writer of table {self.name!r} died inside an update; the record "
+            f"keeps whatever it had written"), stacklevel=4)
+        data = self._core.record_read(slot, state, True)
+        if data is not None:
+            self._core.record_write(slot, state, data)
         return True
 
-    @contextmanager
-    def _locked(self, key: Key, extra: Any = None) -> Iterator[Tuple[int, int, bool]]:
-        """Hold ``key``'s record lock (creating the key); yields (slot, state, created)."""
+    def _acquire(self, key: Key, extra: Optional[bytes] = None) -> Tuple[int, int, bool, bool]:
+        """Lock ``key``'s record, creating the key (holding ``extra`` if given).
+
+        Returns (slot, state, created, recovered); release with
+        ``self._core.lock_release(slot, state)``.
+        """
         while True:
-            slot, state, created = self._locate(key, True, extra=extra)  # type: ignore[misc]
-            if self._lock(slot, state):
-                break
-        try:
-            yield slot, state, created
-        finally:
-            self._core.lock_release(slot, state)
+            found = self._core.locate(key, False)
+            if found is not None:
+                slot, state = found
+                created = False
+            else:
+                slot, state, created = self._locate(key, True, extra=extra)  # type: ignore[misc]
+            recovered = self._lock(slot, state)
+            if recovered is not None:
+                return slot, state, created, recovered
 
     def _write(self, slot: int, state: int, data: bytes) -> None:
         code = self._core.record_write(slot, state, data)
@@ -119,9 +146,12 @@ class StructTable(Table):
     def set(self, key: Key, record: Any) -> None:
         """Store a whole record (a tuple, named tuple or mapping of fields)."""
         data = self.layout.pack(record)
-        with self._locked(key, extra=bytes(8) + data) as (slot, state, created):
+        slot, state, created, _ = self._acquire(key, extra=bytes(8) + data)
+        try:
             if not created:
                 self._write(slot, state, data)
+        finally:
+            self._core.lock_release(slot, state)
 
     def __setitem__(self, key: Key, record: Any) -> None:
         self.set(key, record)
@@ -133,36 +163,27 @@ class StructTable(Table):
         ``set_on_not_exists``; otherwise False and nothing is created.
         """
         old_data, new_data = self.layout.pack(old), self.layout.pack(new)
-        if self._locate(key, False) is None:
-            if not set_on_not_exists:
-                return False
-            with self._locked(key, extra=bytes(8) + new_data) as (slot, state, created):
-                if created:
-                    return True
-                return self._cas_locked(slot, state, old_data, new_data)
-        with self._locked(key) as (slot, state, _):
-            return self._cas_locked(slot, state, old_data, new_data)
-
-    def _cas_locked(self, slot: int, state: int, old: bytes, new: bytes) -> bool:
-        current = self._core.record_read(slot, state, True)
-        if current != old:
+        if self._core.locate(key, False) is None and not set_on_not_exists:
             return False
-        self._write(slot, state, new)
-        return True
+        slot, state, created, _ = self._acquire(key, extra=bytes(8) + new_data)
+        try:
+            if created:
+                return True
+            if self._core.record_read(slot, state, True) != old_data:
+                return False
+            self._write(slot, state, new_data)
+            return True
+        finally:
+            self._core.lock_release(slot, state)
 
-    @contextmanager
-    def update(self, key: Key) -> Iterator[MutableRecord]:
+    def update(self, key: Key) -> "_Update":
         """``with d.update(key) as rec: rec.tokens -= 1``: atomic read-modify-write.
 
         Holds the record lock for the block; writes back on a clean exit, not
         at all on an exception.  ``rec.recovered`` says whether the previous
         writer died inside its own update.
         """
-        with self._locked(key) as (slot, state, _):
-            data = self._core.record_read(slot, state, True)
-            rec = MutableRecord(self.layout, self.layout.unpack(data), self._last_recovered)
-            yield rec
-            self._write(slot, state, self.layout.pack(rec._asdict()))
+        return _Update(self, key)
 
     def add(self, key: Key, field: str, n: int = 1) -> int:
         """Atomically add ``n`` to an integer field; return its new value."""
@@ -193,11 +214,42 @@ class StructTable(Table):
         return snapshot
 
     def _wait_before_retry(self, slot: int, state: int) -> None:
-        if self._lock(slot, state):
+        if self._lock(slot, state) is not None:
             self._core.lock_release(slot, state)
 
     def _handle(self, key: Key) -> "StructHandle":
         return StructHandle(self, key)
+
+
+class _Update:
+    """The context manager of ``StructTable.update``: lock, read, yield, write back."""
+
+    __slots__ = ("_table", "_key", "_slot", "_state", "_rec")
+
+    def __init__(self, table: StructTable, key: Key) -> None:
+        self._table = table
+        self._key = key
+
+    def __enter__(self) -> MutableRecord:
+        table = self._table
+        self._slot, self._state, _, recovered = table._acquire(self._key)
+        try:
+            data = table._core.record_read(self._slot, self._state, True)
+            self._rec = _new_record(table._record_class, table.layout.unpack_values(data),
+                                    recovered)
+            return self._rec
+        except BaseException:
+            table._core.lock_release(self._slot, self._state)
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        table = self._table
+        try:
+            if exc_type is None:
+                table._write(self._slot, self._state,
+                             table.layout.pack_in_order(self._rec._astuple()))
+        finally:
+            table._core.lock_release(self._slot, self._state)
 
 
 class StructHandle:

@@ -39,7 +39,7 @@ class LockTable(Table):
 
     def owner(self, key: Key) -> Optional[int]:
         """The pid holding ``key``'s lock, or None (never creates the key)."""
-        found = self._locate(key, False)
+        found = self._core.locate(key, False)
         if found is None:
             return None
         pid = self._core.lock_owner(found[0], found[1])
@@ -49,10 +49,14 @@ class LockTable(Table):
 class LockHandle:
     """One key's lock, with the ``threading.Lock`` interface."""
 
+    __slots__ = ("_table", "_core", "_key", "_shared", "_rw", "recovered")
+
     def __init__(self, table: LockTable, key: Key, shared: bool = False) -> None:
         self._table = table
+        self._core = table._core
         self._key = key
         self._shared = shared
+        self._rw = table.layout.rw
         #: True when the last acquire inherited the lock from a dead owner.
         self.recovered = False
 
@@ -62,42 +66,27 @@ class LockHandle:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number or -1")
-        table = self._table
-        rw = getattr(table.layout, "rw", False)
-        while True:
-            slot, state = table._slot(self._key)
-            if rw:
-                code = table._core.rw_acquire(slot, state, self._shared, blocking, float(timeout))
-            else:
-                code = table._core.lock_acquire(slot, state, blocking, float(timeout))
-            if code == _core.STALE:
-                continue          # deleted and re-created meanwhile: look again
-            if code == _core.TIMEOUT:
-                return False
-            self.recovered = code == _core.RECOVERED
-            if self.recovered:
-                warnings.warn(OwnerDiedWarning(
-                    f"lock {self._key!r} in table {table.name!r} was inherited from a "
-                    f"process that died holding it; what it guarded may be half-written"),
-                    stacklevel=2)
+        if timeout != -1:
+            if not blocking:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            if timeout < 0:
+                raise ValueError("timeout value must be a non-negative number or -1")
+        code = self._core.key_acquire(self._key, blocking, timeout, self._shared)
+        if code == 0:                           # _core.OK
+            self.recovered = False
             return True
+        if code == _core.TIMEOUT:
+            return False
+        self.recovered = True                   # _core.RECOVERED
+        warnings.warn(OwnerDiedWarning(
+            f"lock {self._key!r} in table {self._table.name!r} was inherited from a "
+            f"process that died holding it; what it guarded may be half-written"),
+            stacklevel=2)
+        return True
 
     def release(self) -> None:
         """Release; ``RuntimeError`` (``shmdict.NotOwner``) if this process doesn't hold it."""
-        table = self._table
-        found = table._locate(self._key, False)
-        if found is None:
-            raise NotOwner(f"release of unlocked lock {self._key!r}")
-        slot, state, _ = found
-        if getattr(table.layout, "rw", False):
-            code = table._core.rw_release(slot, state, self._shared)
-        else:
-            code = table._core.lock_release(slot, state)
-        if code != _core.OK:
+        if self._core.key_release(self._key, self._shared) != 0:
             raise NotOwner(f"release of lock {self._key!r}, which this process does not hold")
 
     def locked(self) -> bool:
@@ -112,8 +101,8 @@ class LockHandle:
     @property
     def readers(self) -> list:
         """Pids holding the lock in shared mode (``rw=True`` tables)."""
-        found = self._table._locate(self._key, False)
-        if found is None or not getattr(self._table.layout, "rw", False):
+        found = self._core.locate(self._key, False)
+        if found is None or not self._rw:
             return []
         return self._table._core.rw_readers(found[0], found[1])
 
@@ -128,7 +117,7 @@ class LockHandle:
         return LockHandle(self._table, self._key, shared=False)
 
     def _need_rw(self) -> None:
-        if not getattr(self._table.layout, "rw", False):
+        if not self._rw:
             raise TypeError(f"table {self._table.name!r} is Lock(); "
                             f"open it with Lock(rw=True) for read()/write()")
 

@@ -52,6 +52,7 @@ class View:
 
         keyed.__name__ = name
         keyed.__doc__ = verb.__doc__
+        self.__dict__[name] = keyed      # found directly from now on
         return keyed
 
     # Dunder methods are looked up on the type, so forward them explicitly.

@@ -58,7 +58,7 @@ from ..errors import (BackendError, LayoutMismatch, LockHeld, NotOwner, OwnerDie
                       ShmDictError, TableFull, TableNotFound)
 from ..keys import Key, decode_key, encode_key
 from ..layouts import Counter, Layout, Lock, Struct, from_spec
-from ..records import MutableRecord, StructHandle
+from ..records import MutableRecord, StructHandle, make_record
 from . import _lua
 
 try:
@@ -886,7 +886,7 @@ class RedisStructTable(RedisTable):
         self._keeper.hold("r", field, False)
         try:
             try:
-                rec = MutableRecord(self.layout, self.layout.unpack(reply[2]), recovered)
+                rec = make_record(self.layout, self.layout.unpack_values(reply[2]), recovered)
                 yield rec
                 data = self.layout.pack(rec._asdict())
             except BaseException:
