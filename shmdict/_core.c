@@ -203,7 +203,11 @@ static inline uint64_t id_pid(uint64_t id) { return id & PID_MASK; }
 static inline int is_me(uint64_t id) { return id_pid(id) == id_pid(my_id()); }
 
 /* Is the process named by an owner id still alive?  A pid that exists but
- * started at another time is a different process: the owner is dead. */
+ * started at another time is a different process: the owner is dead.  The
+ * start time must match even when the id's is 0: ids come from my_id(), which
+ * always records it, so a word with a small pid and no start time is garbage
+ * (a corrupted segment: one stray byte over a free lock word gives "pid 1"),
+ * and taking it for a live owner would make its waiters wait forever. */
 static int
 id_alive(uint64_t id)
 {
@@ -216,7 +220,7 @@ id_alive(uint64_t id)
     if (!proc_stat(pid, &start))
         return 0;
     uint32_t want = (uint32_t)(id >> 32);
-    return want == 0 || (uint32_t)start == want;
+    return (uint32_t)start == want;
 }
 
 /* ------------------------------------------------------------------------ */

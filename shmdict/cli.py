@@ -163,9 +163,20 @@ def lock_holders(table: Any) -> List[Dict[str, Any]]:
                          "mode": "exclusive" if kind == "lock" else "writer"})
         if rw:
             for pid in core.rw_readers(slot, state):
-                held.append({"key": key, "pid": pid, "alive": _core.id_alive(pid),
+                held.append({"key": key, "pid": pid, "alive": pid_exists(pid),
                              "mode": "shared"})
     return held
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists (rw reader cells report bare pids)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stripe_rows(table: Any) -> List[Dict[str, Any]]:
