@@ -80,25 +80,23 @@ def _worker(names, journal, base: int, stop, seed: int) -> None:
     while not stop.value:
         r = rng.random()
         key = rng.randrange(MAIN_KEYS)
-        if r < 0.40:                         # add: inserts the key when missing
+        if r < 0.30:                         # add: inserts the key when missing
             amount = rng.randint(1, 9)
             j[base + J_AMOUNT] = amount
             j[base + J_KIND] = KIND_ADD
             counters.add(key, amount)
             j[base + J_ADDED] += amount
             j[base + J_KIND] = KIND_NONE
-        elif r < 0.55:                       # drain: load_and_delete (a delete)
+        elif r < 0.50:                       # drain: load_and_delete (a delete)
             j[base + J_KIND] = KIND_DRAIN
             value, _ = counters.load_and_delete(key)
             j[base + J_DRAINED] += value
             j[base + J_KIND] = KIND_NONE
-        elif r < 0.70:                       # scratch inserts and deletes
-            scratch = ("scratch", rng.randrange(16))
-            if rng.random() < 0.5:
-                counters.add(scratch)
-            else:
-                counters.delete(scratch)
-        elif r < 0.85:                       # a row lock guarding read-then-set
+        elif r < 0.72:                       # scratch: an insert, then a delete
+            scratch = ("scratch", rng.randrange(64))
+            counters.add(scratch)
+            counters.delete(scratch)
+        elif r < 0.86:                       # a row lock guarding read-then-set
             lk = rng.randrange(LOCK_KEYS)
             handle = locks[lk]
             with handle:
