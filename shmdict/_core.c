@@ -440,26 +440,32 @@ static int64_t
 find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_out)
 {
     uint64_t high = h >> TAG_SHIFT;
-    uint64_t i = home_of(c, h);
-    uint64_t limit = reach_limit(c, i);
-    for (uint64_t probes = 0; probes <= limit; probes++) {
-        char *slot = slot_at(c, i);
-        uint64_t s = load_acq(slot);
-        unsigned kind = st_kind(s);
-        if (kind == KIND_EMPTY)
-            return -1;
-        if (kind == KIND_PUBLISHED && st_high(s) == high && st_klen(s) == klen
-                && memcmp(slot_key(slot), key, klen) == 0) {
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (load_acq(slot) == s) {
-                *state_out = s;
-                return (int64_t)i;
+    uint64_t home = home_of(c, h);
+    for (int restarts = 0; restarts < 1000; restarts++) {
+        uint64_t limit = reach_limit(c, home);
+        uint64_t i = home;
+        int changed = 0;
+        for (uint64_t probes = 0; probes <= limit; probes++) {
+            char *slot = slot_at(c, i);
+            uint64_t s = load_acq(slot);
+            unsigned kind = st_kind(s);
+            if (kind == KIND_EMPTY)
+                return -1;
+            if (kind == KIND_PUBLISHED && st_high(s) == high && st_klen(s) == klen
+                    && memcmp(slot_key(slot), key, klen) == 0) {
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                if (load_acq(slot) == s) {
+                    *state_out = s;
+                    return (int64_t)i;
+                }
+                changed = 1;    /* the slot changed while we compared */
+                break;
             }
-            /* Changed under us: start again from the home slot. */
-            i = home_of(c, h);
-            continue;
+            i = (i + 1 == c->nslots) ? 0 : i + 1;
         }
-        i = (i + 1 == c->nslots) ? 0 : i + 1;
+        if (!changed)
+            return -1;
+        /* Look again from the home slot, with the whole probe budget. */
     }
     return -1;
 }

@@ -93,11 +93,17 @@ class StructTable(Table):
         try:
             data = self._core.record_read(slot, state)
         except BlockingIOError:
-            # A writer died mid-copy: taking the lock recovers the record.
+            # The sequence stayed odd: a writer died mid-copy (or the word is
+            # garbage).  Under the record lock no writer can be copying, so
+            # make the record readable again around what it holds.
             if self._lock(slot, state) is None:
                 return _STALE
-            self._core.lock_release(slot, state)
-            data = self._core.record_read(slot, state)
+            try:
+                data = self._core.record_read(slot, state, True)
+                if data is not None:
+                    self._write(slot, state, data)
+            finally:
+                self._core.lock_release(slot, state)
         return _STALE if data is None else self.layout.unpack(data)
 
     def _default_snapshot(self) -> Any:

@@ -194,3 +194,22 @@ def test_delete_waits_for_an_update_without_deadlock(records):
     deleter.join(30)
     assert p.exitcode == 0 and deleter.exitcode == 0
     assert "a" not in records and len(records) == 90
+
+
+def test_an_odd_sequence_word_with_a_free_lock_is_repaired_by_a_read(records):
+    """A sequence word left odd (a writer killed mid-copy, or a stray write)
+    with the record lock free: a read repairs it instead of failing forever."""
+    import mmap
+    import struct as struct_module
+    records.set("k", (2.0, 5, b"x", True))
+    slot, state = records._core.locate("k", False)
+    header = records._segment.header
+    seq_at = header["data_offset"] + slot * header["slot_size"] + 16 + (
+        (header["key_size"] + 7) // 8 * 8)
+    with open(f"/dev/shm/shmdict.{records.name}", "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 0)
+        (seq,) = struct_module.unpack_from("<Q", mm, seq_at)
+        struct_module.pack_into("<Q", mm, seq_at, seq | 1)
+        mm.close()
+    assert records.read("k")[0].stamp == 5
+    assert records.read("k")[0].stamp == 5       # and it stays readable
