@@ -29,6 +29,7 @@ class CounterTable(Table):
         self.cas = core.cas                 # type: ignore[method-assign]
         self.exchange = core.exchange       # type: ignore[method-assign]
         self.set = core.set                 # type: ignore[method-assign]
+        self._value = core.value            # type: ignore[method-assign]
 
     def add(self, key: Key, n: int = 1) -> int:  # type: ignore[no-redef]
         """Atomically add ``n`` (get-or-create at 0); return the new value."""
@@ -62,6 +63,17 @@ class CounterTable(Table):
             value = value.value
         self._core.set(key, value)
 
+    # The two hooks CounterHandle needs besides the verbs above (a backend's
+    # counter table provides the same ones, so the handle serves both).
+    def _value(self, key: Key) -> int:  # type: ignore[no-redef]
+        """The value of ``key``, creating it at 0."""
+        return self._core.value(key)
+
+    def _handle_cas(self, key: Key, old: int, new: int) -> bool:
+        """CAS on a handle's key, which is re-created at 0 if it was deleted."""
+        self._core.locate(key, True)
+        return self._core.cas(key, old, new)
+
     def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
         code, word0 = self._core.delete(slot, state, stripe, DELETE_TAKE_VALUE)
         return _STALE if code == _core.STALE else word0
@@ -77,12 +89,14 @@ class CounterTable(Table):
 class CounterHandle:
     """A key's counter, as returned by ``d[key]``, ``d.get`` and ``d.load``.
 
-    Every operation goes to the shared slot: the handle holds no value.
+    Every operation goes to the shared slot: the handle holds no value.  It
+    only uses the table's verbs (``add``, ``set``, ``exchange``) and two hooks
+    (``_value``, ``_handle_cas``), so it serves every backend's counter table.
     """
 
     __slots__ = ("_table", "_key")
 
-    def __init__(self, table: CounterTable, key: Key) -> None:
+    def __init__(self, table: Any, key: Key) -> None:
         self._table = table
         self._key = key
 
@@ -93,28 +107,27 @@ class CounterHandle:
     @property
     def value(self) -> int:
         """The current value (the key is re-created at 0 if it was deleted)."""
-        return self._table._core.value(self._key)
+        return self._table._value(self._key)
 
     def add(self, n: int = 1) -> int:
-        return self._table._core.add(self._key, n)
+        return self._table.add(self._key, n)
 
     def set(self, value: int) -> None:
-        self._table._core.set(self._key, value)
+        self._table.set(self._key, value)
 
     def exchange(self, value: int) -> int:
-        return self._table._core.exchange(self._key, value)
+        return self._table.exchange(self._key, value)
 
     def cas(self, old: int, new: int) -> bool:
         """Compare-and-swap on this key (re-created at 0 if it was deleted)."""
-        self._table._locate(self._key, True)
-        return self._table._core.cas(self._key, old, new)
+        return self._table._handle_cas(self._key, old, new)
 
     def __iadd__(self, n: int) -> "CounterHandle":
-        self._table._core.add(self._key, n)
+        self._table.add(self._key, n)
         return self
 
     def __isub__(self, n: int) -> "CounterHandle":
-        self._table._core.add(self._key, -n)
+        self._table.add(self._key, -n)
         return self
 
     def __int__(self) -> int:

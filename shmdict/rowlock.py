@@ -20,7 +20,7 @@ as ``threading.Lock`` does.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import _core
 from .errors import NotOwner, OwnerDiedWarning
@@ -30,6 +30,33 @@ from .table import Table
 
 class LockTable(Table):
     """A table of row locks (``shmdict.open(name, shmdict.Lock())``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # LockHandle's two hooks, bound to the C calls (no Python frame).
+        self._acquire_lock = self._core.key_acquire   # type: ignore[method-assign]
+        self._release_lock = self._core.key_release   # type: ignore[method-assign]
+
+    def _acquire_lock(self, key: Key, blocking: bool, timeout: float,  # type: ignore[no-redef]
+                      shared: bool) -> int:
+        """Take ``key``'s lock (creating the key): OK, RECOVERED or TIMEOUT."""
+        return self._core.key_acquire(key, blocking, timeout, shared)
+
+    def _release_lock(self, key: Key, shared: bool) -> int:  # type: ignore[no-redef]
+        """Release ``key``'s lock: OK, or NOT_OWNER when this process doesn't hold it."""
+        return self._core.key_release(key, shared)
+
+    #: How an inherited lock is described in OwnerDiedWarning, and why a
+    #: release can find the lock not held (backends say more).
+    _inherited_from = "a process that died holding it"
+    _not_held_because = ""
+
+    def readers(self, key: Key) -> List[int]:
+        """Pids holding ``key`` in shared mode (``rw=True`` tables)."""
+        found = self._core.locate(key, False)
+        if found is None or not self.layout.rw:
+            return []
+        return self._core.rw_readers(found[0], found[1])
 
     def _handle(self, key: Key) -> "LockHandle":
         return LockHandle(self, key)
@@ -47,16 +74,18 @@ class LockTable(Table):
 
 
 class LockHandle:
-    """One key's lock, with the ``threading.Lock`` interface."""
+    """One key's lock, with the ``threading.Lock`` interface.
 
-    __slots__ = ("_table", "_core", "_key", "_shared", "_rw", "recovered")
+    It uses two table hooks (``_acquire_lock``, ``_release_lock``) and
+    ``owner``/``readers``, so it serves every backend's lock table.
+    """
 
-    def __init__(self, table: LockTable, key: Key, shared: bool = False) -> None:
+    __slots__ = ("_table", "_key", "_shared", "recovered")
+
+    def __init__(self, table: Any, key: Key, shared: bool = False) -> None:
         self._table = table
-        self._core = table._core
         self._key = key
         self._shared = shared
-        self._rw = table.layout.rw
         #: True when the last acquire inherited the lock from a dead owner.
         self.recovered = False
 
@@ -71,7 +100,7 @@ class LockHandle:
                 raise ValueError("can't specify a timeout for a non-blocking call")
             if timeout < 0:
                 raise ValueError("timeout value must be a non-negative number or -1")
-        code = self._core.key_acquire(self._key, blocking, timeout, self._shared)
+        code = self._table._acquire_lock(self._key, blocking, timeout, self._shared)
         if code == 0:                           # _core.OK
             self.recovered = False
             return True
@@ -79,15 +108,16 @@ class LockHandle:
             return False
         self.recovered = True                   # _core.RECOVERED
         warnings.warn(OwnerDiedWarning(
-            f"lock {self._key!r} in table {self._table.name!r} was inherited from a "
-            f"process that died holding it; what it guarded may be half-written"),
+            f"lock {self._key!r} in table {self._table.name!r} was inherited from "
+            f"{self._table._inherited_from}; what it guarded may be half-written"),
             stacklevel=2)
         return True
 
     def release(self) -> None:
         """Release; ``RuntimeError`` (``shmdict.NotOwner``) if this process doesn't hold it."""
-        if self._core.key_release(self._key, self._shared) != 0:
-            raise NotOwner(f"release of lock {self._key!r}, which this process does not hold")
+        if self._table._release_lock(self._key, self._shared) != 0:
+            raise NotOwner(f"release of lock {self._key!r}, which this process does not hold"
+                           f"{self._table._not_held_because}")
 
     def locked(self) -> bool:
         """Whether anyone holds the lock exclusively."""
@@ -99,25 +129,22 @@ class LockHandle:
         return self._table.owner(self._key)
 
     @property
-    def readers(self) -> list:
+    def readers(self) -> List[int]:
         """Pids holding the lock in shared mode (``rw=True`` tables)."""
-        found = self._core.locate(self._key, False)
-        if found is None or not self._rw:
-            return []
-        return self._table._core.rw_readers(found[0], found[1])
+        return self._table.readers(self._key)
 
     def read(self) -> "LockHandle":
         """The shared side of an ``rw=True`` lock: ``with d[key].read(): ...``."""
         self._need_rw()
-        return LockHandle(self._table, self._key, shared=True)
+        return type(self)(self._table, self._key, shared=True)
 
     def write(self) -> "LockHandle":
         """The exclusive side of an ``rw=True`` lock: ``with d[key].write(): ...``."""
         self._need_rw()
-        return LockHandle(self._table, self._key, shared=False)
+        return type(self)(self._table, self._key, shared=False)
 
     def _need_rw(self) -> None:
-        if not self._rw:
+        if not self._table.layout.rw:
             raise TypeError(f"table {self._table.name!r} is Lock(); "
                             f"open it with Lock(rw=True) for read()/write()")
 

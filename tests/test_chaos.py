@@ -41,7 +41,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict
 
 import shmdict
 

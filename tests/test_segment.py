@@ -1,7 +1,6 @@
 """Segment lifecycle: create/attach, mismatches, corruption, permissions, unlink."""
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 

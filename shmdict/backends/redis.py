@@ -53,12 +53,15 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .. import _core
 from ..check import Report
+from ..counter import CounterHandle
 from ..errors import (BackendError, LayoutMismatch, LockHeld, NotOwner, OwnerDiedWarning,
                       ShmDictError, TableFull, TableNotFound)
 from ..keys import Key, decode_key, encode_key
 from ..layouts import Counter, Layout, Lock, Struct, from_spec
 from ..records import MutableRecord, StructHandle, make_record
+from ..rowlock import LockHandle
 from . import _lua
 
 try:
@@ -583,7 +586,7 @@ class RedisCounterTable(RedisTable):
                           int(bool(set_on_not_exists))) == 1
 
     def __setitem__(self, key: Key, value: Any) -> None:
-        if isinstance(value, RedisCounterHandle):
+        if isinstance(value, CounterHandle):
             if value._table is self and value._key == key:
                 return   # the tail of `d[key] += n`: the add already happened
             value = value.value
@@ -593,8 +596,18 @@ class RedisCounterTable(RedisTable):
         """The sum of all values (a snapshot)."""
         return sum(self.values())
 
-    def _handle(self, key: Key) -> "RedisCounterHandle":
-        return RedisCounterHandle(self, key)
+    # CounterHandle's hooks besides the verbs.
+    def _value(self, key: Key) -> int:
+        """The value of ``key``, creating it at 0."""
+        return int(self._eval(_lua.COUNTER_VALUE, self._field(key)))
+
+    def _handle_cas(self, key: Key, old: int, new: int) -> bool:
+        """CAS on a handle's key, which is re-created at 0 if it was deleted."""
+        self._ensure(self._field(key))
+        return self.cas(key, old, new)
+
+    def _handle(self, key: Key) -> CounterHandle:
+        return CounterHandle(self, key)
 
     def _gcra(self, key: Key, emission_interval_ns: int, tolerance_ns: int,
               cost: int) -> Tuple[bool, int, int, int]:
@@ -609,66 +622,6 @@ class RedisCounterTable(RedisTable):
         return bool(allowed), int(remaining), int(retry_after), int(reset_after)
 
 
-class RedisCounterHandle:
-    """A key's counter on Redis; every operation goes to the server."""
-
-    __slots__ = ("_table", "_key")
-
-    def __init__(self, table: RedisCounterTable, key: Key) -> None:
-        self._table = table
-        self._key = key
-
-    @property
-    def key(self) -> Key:
-        return self._key
-
-    @property
-    def value(self) -> int:
-        """The current value (the key is re-created at 0 if it was deleted)."""
-        return int(self._table._eval(_lua.COUNTER_VALUE, self._table._field(self._key)))
-
-    def add(self, n: int = 1) -> int:
-        return self._table.add(self._key, n)
-
-    def set(self, value: int) -> None:
-        self._table.set(self._key, value)
-
-    def exchange(self, value: int) -> int:
-        return self._table.exchange(self._key, value)
-
-    def cas(self, old: int, new: int) -> bool:
-        """Compare-and-swap on this key (re-created at 0 if it was deleted)."""
-        self._table._ensure(self._table._field(self._key))
-        return self._table.cas(self._key, old, new)
-
-    def __iadd__(self, n: int) -> "RedisCounterHandle":
-        self._table.add(self._key, n)
-        return self
-
-    def __isub__(self, n: int) -> "RedisCounterHandle":
-        self._table.add(self._key, -n)
-        return self
-
-    def __int__(self) -> int:
-        return self.value
-
-    __index__ = __int__
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RedisCounterHandle):
-            return self._table is other._table and self._key == other._key
-        if isinstance(other, int):
-            return self.value == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((id(self._table), self._key))
-
-    def __repr__(self) -> str:
-        return f"<counter {self._key!r} = {self.value}>"
-
-
-# ------------------------------------------------------------------- Lock
 class RedisLockTable(RedisTable):
     """Row locks on Redis: leases owned by a process token."""
 
@@ -707,108 +660,51 @@ class RedisLockTable(RedisTable):
         token = self._holders(key)[0]
         return None if token is None else token_pid(token)
 
+    # LockHandle's hooks.
+    _inherited_from = "a holder whose lease expired (it died or lost the server)"
+    _not_held_because = " (never taken, or its lease expired and was taken over)"
+
+    def _acquire_lock(self, key: Key, blocking: bool, timeout: float, shared: bool) -> int:
+        """Take ``key``'s lease (creating the key): OK, RECOVERED or TIMEOUT."""
+        field = self._field(key)
+        args = (field, process_token(), self._conn.lease_ms, int(shared))
+
+        def attempt() -> Tuple[bool, Any]:
+            reply = self._eval(_lua.LOCK_ACQUIRE, *args)
+            return reply[0] == 1, reply[1]
+
+        got, died = self._wait(attempt, blocking, timeout)
+        if not got:
+            return _core.TIMEOUT
+        self._keeper.hold("d", field, shared)
+        return _core.RECOVERED if died == 1 else _core.OK
+
+    def _release_lock(self, key: Key, shared: bool) -> int:
+        """Release ``key``'s lease: OK, or NOT_OWNER (never taken, or taken over)."""
+        field = self._field(key)
+        done = self._eval(_lua.LOCK_RELEASE, field, process_token(), int(shared), "d")
+        self._keeper.drop("d", field, shared)
+        return _core.OK if done == 1 else _core.NOT_OWNER
+
+    def readers(self, key: Key) -> List[int]:
+        """Pids holding ``key`` in shared mode (``rw=True`` tables)."""
+        if not self.layout.rw:
+            return []
+        return [token_pid(t) for t in self._holders(key)[1]]
+
     def _handle(self, key: Key) -> "RedisLockHandle":
         return RedisLockHandle(self, key)
 
 
-class RedisLockHandle:
-    """One key's lock on Redis, with the ``threading.Lock`` interface."""
+class RedisLockHandle(LockHandle):
+    """A key's lock on Redis: LockHandle, plus the holder's full token."""
 
-    def __init__(self, table: RedisLockTable, key: Key, shared: bool = False) -> None:
-        self._table = table
-        self._key = key
-        self._shared = shared
-        #: True when the last acquire took over the lease of a holder that died.
-        self.recovered = False
-
-    @property
-    def key(self) -> Key:
-        return self._key
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number or -1")
-        table = self._table
-        field = table._field(self._key)
-        token = process_token()
-        args = (field, token, table._conn.lease_ms, int(self._shared))
-
-        def attempt() -> Tuple[bool, Any]:
-            reply = table._eval(_lua.LOCK_ACQUIRE, *args)
-            return reply[0] == 1, reply[1]
-
-        got, died = table._wait(attempt, blocking, timeout)
-        if not got:
-            return False
-        table._keeper.hold("d", field, self._shared)
-        self.recovered = died == 1
-        if self.recovered:
-            warnings.warn(OwnerDiedWarning(
-                f"lock {self._key!r} in table {table.name!r} was taken over from a holder "
-                f"whose lease expired (it died or lost the server); what it guarded may "
-                f"be half-written"), stacklevel=2)
-        return True
-
-    def release(self) -> None:
-        """Release; ``NotOwner`` (a ``RuntimeError``) if this process doesn't hold it."""
-        table = self._table
-        field = table._field(self._key)
-        done = table._eval(_lua.LOCK_RELEASE, field, process_token(), int(self._shared), "d")
-        table._keeper.drop("d", field, self._shared)
-        if done != 1:
-            raise NotOwner(f"release of lock {self._key!r}, which this process does not "
-                           f"hold (never taken, or its lease expired and was taken over)")
-
-    def locked(self) -> bool:
-        """Whether anyone holds the lock exclusively."""
-        return self.owner is not None
-
-    @property
-    def owner(self) -> Optional[int]:
-        """The pid of the exclusive holder, or None (see ``holder`` for its host)."""
-        return self._table.owner(self._key)
+    __slots__ = ()
 
     @property
     def holder(self) -> Optional[str]:
         """The exclusive holder's token ``host/pid/random``, or None."""
         return self._table._holders(self._key)[0]
-
-    @property
-    def readers(self) -> list:
-        """Pids holding the lock in shared mode (``rw=True`` tables)."""
-        if not getattr(self._table.layout, "rw", False):
-            return []
-        return [token_pid(t) for t in self._table._holders(self._key)[1]]
-
-    def read(self) -> "RedisLockHandle":
-        """The shared side of an ``rw=True`` lock: ``with d[key].read(): ...``."""
-        self._need_rw()
-        return RedisLockHandle(self._table, self._key, shared=True)
-
-    def write(self) -> "RedisLockHandle":
-        """The exclusive side of an ``rw=True`` lock: ``with d[key].write(): ...``."""
-        self._need_rw()
-        return RedisLockHandle(self._table, self._key, shared=False)
-
-    def _need_rw(self) -> None:
-        if not getattr(self._table.layout, "rw", False):
-            raise TypeError(f"table {self._table.name!r} is Lock(); "
-                            f"open it with Lock(rw=True) for read()/write()")
-
-    def __enter__(self) -> "RedisLockHandle":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        owner = self.owner
-        state = f"held by pid {owner}" if owner else "free"
-        return f"<lock {self._key!r} {state}>"
 
 
 # ----------------------------------------------------------------- Struct
