@@ -1792,32 +1792,23 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 /* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
 /* ------------------------------------------------------------------------ */
 
-/* record_read(slot, state, force=False) -> bytes | None (slot changed).  A
- * seqlock read: the sequence is odd while a writer is copying, and a copy is
- * kept only if the sequence was even and unchanged around it.  A writer that
- * died mid-copy leaves the sequence odd; after a while the reader raises
- * BlockingIOError so the Python layer can take the record lock (which
- * recovers it) and read with force=True, which copies whatever is there. */
-static PyObject *
-Core_record_read(Core *self, PyObject *args)
+#define RC_TORN -9   /* internal: the sequence stayed odd (a dead writer?) */
+
+/* Copy slot i's record into a new bytes object.  A seqlock read: the
+ * sequence is odd while a writer is copying, and a copy is kept only if the
+ * sequence was even and unchanged around it; `force` copies whatever is
+ * there (the caller holds the record lock).  Returns RC_OK (*out set),
+ * RC_STALE (the slot changed), RC_TORN (odd for too long: a writer died
+ * mid-copy), or -1 with an exception set. */
+static int
+record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
-    unsigned long long i, s;
-    int force = 0;
-    if (!PyArg_ParseTuple(args, "KK|p", &i, &s, &force))
-        return NULL;
-    REQUIRE_OPEN(self);
-    if (parse_slot(self, i) < 0)
-        return NULL;
-    if (self->extra_size < 8) {
-        PyErr_SetString(PyExc_ValueError, "not a record table");
-        return NULL;
-    }
     char *slot = slot_at(self, i);
     uint64_t *seq = (uint64_t *)slot_extra(self, slot);
     Py_ssize_t n = (Py_ssize_t)self->extra_size - 8;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
-    if (out == NULL)
-        return NULL;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+    if (bytes == NULL)
+        return -1;
     for (unsigned long spins = 0; spins < 200000; spins++) {
         uint64_t before = load_acq(seq);
         if ((before & 1) && !force) {
@@ -1826,21 +1817,178 @@ Core_record_read(Core *self, PyObject *args)
             continue;
         }
         /* Copy word by word with relaxed atomic loads (no data race). */
-        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(out);
+        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
         for (Py_ssize_t k = 0; k < n / 8; k++)
             dst[k] = __atomic_load_n(&src[k], __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (force || load_acq(seq) == before) {
             if (load_acq(slot) != s) {
-                Py_DECREF(out);
-                Py_RETURN_NONE;
+                Py_DECREF(bytes);
+                return RC_STALE;
             }
-            return out;
+            *out = bytes;
+            return RC_OK;
         }
     }
-    Py_DECREF(out);
+    Py_DECREF(bytes);
+    return RC_TORN;
+}
+
+/* Write a record into slot i: sequence odd, copy, sequence even.  The caller
+ * holds the record lock (word0). */
+static int
+record_store(Core *self, uint64_t i, uint64_t s, const void *data)
+{
+    char *slot = slot_at(self, i);
+    uint64_t *seq = (uint64_t *)slot_extra(self, slot);
+    uint64_t cur = load_acq(word0_of(slot));
+    if (load_acq(slot) != s)
+        return RC_STALE;
+    if (id_pid(cur) == 0 || !is_me(cur))
+        return RC_NOT_OWNER;
+    uint64_t odd = load_acq(seq) | 1;      /* odd even if a dead writer left it odd */
+    store_rel(seq, odd);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    uint64_t *dst = seq + 1;
+    for (uint64_t k = 0; k < (self->extra_size - 8) / 8; k++) {
+        uint64_t w;
+        memcpy(&w, (const char *)data + 8 * k, 8);
+        __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
+    }
+    store_rel(seq, odd + 1);
+    return RC_OK;
+}
+
+static int
+require_records(Core *self)
+{
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return -1;
+    }
+    if (self->extra_size < 8) {
+        PyErr_SetString(PyExc_ValueError, "not a record table");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+torn_error(void)
+{
     PyErr_SetString(PyExc_BlockingIOError, "record is being written");
     return NULL;
+}
+
+/* record_read(slot, state, force=False) -> bytes | None (slot changed).
+ * Raises BlockingIOError when the sequence stays odd, so the Python layer
+ * can take the record lock (which recovers it) and read with force=True. */
+static PyObject *
+Core_record_read(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "KK|p", &i, &s, &force))
+        return NULL;
+    if (require_records(self) < 0 || parse_slot(self, i) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    int r = record_copy(self, i, s, force, &out);
+    if (r == RC_OK)
+        return out;
+    if (r == RC_STALE)
+        Py_RETURN_NONE;
+    return r == RC_TORN ? torn_error() : NULL;
+}
+
+/* record_get(key) -> bytes | None (no such key): read() by key, through the
+ * key cache, never creating. */
+static PyObject *
+Core_record_get(Core *self, PyObject *key)
+{
+    if (require_records(self) < 0)
+        return NULL;
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            Py_RETURN_NONE;
+        PyObject *out = NULL;
+        r = record_copy(self, i, s, 0, &out);
+        if (r == RC_OK)
+            return out;
+        if (r == RC_TORN)
+            return torn_error();
+        if (r < 0)
+            return NULL;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* record_begin(key) -> (slot, state, recovered, bytes): take the record lock
+ * of `key` (creating the key), waiting as long as it takes (Ctrl-C
+ * interrupts), and copy the record.  When the previous holder died inside
+ * its update, `recovered` is true and the record is first made readable
+ * again around what it holds.  Finish with record_commit. */
+static PyObject *
+Core_record_begin(Core *self, PyObject *key)
+{
+    if (require_records(self) < 0)
+        return NULL;
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 1, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        int interrupted = 0;
+        int code = owner_acquire(self, i, s, 1, -1.0, &interrupted);
+        if (interrupted)
+            return NULL;
+        if (code == RC_STALE)
+            continue;
+        PyObject *data = NULL;
+        r = record_copy(self, i, s, 1, &data);
+        if (r == RC_OK && code == RC_RECOVERED)
+            r = record_store(self, i, s, PyBytes_AS_STRING(data));
+        if (r != RC_OK) {
+            Py_XDECREF(data);
+            owner_release(self, i, s);
+            if (r < 0 && r != RC_STALE && r != RC_NOT_OWNER)
+                return NULL;
+            continue;
+        }
+        return Py_BuildValue("(KKNN)", (unsigned long long)i, (unsigned long long)s,
+                             PyBool_FromLong(code == RC_RECOVERED), data);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* record_commit(slot, state, data | None) -> code: write the record (unless
+ * None: the update was abandoned) and release the record lock. */
+static PyObject *
+Core_record_commit(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    PyObject *data;
+    if (!PyArg_ParseTuple(args, "KKO", &i, &s, &data))
+        return NULL;
+    if (require_records(self) < 0 || parse_slot(self, i) < 0)
+        return NULL;
+    int r = RC_OK;
+    if (data != Py_None) {
+        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != self->extra_size - 8) {
+            owner_release(self, i, s);
+            PyErr_SetString(PyExc_ValueError, "record has the wrong size");
+            return NULL;
+        }
+        r = record_store(self, i, s, PyBytes_AS_STRING(data));
+    }
+    int released = owner_release(self, i, s);
+    return PyLong_FromLong(r != RC_OK ? r : released);
 }
 
 /* record_write(slot, state, data) -> code.  Caller holds the record lock. */
@@ -1851,34 +1999,14 @@ Core_record_write(Core *self, PyObject *args)
     Py_buffer data;
     if (!PyArg_ParseTuple(args, "KKy*", &i, &s, &data))
         return NULL;
-    int r = RC_OK;
-    if (!self->has_view || i >= self->nslots || self->extra_size < 8
+    if (require_records(self) < 0 || parse_slot(self, i) < 0
             || (uint64_t)data.len != self->extra_size - 8) {
         PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "bad record write");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "record has the wrong size");
         return NULL;
     }
-    char *slot = slot_at(self, i);
-    uint64_t *seq = (uint64_t *)slot_extra(self, slot);
-    uint64_t cur = load_acq(word0_of(slot));
-    if (load_acq(slot) != s) {
-        r = RC_STALE;
-    } else if (id_pid(cur) == 0 || !is_me(cur)) {
-        r = RC_NOT_OWNER;
-    } else {
-        uint64_t q = load_acq(seq);
-        uint64_t odd = (q | 1);            /* odd even if a dead writer left it odd */
-        store_rel(seq, odd);
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        uint64_t *dst = seq + 1;
-        const uint64_t *src = data.buf;
-        for (Py_ssize_t k = 0; k < data.len / 8; k++) {
-            uint64_t w;
-            memcpy(&w, &src[k], 8);
-            __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
-        }
-        store_rel(seq, odd + 1);
-    }
+    int r = record_store(self, i, s, data.buf);
     PyBuffer_Release(&data);
     return PyLong_FromLong(r);
 }
@@ -1985,6 +2113,12 @@ static PyMethodDef Core_methods[] = {
      "rw_readers(slot, state) -> [pid]."},
     {"record_read", (PyCFunction)Core_record_read, METH_VARARGS,
      "record_read(slot, state) -> bytes or None: a consistent snapshot."},
+    {"record_get", (PyCFunction)Core_record_get, METH_O,
+     "record_get(key) -> bytes or None: a consistent snapshot, by key, never creating."},
+    {"record_begin", (PyCFunction)Core_record_begin, METH_O,
+     "record_begin(key) -> (slot, state, recovered, bytes): lock and copy a record."},
+    {"record_commit", (PyCFunction)Core_record_commit, METH_VARARGS,
+     "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
     {"record_write", (PyCFunction)Core_record_write, METH_VARARGS,
      "record_write(slot, state, data) -> code.  Caller holds the record lock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,

@@ -170,7 +170,7 @@ class Struct(Layout):
         return self._struct.unpack_from(data)
 
     def unpack(self, data: bytes) -> Tuple[Any, ...]:
-        return self.record._make(self._struct.unpack_from(data))
+        return tuple.__new__(self.record, self._struct.unpack_from(data))
 
     def is_int_field(self, name: str) -> bool:
         return self.codes[name][-1] in _INT_CODES

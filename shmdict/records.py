@@ -60,6 +60,9 @@ def make_record(layout: Struct, values: Tuple[Any, ...], recovered: bool) -> Mut
     return _new_record(record_class(layout), values, recovered)
 
 
+_new_tuple = tuple.__new__     # a named tuple from values, without _make's checks
+
+
 def _new_record(cls: type, values: Tuple[Any, ...], recovered: bool) -> MutableRecord:
     rec = cls.__new__(cls)
     for name, value in zip(cls._fields, values):
@@ -80,14 +83,22 @@ class StructTable(Table):
     # ------------------------------------------------------------ reading
     def read(self, key: Key) -> Tuple[Any, bool]:
         """``(record, exists)``: a consistent snapshot; never creates the key."""
-        locate = self._core.locate
+        try:
+            data = self._core.record_get(key)
+        except BlockingIOError:          # a writer died mid-copy: the slow path repairs
+            data = self._read_repairing(key)
+        if data is None:
+            return self._default_snapshot(), False
+        return _new_tuple(self.layout.record, self.layout.unpack_values(data)), True
+
+    def _read_repairing(self, key: Key) -> Optional[bytes]:
         while True:
-            found = locate(key, False)
+            found = self._core.locate(key, False)
             if found is None:
-                return self._default_snapshot(), False
+                return None
             value = self._snapshot_at(found[0], found[1])
             if value is not _STALE:
-                return value, True
+                return self.layout.pack_in_order(value)
 
     def _snapshot_at(self, slot: int, state: int) -> Any:
         try:
@@ -238,24 +249,30 @@ class _Update:
 
     def __enter__(self) -> MutableRecord:
         table = self._table
-        self._slot, self._state, _, recovered = table._acquire(self._key)
+        self._slot, self._state, recovered, data = table._core.record_begin(self._key)
+        if recovered:
+            warnings.warn(OwnerDiedWarning(
+                f"a writer of table {table.name!r} died inside an update; the record "
+                f"keeps whatever it had written"), stacklevel=2)
         try:
-            data = table._core.record_read(self._slot, self._state, True)
             self._rec = _new_record(table._record_class, table.layout.unpack_values(data),
                                     recovered)
-            return self._rec
         except BaseException:
-            table._core.lock_release(self._slot, self._state)
+            table._core.record_commit(self._slot, self._state, None)
             raise
+        return self._rec
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         table = self._table
-        try:
-            if exc_type is None:
-                table._write(self._slot, self._state,
-                             table.layout.pack_in_order(self._rec._astuple()))
-        finally:
-            table._core.lock_release(self._slot, self._state)
+        data = None
+        if exc_type is None:
+            try:
+                data = table.layout.pack_in_order(self._rec._astuple())
+            except BaseException:
+                table._core.record_commit(self._slot, self._state, None)
+                raise
+        if table._core.record_commit(self._slot, self._state, data) != _core.OK:
+            raise NotOwner("record lock lost during an update (the table was repaired?)")
 
 
 class StructHandle:
