@@ -1159,7 +1159,8 @@ Core_insert(Core *self, PyObject *args)
         } else {
             i = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &s);
             if (i == -1) {
-                result = Py_NewRef(Py_None);
+                Py_INCREF(Py_None);
+                result = Py_None;
             } else if (i == -2) {
                 PyErr_SetString(PyExc_RuntimeError,
                                 "no free slot although the live count is below capacity "
