@@ -319,6 +319,8 @@ static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
         ;
 }
 
+static void Core_release_view(Core *self);
+
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
 {
@@ -364,6 +366,9 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     else if (data_offset > size || nslots > (size - data_offset) / (slot_size + 2)) bad = "slot array exceeds the mapping";
     else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size) bad = "default value has the wrong size";
     if (bad) {
+        /* Give the buffer back: a Core left with has_view set but no base
+         * would dereference NULL on its next call. */
+        Core_release_view(self);
         PyErr_Format(PyExc_ValueError, "corrupt table geometry: %s", bad);
         return -1;
     }
@@ -381,13 +386,18 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->init_word0 = init_word0;
+    /* XSETREF: __init__ may run again on a closed Core. */
     Py_INCREF(init_extra);
-    self->init_extra = init_extra;
+    Py_XSETREF(self->init_extra, init_extra);
     Py_INCREF(resolver);
-    self->resolver = resolver;
-    self->cache = PyDict_New();
+    Py_XSETREF(self->resolver, resolver);
+    Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
-    return self->cache ? 0 : -1;
+    if (self->cache == NULL) {
+        Core_release_view(self);
+        return -1;
+    }
+    return 0;
 }
 
 static void
@@ -400,9 +410,32 @@ Core_release_view(Core *self)
     }
 }
 
+/* The Core is GC-tracked: the resolver refers back to the Table that owns
+ * the Core, and a cycle through an untracked object is never collected (a
+ * Table dropped without close() would keep its mapping forever). */
+static int
+Core_traverse(Core *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->init_extra);
+    Py_VISIT(self->cache);
+    Py_VISIT(self->resolver);
+    return 0;
+}
+
+static int
+Core_clear(Core *self)
+{
+    Core_release_view(self);        /* every method then says "closed" */
+    Py_CLEAR(self->init_extra);
+    Py_CLEAR(self->cache);
+    Py_CLEAR(self->resolver);
+    return 0;
+}
+
 static void
 Core_dealloc(Core *self)
 {
+    PyObject_GC_UnTrack(self);
     Core_release_view(self);
     Py_XDECREF(self->init_extra);
     Py_XDECREF(self->cache);
@@ -417,6 +450,19 @@ Core_dealloc(Core *self)
             return NULL;                                                     \
         }                                                                    \
     } while (0)
+
+/* After anything that may let another thread run (a wait without the GIL,
+ * a signal handler, a call into Python), the table may have been closed and
+ * the mapping unmapped: every pointer into it is then dangling.  Returns 1
+ * with ValueError set when that happened. */
+static int
+closed_meanwhile(Core *self)
+{
+    if (self->has_view)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "table was closed while in use");
+    return 1;
+}
 
 static int
 parse_slot(Core *self, unsigned long long slot)
@@ -653,6 +699,8 @@ static int
 resolve(Core *c, PyObject *key, int create, int use_cache,
         uint64_t *slot, uint64_t *state)
 {
+    if (closed_meanwhile(c))
+        return -1;
     int cacheable = cacheable_key(key, 0);
     if (use_cache && cacheable) {
         PyObject *hit = PyDict_GetItemWithError(c->cache, key);
@@ -674,6 +722,10 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
                                                  create ? Py_True : Py_False, NULL);
     if (res == NULL)
         return -1;
+    if (closed_meanwhile(c)) {      /* by another thread, while in Python */
+        Py_DECREF(res);
+        return -1;
+    }
     if (res == Py_None) {
         Py_DECREF(res);
         return 0;
@@ -948,16 +1000,23 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
         clock_gettime(CLOCK_MONOTONIC, &ts);
         int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
         int64_t base = tat > now ? tat : now;
-        int64_t ahead = base - now + step;
+        /* tat comes from the segment (any int64: d.set() on the key, or a
+         * corrupted word): cap how far ahead it counts, so that lead + step
+         * cannot overflow, and saturate the new tat. */
+        int64_t lead = base - now;
+        if (lead > INT64_MAX / 2)
+            lead = INT64_MAX / 2;
+        int64_t ahead = lead + step;
         if (ahead > tolerance) {
             out[0] = 0;
-            out[1] = floor_div(tolerance - (base - now), emission);
+            out[1] = floor_div(tolerance - lead, emission);
             out[2] = ahead - tolerance;
-            out[3] = base - now;
+            out[3] = lead;
             return 0;
         }
+        int64_t new_tat = base > INT64_MAX - step ? INT64_MAX : base + step;
         if (step == 0 || cas_pair(slot_at(self, i), s, (uint64_t)tat, s,
-                                  (uint64_t)(base + step), NULL)) {
+                                  (uint64_t)new_tat, NULL)) {
             out[0] = 1;
             out[1] = floor_div(tolerance - ahead, emission);
             out[2] = 0;
@@ -1206,6 +1265,10 @@ Core_delete(Core *self, PyObject *args)
         if (mode == 2 && (id_pid((uint64_t)v) == 0 || !is_me((uint64_t)v)))
             return Py_BuildValue("(iL)", RC_NOT_OWNER, (long long)v);
         if (tombstone_slot(self, i, s, (uint64_t)v)) {
+            /* mode 2 released the record lock: wake its waiters, who then
+             * see the slot changed (else they sleep out their slice). */
+            if (mode != 0 && ((uint64_t)v & WAITERS_BIT))
+                futex_wake_all(slot + 8);
             admit_adjust(self, stripe, -1);
             return Py_BuildValue("(iL)", RC_OK, (long long)v);
         }
@@ -1371,7 +1434,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
                 goto fail;
             unsigned long long h = PyLong_AsUnsignedLongLong(hv);
             Py_DECREF(hv);
-            if (h == (unsigned long long)-1 && PyErr_Occurred())
+            if ((h == (unsigned long long)-1 && PyErr_Occurred()) || closed_meanwhile(self))
                 goto fail;
             if (stripe_of(self, h) == stripe)
                 counted++;
@@ -1443,7 +1506,7 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
         Py_BEGIN_ALLOW_THREADS
         futex_wait(word, (uint32_t)cur, slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0) {
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
             *interrupted = 1;
             return RC_TIMEOUT;
         }
@@ -1453,6 +1516,8 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
 static int
 owner_release(Core *c, uint64_t i, uint64_t s)
 {
+    if (!c->has_view)       /* closed while we waited: nothing to touch */
+        return RC_STALE;
     char *slot = slot_at(c, i);
     uint64_t *word = (uint64_t *)(slot + 8);
     for (;;) {
@@ -1576,13 +1641,21 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
             if (left < slice)
                 slice = left;
         }
+        /* Waiting on a writer: set the waiters bit, as owner_acquire does,
+         * or the writer's release (which wakes only when it is set) leaves
+         * us asleep for the whole slice. */
+        if (id_pid(w) != 0 && !(w & WAITERS_BIT)) {
+            if (!cas_pair(slot, s, w, s, w | WAITERS_BIT, NULL))
+                continue;
+            w |= WAITERS_BIT;
+        }
         Py_BEGIN_ALLOW_THREADS
         if (id_pid(w) != 0)
             futex_wait(writer, (uint32_t)w, slice * 25);
         else
             sleep_seconds(slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0) {
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
             *interrupted = 1;
             return RC_TIMEOUT;
         }
@@ -1637,7 +1710,7 @@ wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interru
         else
             sleep_seconds(0.0005);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0) {
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
             *interrupted = 1;
             return RC_TIMEOUT;
         }
@@ -2052,7 +2125,8 @@ Core_close(Core *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Core_clear_cache(Core *self, PyObject *Py_UNUSED(ignored))
 {
-    PyDict_Clear(self->cache);
+    if (self->cache)
+        PyDict_Clear(self->cache);
     Py_RETURN_NONE;
 }
 
@@ -2137,8 +2211,10 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmdict._core.Core",
     .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The hash table inside one mapped segment.",
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,
@@ -2170,7 +2246,7 @@ buffer_word(PyObject *args, Py_buffer *view, unsigned long long *off,
                    : PyArg_ParseTuple(args, "y*K", view, off);
     if (!ok)
         return -1;
-    if (*off % 8 != 0 || *off + 8 > (unsigned long long)view->len
+    if (*off % 8 != 0 || view->len < 8 || *off > (unsigned long long)view->len - 8
             || ((uintptr_t)view->buf & 7) != 0) {
         PyBuffer_Release(view);
         PyErr_SetString(PyExc_ValueError, "offset must be 8-aligned and inside the buffer");
