@@ -704,7 +704,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     int cacheable = cacheable_key(key, 0);
     if (use_cache && cacheable) {
         PyObject *hit = PyDict_GetItemWithError(c->cache, key);
-        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 2) {
+        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) >= 2) {
             uint64_t i = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 0));
             uint64_t s = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 1));
             if (PyErr_Occurred())
@@ -718,6 +718,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
             return -1;
         }
     }
+    /* The resolver returns (slot, state, ...) or None. */
     PyObject *res = PyObject_CallFunctionObjArgs(c->resolver, key,
                                                  create ? Py_True : Py_False, NULL);
     if (res == NULL)
@@ -730,7 +731,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
         Py_DECREF(res);
         return 0;
     }
-    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
         Py_DECREF(res);
         PyErr_SetString(PyExc_TypeError, "resolver must return (slot, state) or None");
         return -1;
@@ -1392,6 +1393,23 @@ Core_stripe_cas(Core *self, PyObject *args)
     uint64_t want = desired == -1 ? my_id() : (uint64_t)desired;
     uint64_t e = expected;
     return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, want));
+}
+
+/* stripe_release(i) -> bool: clear the holder word if this process holds
+ * it (then the caller posts the semaphore); False if it was taken over. */
+static PyObject *
+Core_stripe_release(Core *self, PyObject *arg)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    uint64_t e = my_id();
+    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, 0));
 }
 
 /* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
@@ -2168,6 +2186,8 @@ static PyMethodDef Core_methods[] = {
      "stripe_holder(i) -> id of the process holding stripe i (0: none)."},
     {"stripe_cas", (PyCFunction)Core_stripe_cas, METH_VARARGS,
      "stripe_cas(i, expected, desired) -> bool; desired -1 means this process."},
+    {"stripe_release", (PyCFunction)Core_stripe_release, METH_O,
+     "stripe_release(i) -> bool: clear the holder word if this process holds it."},
     {"repair_stripe", (PyCFunction)Core_repair_stripe, METH_O,
      "repair_stripe(i) -> (claims_dropped, live_delta) after a holder died."},
     {"lock_acquire", (PyCFunction)Core_lock_acquire, METH_VARARGS,

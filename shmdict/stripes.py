@@ -133,7 +133,7 @@ class Stripes:
             # consumed a count that its release will give back.  Wait again.
 
     def release(self, i: int) -> None:
-        if self.core.stripe_cas(i, _core.my_id(), 0):
+        if self.core.stripe_release(i):
             self.semaphores[i].release()
         # else: we were presumed dead and the stripe was taken over; its new
         # holder posts when it is done, so we must not.

@@ -42,9 +42,8 @@ class _Resolver:
     def hash_of(self, encoded: bytes) -> int:
         return xxhash.xxh3_64_intdigest(encoded, self.seed)
 
-    def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int]]:
-        found = self.table._locate(key, create)
-        return None if found is None else found[:2]
+    def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int, bool]]:
+        return self.table._locate(key, create)   # the core keeps (slot, state)
 
     def insert_with(self, key: Any, word0: int) -> bool:
         """Insert ``key`` with ``word0`` if absent; True if this call created it."""
@@ -73,6 +72,8 @@ class Table:
             self.layout.default_extra(), self._resolver, CACHE_LIMIT)
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
+        self._default_word0 = self.layout.default_word0()
+        self._default_extra = self.layout.default_extra()
         self._closed = False
 
     # ------------------------------------------------------------------ keys
@@ -87,17 +88,19 @@ class Table:
         A key created here starts with ``word0`` and ``extra`` (default: the
         layout's defaults) in one insert, so no other process sees it otherwise.
         """
-        self._check_open()
-        encoded, h = self._encode(key)
+        if self._closed:
+            self._check_open()
+        encoded = encode_key(key, self.key_size)
+        h = xxhash.xxh3_64_intdigest(encoded, self._seed)
         found = self._core.find(encoded, h)
         if found is not None:
             return found[0], found[1], False
         if not create:
             return None
         if word0 is None:
-            word0 = self.layout.default_word0()
+            word0 = self._default_word0
         if extra is None:
-            extra = self.layout.default_extra()
+            extra = self._default_extra
         stripe = h % self._nstripes
         self._stripes.acquire(stripe)     # try/finally: a context manager costs 1.5 us
         try:
