@@ -488,10 +488,17 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
     uint64_t high = h >> TAG_SHIFT;
     uint64_t home = home_of(c, h);
     for (int restarts = 0; restarts < 1000; restarts++) {
-        uint64_t limit = reach_limit(c, home);
+        /* The reach word lives in another cache line: read it only when the
+         * home slot does not settle the lookup (most lookups end there). */
+        uint64_t limit = 1;
         uint64_t i = home;
         int changed = 0;
         for (uint64_t probes = 0; probes <= limit; probes++) {
+            if (probes == 1) {
+                limit = reach_limit(c, home);
+                if (limit == 0)
+                    break;
+            }
             char *slot = slot_at(c, i);
             uint64_t s = load_acq(slot);
             unsigned kind = st_kind(s);
