@@ -279,6 +279,9 @@ typedef struct {
     PyObject *init_extra;    /* bytes: default of the extra value area     */
     PyObject *cache;         /* dict: key object -> (slot, state)          */
     PyObject *resolver;      /* callable(key, create) -> (slot, state)|None */
+    PyObject *hash_fn;       /* resolver.xxh3: xxhash.xxh3_64_intdigest      */
+    PyObject *seed;          /* resolver.seed: the table's hash seed (int)   */
+    PyObject *inserter;      /* resolver.insert_encoded(bytes, hash, create) */
     Py_ssize_t cache_limit;
 } Core;
 
@@ -391,6 +394,17 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->init_extra, init_extra);
     Py_INCREF(resolver);
     Py_XSETREF(self->resolver, resolver);
+    /* The fast path of resolve() (keys encoded in C) needs these three;
+     * a resolver without them just means every miss goes through it. */
+    Py_XSETREF(self->hash_fn, PyObject_GetAttrString(resolver, "xxh3"));
+    Py_XSETREF(self->seed, PyObject_GetAttrString(resolver, "seed"));
+    Py_XSETREF(self->inserter, PyObject_GetAttrString(resolver, "insert_encoded"));
+    if (!self->hash_fn || !self->seed || !self->inserter) {
+        PyErr_Clear();
+        Py_CLEAR(self->hash_fn);
+        Py_CLEAR(self->seed);
+        Py_CLEAR(self->inserter);
+    }
     Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
     if (self->cache == NULL) {
@@ -419,6 +433,9 @@ Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->init_extra);
     Py_VISIT(self->cache);
     Py_VISIT(self->resolver);
+    Py_VISIT(self->hash_fn);
+    Py_VISIT(self->seed);
+    Py_VISIT(self->inserter);
     return 0;
 }
 
@@ -429,6 +446,9 @@ Core_clear(Core *self)
     Py_CLEAR(self->init_extra);
     Py_CLEAR(self->cache);
     Py_CLEAR(self->resolver);
+    Py_CLEAR(self->hash_fn);
+    Py_CLEAR(self->seed);
+    Py_CLEAR(self->inserter);
     return 0;
 }
 
@@ -440,6 +460,9 @@ Core_dealloc(Core *self)
     Py_XDECREF(self->init_extra);
     Py_XDECREF(self->cache);
     Py_XDECREF(self->resolver);
+    Py_XDECREF(self->hash_fn);
+    Py_XDECREF(self->seed);
+    Py_XDECREF(self->inserter);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -698,6 +721,145 @@ cacheable_key(PyObject *key, int depth)
     return 0;
 }
 
+/* The canonical key encoding of shmdict/keys.py, for the common keys: exact
+ * str, bytes, int within int64, and tuples of those.  Writes at most `cap`
+ * bytes to `out` and returns the length, or -1 when the key must go through
+ * the Python encoder instead: another type, a bigger int, a lone surrogate,
+ * too long or too deep.  That encoder then raises the right error, or
+ * handles the rare case; the two agree byte for byte (tests/test_keys.py). */
+static Py_ssize_t
+encode_key_c(PyObject *key, char *out, Py_ssize_t cap, int depth)
+{
+    if (PyUnicode_CheckExact(key)) {               /* 0x02 + UTF-8 */
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(key, &n);
+        if (utf8 == NULL) {
+            PyErr_Clear();
+            return -1;
+        }
+        if (n + 1 > cap)
+            return -1;
+        out[0] = 2;
+        memcpy(out + 1, utf8, (size_t)n);
+        return n + 1;
+    }
+    if (PyBytes_CheckExact(key)) {                 /* 0x01 + the bytes */
+        Py_ssize_t n = PyBytes_GET_SIZE(key);
+        if (n + 1 > cap)
+            return -1;
+        out[0] = 1;
+        memcpy(out + 1, PyBytes_AS_STRING(key), (size_t)n);
+        return n + 1;
+    }
+    if (PyLong_CheckExact(key) || PyBool_Check(key)) {
+        /* 0x03 + minimal big-endian two's complement: as many bytes as
+         * (n + (n < 0)).bit_length() // 8 + 1 in Python. */
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(key, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        unsigned long long magnitude = v < 0 ? ~(unsigned long long)v : (unsigned long long)v;
+        int bits = magnitude ? 64 - __builtin_clzll(magnitude) : 0;
+        int len = bits / 8 + 1;
+        if (len + 1 > cap)
+            return -1;
+        out[0] = 3;
+        for (int k = 0; k < len; k++)
+            out[1 + k] = (char)(((unsigned long long)v >> (8 * (len - 1 - k))) & 0xff);
+        return len + 1;
+    }
+    if (PyTuple_CheckExact(key) && depth <= 32) {
+        /* 0x04 + per element: varint(length) + encoding.  Lengths are below
+         * 2^14 (key_size <= 4095), so a varint takes one or two bytes: the
+         * element is written two bytes on, then moved back if one sufficed. */
+        Py_ssize_t pos = 1;
+        if (cap < 1)
+            return -1;
+        out[0] = 4;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(key); k++) {
+            if (pos + 2 > cap)
+                return -1;
+            Py_ssize_t n = encode_key_c(PyTuple_GET_ITEM(key, k), out + pos + 2,
+                                        cap - pos - 2, depth + 1);
+            if (n < 0)
+                return -1;
+            if (n < 128) {
+                out[pos] = (char)n;
+                memmove(out + pos + 1, out + pos + 2, (size_t)n);
+                pos += 1 + n;
+            } else {
+                out[pos] = (char)((n & 0x7f) | 0x80);
+                out[pos + 1] = (char)(n >> 7);
+                pos += 2 + n;
+            }
+        }
+        return pos;
+    }
+    return -1;
+}
+
+/* encode_key(key, cap) -> bytes | None: the C encoder, for tests. */
+static PyObject *
+mod_encode_key(PyObject *m, PyObject *args)
+{
+    PyObject *key;
+    Py_ssize_t cap;
+    char buf[KLEN_MASK + 1];
+    if (!PyArg_ParseTuple(args, "On", &key, &cap))
+        return NULL;
+    if (cap < 0 || cap > KLEN_MASK)
+        cap = KLEN_MASK;
+    Py_ssize_t n = encode_key_c(key, buf, cap, 0);
+    if (n < 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(buf, n);
+}
+
+/* The resolver's work done in C, for keys encode_key_c takes: encode, hash
+ * (xxhash's own function, with the table's seed), probe, and only for a new
+ * key call back into Python to insert it under the stripe lock.  Returns a
+ * new (slot, state, ...) tuple, Py_None (absent, not created), or NULL with
+ * an exception; sets *handled to 0 when the key needs the Python resolver. */
+static PyObject *
+resolve_in_c(Core *c, PyObject *key, int create, int *handled)
+{
+    char buf[KLEN_MASK + 1];
+    *handled = 0;
+    if (c->hash_fn == NULL)
+        return NULL;
+    Py_ssize_t n = encode_key_c(key, buf, (Py_ssize_t)c->key_size, 0);
+    if (n < 0)
+        return NULL;
+    *handled = 1;
+    PyObject *encoded = PyBytes_FromStringAndSize(buf, n);
+    if (encoded == NULL)
+        return NULL;
+    PyObject *hv = PyObject_CallFunctionObjArgs(c->hash_fn, encoded, c->seed, NULL);
+    unsigned long long h = hv ? PyLong_AsUnsignedLongLong(hv) : (unsigned long long)-1;
+    Py_XDECREF(hv);
+    if ((h == (unsigned long long)-1 && PyErr_Occurred()) || closed_meanwhile(c)) {
+        Py_DECREF(encoded);
+        return NULL;
+    }
+    uint64_t s;
+    int64_t i = find_slot(c, buf, (uint64_t)n, h, &s);
+    if (i >= 0) {
+        Py_DECREF(encoded);
+        return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
+    }
+    if (!create) {
+        Py_DECREF(encoded);
+        Py_RETURN_NONE;
+    }
+    PyObject *hobj = PyLong_FromUnsignedLongLong(h);
+    PyObject *res = hobj ? PyObject_CallFunctionObjArgs(c->inserter, encoded, hobj, NULL) : NULL;
+    Py_XDECREF(hobj);
+    Py_DECREF(encoded);
+    return res;
+}
+
 /* Look a key up: from the cache when its entry is still current, else
  * through the Python resolver (which encodes, hashes, probes and, when
  * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
@@ -725,9 +887,13 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
             return -1;
         }
     }
-    /* The resolver returns (slot, state, ...) or None. */
-    PyObject *res = PyObject_CallFunctionObjArgs(c->resolver, key,
-                                                 create ? Py_True : Py_False, NULL);
+    /* Common keys are resolved in C; others by the Python resolver.  Both
+     * give (slot, state, ...) or None. */
+    int handled = 0;
+    PyObject *res = cacheable ? resolve_in_c(c, key, create, &handled) : NULL;
+    if (!handled)
+        res = PyObject_CallFunctionObjArgs(c->resolver, key,
+                                           create ? Py_True : Py_False, NULL);
     if (res == NULL)
         return -1;
     if (closed_meanwhile(c)) {      /* by another thread, while in Python */
@@ -2308,6 +2474,8 @@ mod_store_u64(PyObject *m, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
+    {"encode_key", mod_encode_key, METH_VARARGS,
+     "encode_key(key, cap) -> bytes or None: the C key encoder (None: not its case)."},
     {"load_u64", mod_load_u64, METH_VARARGS,
      "load_u64(buffer, offset) -> int: an acquire load of an aligned word."},
     {"store_u64", mod_store_u64, METH_VARARGS,

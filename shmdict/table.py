@@ -38,12 +38,19 @@ class _Resolver:
         self.table = table
         self.key_size = table.key_size
         self.seed = table._seed
+        # For the core's own encoder (common keys): the hash function it
+        # calls with (encoded, seed), and insert_encoded below.
+        self.xxh3 = xxhash.xxh3_64_intdigest
 
     def hash_of(self, encoded: bytes) -> int:
         return xxhash.xxh3_64_intdigest(encoded, self.seed)
 
     def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int, bool]]:
         return self.table._locate(key, create)   # the core keeps (slot, state)
+
+    def insert_encoded(self, encoded: bytes, h: int) -> Tuple[int, int, bool]:
+        """Insert an already encoded and hashed key the core found absent."""
+        return self.table._insert(encoded, h)
 
     def insert_with(self, key: Any, word0: int) -> bool:
         """Insert ``key`` with ``word0`` if absent; True if this call created it."""
@@ -97,6 +104,15 @@ class Table:
             return found[0], found[1], False
         if not create:
             return None
+        return self._insert(encoded, h, word0, extra)
+
+    def _insert(self, encoded: bytes, h: int, word0: Optional[int] = None,
+                extra: Optional[bytes] = None) -> Tuple[int, int, bool]:
+        """Insert an encoded key under its stripe lock: (slot, state, created).
+
+        Under the lock the core looks once more, so a key another process
+        inserted meanwhile is returned (created False), never inserted twice.
+        """
         if word0 is None:
             word0 = self._default_word0
         if extra is None:

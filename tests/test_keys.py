@@ -82,3 +82,50 @@ def test_bad_names(bad):
 def test_name_must_be_str():
     with pytest.raises(TypeError):
         shmdict.open(b"bytes-name", shmdict.Counter())
+
+
+c_keys = st.recursive(
+    st.one_of(st.text(max_size=12), st.binary(max_size=12), st.booleans(),
+              st.integers(min_value=-2**64, max_value=2**64)),
+    lambda inner: st.lists(inner, max_size=4).map(tuple), max_leaves=10)
+
+
+@given(c_keys, st.sampled_from([4, 16, 64, 300]))
+def test_the_core_encodes_common_keys_exactly_as_python(key, cap):
+    """The C core encodes str/bytes/int64/tuple keys itself (the hot path);
+    where it declines (None), the Python encoder is used.  Where it answers,
+    the bytes must be the Python encoder's, or the tables would disagree."""
+    from shmdict import _core
+    from shmdict.errors import KeyTooLong
+    ours = _core.encode_key(key, cap)
+    try:
+        theirs = encode_key(key, cap)
+    except (KeyTooLong, TypeError):
+        theirs = None
+    if ours is not None:
+        assert ours == theirs
+    elif theirs is not None:
+        # Declined although Python encodes it: only for what C leaves to
+        # Python (ints beyond int64, lone surrogates) or a tight fit.
+        assert _needs_python(key) or len(theirs) >= cap - 2
+
+
+def _needs_python(key) -> bool:
+    if isinstance(key, tuple):
+        return any(_needs_python(k) for k in key)
+    if isinstance(key, int):
+        return not -2**63 <= key < 2**63
+    if isinstance(key, str):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+    return False
+
+
+def test_keys_the_core_declines_still_work(counter):
+    counter.add(2**70)                       # beyond int64: the Python encoder
+    counter.add("\ud800")                    # a lone surrogate: likewise
+    counter.add((2**70, "\ud800"))
+    assert counter.read(2**70) == (1, True) and counter.read("\ud800") == (1, True)
+    assert counter.read((2**70, "\ud800")) == (1, True)
