@@ -1908,51 +1908,6 @@ wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interru
     }
 }
 
-/* rw_acquire(slot, state, shared, blocking, timeout) -> code */
-static PyObject *
-Core_rw_acquire(Core *self, PyObject *args)
-{
-    unsigned long long i, s;
-    int shared, blocking;
-    double timeout;
-    if (!PyArg_ParseTuple(args, "KKppd", &i, &s, &shared, &blocking, &timeout))
-        return NULL;
-    REQUIRE_OPEN(self);
-    if (parse_slot(self, i) < 0)
-        return NULL;
-    int interrupted = 0, recovered = 0, r;
-    if (shared) {
-        r = reader_acquire(self, i, s, blocking, timeout, &interrupted, &recovered);
-    } else {
-        double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-        r = owner_acquire(self, i, s, blocking, timeout, &interrupted);
-        if (r >= 0 && !interrupted) {
-            int r2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic(),
-                                       &interrupted);
-            if (r2 != RC_OK) {
-                owner_release(self, i, s);
-                r = r2;
-            }
-        }
-    }
-    if (interrupted)
-        return NULL;
-    return PyLong_FromLong(r);
-}
-
-static PyObject *
-Core_rw_release(Core *self, PyObject *args)
-{
-    unsigned long long i, s;
-    int shared;
-    if (!PyArg_ParseTuple(args, "KKp", &i, &s, &shared))
-        return NULL;
-    REQUIRE_OPEN(self);
-    if (parse_slot(self, i) < 0)
-        return NULL;
-    return PyLong_FromLong(shared ? reader_release(self, i, s) : owner_release(self, i, s));
-}
-
 /* rw_readers(slot, state) -> list of reader pids */
 static PyObject *
 Core_rw_readers(Core *self, PyObject *args)
@@ -2256,26 +2211,6 @@ Core_record_commit(Core *self, PyObject *args)
     return PyLong_FromLong(r != RC_OK ? r : released);
 }
 
-/* record_write(slot, state, data) -> code.  Caller holds the record lock. */
-static PyObject *
-Core_record_write(Core *self, PyObject *args)
-{
-    unsigned long long i, s;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "KKy*", &i, &s, &data))
-        return NULL;
-    if (require_records(self) < 0 || parse_slot(self, i) < 0
-            || (uint64_t)data.len != self->extra_size - 8) {
-        PyBuffer_Release(&data);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "record has the wrong size");
-        return NULL;
-    }
-    int r = record_store(self, i, s, data.buf);
-    PyBuffer_Release(&data);
-    return PyLong_FromLong(r);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Module plumbing                                                          */
 /* ------------------------------------------------------------------------ */
@@ -2373,10 +2308,6 @@ static PyMethodDef Core_methods[] = {
      "key_acquire(key, blocking, timeout, shared) -> code: a Lock table's row lock."},
     {"key_release", (PyCFunction)(void (*)(void))Core_key_release, METH_FASTCALL,
      "key_release(key, shared) -> code."},
-    {"rw_acquire", (PyCFunction)Core_rw_acquire, METH_VARARGS,
-     "rw_acquire(slot, state, shared, blocking, timeout) -> code."},
-    {"rw_release", (PyCFunction)Core_rw_release, METH_VARARGS,
-     "rw_release(slot, state, shared) -> code."},
     {"rw_readers", (PyCFunction)Core_rw_readers, METH_VARARGS,
      "rw_readers(slot, state) -> [pid]."},
     {"record_read", (PyCFunction)Core_record_read, METH_VARARGS,
@@ -2387,8 +2318,6 @@ static PyMethodDef Core_methods[] = {
      "record_begin(key) -> (slot, state, recovered, bytes): lock and copy a record."},
     {"record_commit", (PyCFunction)Core_record_commit, METH_VARARGS,
      "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
-    {"record_write", (PyCFunction)Core_record_write, METH_VARARGS,
-     "record_write(slot, state, data) -> code.  Caller holds the record lock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "counts() -> (live, tombstones) from the header."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,

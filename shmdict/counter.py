@@ -15,7 +15,26 @@ from .keys import Key
 from .table import _STALE, DELETE_TAKE_VALUE, Table
 
 
-class CounterTable(Table):
+class CounterVerbs:
+    """The Counter verbs every backend's counter table shares, on top of its
+    ``set`` and ``values``."""
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        if isinstance(value, CounterHandle):
+            if value._table is self and value._key == key:
+                return   # the tail of `d[key] += n`: the add already happened
+            value = value.value
+        self.set(key, value)  # type: ignore[attr-defined]
+
+    def total(self) -> int:
+        """The sum of all values (a snapshot)."""
+        return sum(self.values())  # type: ignore[attr-defined]
+
+    def _handle(self, key: Key) -> "CounterHandle":
+        return CounterHandle(self, key)
+
+
+class CounterTable(CounterVerbs, Table):
     """A table of atomic int64 counters (``shmdict.open(name, shmdict.Counter())``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -56,13 +75,6 @@ class CounterTable(Table):
         """
         return self._core.cas(key, old, new, set_on_not_exists)
 
-    def __setitem__(self, key: Key, value: Any) -> None:
-        if isinstance(value, CounterHandle):
-            if value._table is self and value._key == key:
-                return   # the tail of `d[key] += n`: the add already happened
-            value = value.value
-        self._core.set(key, value)
-
     # The two hooks CounterHandle needs besides the verbs above (a backend's
     # counter table provides the same ones, so the handle serves both).
     def _value(self, key: Key) -> int:  # type: ignore[no-redef]
@@ -78,12 +90,6 @@ class CounterTable(Table):
         code, word0 = self._core.delete(slot, state, stripe, DELETE_TAKE_VALUE)
         return _STALE if code == _core.STALE else word0
 
-    def _handle(self, key: Key) -> "CounterHandle":
-        return CounterHandle(self, key)
-
-    def total(self) -> int:
-        """The sum of all values (a snapshot)."""
-        return sum(self.values())
 
 
 class CounterHandle:

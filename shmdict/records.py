@@ -71,7 +71,31 @@ def _new_record(cls: type, values: Tuple[Any, ...], recovered: bool) -> MutableR
     return rec
 
 
-class StructTable(Table):
+class StructVerbs:
+    """The Struct verbs every backend's record table shares, on top of its
+    ``set`` and ``update``."""
+
+    layout: Struct
+
+    def __setitem__(self, key: Key, record: Any) -> None:
+        self.set(key, record)  # type: ignore[attr-defined]
+
+    def add(self, key: Key, field: str, n: int = 1) -> int:
+        """Atomically add ``n`` to an integer field; return its new value."""
+        if field not in self.layout.codes:
+            raise AttributeError(f"no field {field!r}; fields: {list(self.layout.codes)}")
+        if not self.layout.is_int_field(field):
+            raise TypeError(f"field {field!r} is {self.layout.codes[field]!r}, not an integer")
+        with self.update(key) as rec:  # type: ignore[attr-defined]
+            value = getattr(rec, field) + n
+            setattr(rec, field, value)
+        return value
+
+    def _handle(self, key: Key) -> "StructHandle":
+        return StructHandle(self, key)  # type: ignore[arg-type]
+
+
+class StructTable(StructVerbs, Table):
     """A table of records (``shmdict.open(name, shmdict.Struct(...))``)."""
 
     layout: Struct
@@ -79,6 +103,7 @@ class StructTable(Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
+        self._default_record = self.layout.unpack(self._default_extra[8:])
 
     # ------------------------------------------------------------ reading
     def read(self, key: Key) -> Tuple[Any, bool]:
@@ -106,72 +131,53 @@ class StructTable(Table):
         except BlockingIOError:
             # The sequence stayed odd: a writer died mid-copy (or the word is
             # garbage).  Under the record lock no writer can be copying, so
-            # make the record readable again around what it holds.
+            # write back what it holds, which makes it readable again.
             if self._lock(slot, state) is None:
                 return _STALE
-            try:
-                data = self._core.record_read(slot, state, True)
-                if data is not None:
-                    self._write(slot, state, data)
-            finally:
-                self._core.lock_release(slot, state)
+            data = self._core.record_read(slot, state, True)
+            self._core.record_commit(slot, state, data)
         return _STALE if data is None else self.layout.unpack(data)
 
     def _default_snapshot(self) -> Any:
-        return self.layout.unpack(self.layout.default_extra()[8:])
+        return self._default_record
 
     # ------------------------------------------------------------ writing
-    def _lock(self, slot: int, state: int) -> Optional[bool]:
-        """Take the record lock: None if the slot changed, else whether the
-        previous writer had died inside an update (then the record is made
-        readable again around whatever it had written)."""
-        code = self._core.lock_acquire(slot, state, True, -1.0)
-        if code == _core.STALE:
+    def _lock(self, slot: int, state: int, blocking: bool = True) -> Optional[bool]:
+        """Take slot's record lock: None if the slot changed (or, not
+        blocking, the lock is taken), else whether it was inherited from a
+        writer that died."""
+        code = self._core.lock_acquire(slot, state, blocking, -1.0)
+        if code not in (_core.OK, _core.RECOVERED):
             return None
-        if code != _core.RECOVERED:
-            return False
-        warnings.warn(OwnerDiedWarning(
-            f"a writer of table {self.name!r} died inside an update; the record "
-            f"keeps whatever it had written"), stacklevel=4)
-        data = self._core.record_read(slot, state, True)
-        if data is not None:
-            self._core.record_write(slot, state, data)
-        return True
+        if code == _core.RECOVERED:
+            _warn_inherited(self.name)
+        return code == _core.RECOVERED
 
-    def _acquire(self, key: Key, extra: Optional[bytes] = None) -> Tuple[int, int, bool, bool]:
-        """Lock ``key``'s record, creating the key (holding ``extra`` if given).
+    def _begin(self, key: Key) -> Tuple[int, int, bool, bytes]:
+        """Lock ``key``'s record (creating the key) and copy it:
+        (slot, state, recovered, data).  Finish with :meth:`_commit`."""
+        slot, state, recovered, data = self._core.record_begin(key)
+        if recovered:
+            _warn_inherited(self.name)
+        return slot, state, recovered, data
 
-        Returns (slot, state, created, recovered); release with
-        ``self._core.lock_release(slot, state)``.
-        """
-        while True:
-            found = self._core.locate(key, False)
-            if found is not None:
-                slot, state = found
-                created = False
-            else:
-                slot, state, created = self._locate(key, True, extra=extra)  # type: ignore[misc]
-            recovered = self._lock(slot, state)
-            if recovered is not None:
-                return slot, state, created, recovered
-
-    def _write(self, slot: int, state: int, data: bytes) -> None:
-        code = self._core.record_write(slot, state, data)
-        if code != _core.OK:
+    def _commit(self, slot: int, state: int, data: Optional[bytes]) -> None:
+        """Write ``data`` (None: nothing) and release the record lock."""
+        if self._core.record_commit(slot, state, data) != _core.OK:
             raise NotOwner("record lock lost during a write (the table was repaired?)")
+
+    def _create_holding(self, key: Key, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` in one insert; False if it exists."""
+        if self._core.locate(key, False) is not None:
+            return False
+        return self._locate(key, True, extra=bytes(8) + data)[2]  # type: ignore[index]
 
     def set(self, key: Key, record: Any) -> None:
         """Store a whole record (a tuple, named tuple or mapping of fields)."""
         data = self.layout.pack(record)
-        slot, state, created, _ = self._acquire(key, extra=bytes(8) + data)
-        try:
-            if not created:
-                self._write(slot, state, data)
-        finally:
-            self._core.lock_release(slot, state)
-
-    def __setitem__(self, key: Key, record: Any) -> None:
-        self.set(key, record)
+        if not self._create_holding(key, data):
+            slot, state, _, _ = self._begin(key)
+            self._commit(slot, state, data)
 
     def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
         """Replace the record with ``new`` if it equals ``old``.
@@ -180,18 +186,15 @@ class StructTable(Table):
         ``set_on_not_exists``; otherwise False and nothing is created.
         """
         old_data, new_data = self.layout.pack(old), self.layout.pack(new)
-        if self._core.locate(key, False) is None and not set_on_not_exists:
-            return False
-        slot, state, created, _ = self._acquire(key, extra=bytes(8) + new_data)
-        try:
-            if created:
-                return True
-            if self._core.record_read(slot, state, True) != old_data:
+        if self._core.locate(key, False) is None:
+            if not set_on_not_exists:
                 return False
-            self._write(slot, state, new_data)
-            return True
-        finally:
-            self._core.lock_release(slot, state)
+            if self._create_holding(key, new_data):
+                return True
+        slot, state, _, current = self._begin(key)
+        swapped = current == old_data
+        self._commit(slot, state, new_data if swapped else None)
+        return swapped
 
     def update(self, key: Key) -> "_Update":
         """``with d.update(key) as rec: rec.tokens -= 1``: atomic read-modify-write.
@@ -202,28 +205,16 @@ class StructTable(Table):
         """
         return _Update(self, key)
 
-    def add(self, key: Key, field: str, n: int = 1) -> int:
-        """Atomically add ``n`` to an integer field; return its new value."""
-        if field not in self.layout.codes:
-            raise AttributeError(f"no field {field!r}; fields: {list(self.layout.codes)}")
-        if not self.layout.is_int_field(field):
-            raise TypeError(f"field {field!r} is {self.layout.codes[field]!r}, not an integer")
-        with self.update(key) as rec:
-            value = getattr(rec, field) + n
-            setattr(rec, field, value)
-        return value
-
     # ------------------------------------------------------------ deleting
     def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
         # Take the record lock so no update is half-done, snapshot, and let
         # the tombstone release the lock in the same atomic step.  Never wait
         # for the record lock while holding the stripe: its holder may be
         # inserting a key of this stripe inside its update() block.
-        code = self._core.lock_acquire(slot, state, False, -1.0)
-        if code not in (_core.OK, _core.RECOVERED):
+        if self._lock(slot, state, blocking=False) is None:
             return _STALE                    # _wait_before_retry waits for it
-        snapshot = self.layout.unpack(self._core.record_read(slot, state, True) or
-                                      self.layout.default_extra()[8:])
+        data = self._core.record_read(slot, state, True)
+        snapshot = self._default_record if data is None else self.layout.unpack(data)
         code, _ = self._core.delete(slot, state, stripe, DELETE_IF_MINE)
         if code != _core.OK:
             self._core.lock_release(slot, state)
@@ -233,9 +224,6 @@ class StructTable(Table):
     def _wait_before_retry(self, slot: int, state: int) -> None:
         if self._lock(slot, state) is not None:
             self._core.lock_release(slot, state)
-
-    def _handle(self, key: Key) -> "StructHandle":
-        return StructHandle(self, key)
 
 
 class _Update:
@@ -249,30 +237,30 @@ class _Update:
 
     def __enter__(self) -> MutableRecord:
         table = self._table
-        self._slot, self._state, recovered, data = table._core.record_begin(self._key)
-        if recovered:
-            warnings.warn(OwnerDiedWarning(
-                f"a writer of table {table.name!r} died inside an update; the record "
-                f"keeps whatever it had written"), stacklevel=2)
+        self._slot, self._state, recovered, data = table._begin(self._key)
         try:
             self._rec = _new_record(table._record_class, table.layout.unpack_values(data),
                                     recovered)
         except BaseException:
-            table._core.record_commit(self._slot, self._state, None)
+            table._commit(self._slot, self._state, None)
             raise
         return self._rec
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        table = self._table
         data = None
         if exc_type is None:
             try:
-                data = table.layout.pack_in_order(self._rec._astuple())
+                data = self._table.layout.pack_in_order(self._rec._astuple())
             except BaseException:
-                table._core.record_commit(self._slot, self._state, None)
+                self._table._commit(self._slot, self._state, None)
                 raise
-        if table._core.record_commit(self._slot, self._state, data) != _core.OK:
-            raise NotOwner("record lock lost during an update (the table was repaired?)")
+        self._table._commit(self._slot, self._state, data)
+
+
+def _warn_inherited(table_name: str) -> None:
+    warnings.warn(OwnerDiedWarning(
+        f"a writer of table {table_name!r} died inside an update; the record "
+        f"keeps whatever it had written"), stacklevel=4)
 
 
 class StructHandle:

@@ -1,5 +1,5 @@
-"""The table: what every layout shares (Go's Get / Load / LoadAndDelete /
-Delete / Range, len, membership, views, lifecycle).
+"""The shared-memory table: the primitives of ``base.BaseTable`` (create,
+remove, list, count) on one segment, through the C core.
 
 Each layout's module subclasses :class:`Table` with its own value verbs and
 handle type: ``counter.CounterTable``, ``rowlock.LockTable``,
@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import xxhash
 
 from . import _core
+from .base import BaseTable
 from .errors import KeyTooLong, LockHeld, TableFull
 from .keys import Key, decode_key, encode_key
 from .layouts import Layout
@@ -57,7 +58,7 @@ class _Resolver:
         return self.table._locate(key, True, word0=word0)[2]
 
 
-class Table:
+class Table(BaseTable):
     """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
 
     layout: Layout
@@ -129,50 +130,21 @@ class Table:
                             f"in use; delete keys or open a table with a larger capacity")
         return result
 
-    def _slot(self, key: Any) -> Tuple[int, int]:
-        """(slot, state) of ``key``, creating it with the default (cached in C)."""
-        return self._core.locate(key, True)
+    # ------------------------------------------- BaseTable's primitives
+    def _create(self, key: Key) -> bool:
+        return self._locate(key, True)[2]  # type: ignore[index]
 
-    # -------------------------------------------------------------- Go verbs
-    def get(self, key: Key) -> Any:
-        """Get-or-create: a handle on the key's slot (Go's ``Get``)."""
-        self._core.locate(key, True)
-        return self._handle(key)
+    def _touch(self, key: Key) -> None:
+        self._core.locate(key, True)       # through the key cache, in C
 
-    def __getitem__(self, key: Key) -> Any:
-        return self.get(key)
-
-    def load(self, key: Key) -> Tuple[Any, bool]:
-        """``(handle, existed)``; ``existed`` is False when the default was just created."""
-        _, _, created = self._locate(key, True)  # type: ignore[misc]
-        return self._handle(key), not created
-
-    def delete(self, key: Key) -> None:
-        """Remove ``key``; deleting a missing key is a no-op."""
-        self._delete(key)
-
-    def __delitem__(self, key: Key) -> None:
-        self._delete(key)
-
-    def load_and_delete(self, key: Key) -> Tuple[Any, bool]:
-        """Remove ``key`` and return ``(snapshot, existed)`` atomically.
-
-        For a missing key: ``(default snapshot, False)``; nothing is created.
-        """
-        found = self._delete(key)
-        if found is None:
-            return self._default_snapshot(), False
-        return found, True
-
-    def _delete(self, key: Key) -> Optional[Any]:
-        """Delete; return the snapshot taken atomically with it, None if absent."""
+    def _remove(self, key: Key) -> Tuple[bool, Any]:
         self._check_open()
         encoded, h = self._encode(key)
         stripe = h % self._nstripes
         while True:
             found = self._core.find(encoded, h)
             if found is None:
-                return None
+                return False, self._default_snapshot()
             slot, state = found
             self._stripes.acquire(stripe)
             try:
@@ -180,7 +152,7 @@ class Table:
             finally:
                 self._stripes.release(stripe)
             if outcome is not _STALE:
-                return outcome
+                return True, outcome
             self._wait_before_retry(slot, state)
 
     def _wait_before_retry(self, slot: int, state: int) -> None:
@@ -201,9 +173,6 @@ class Table:
         for slot, state, encoded in self._core.published():
             yield decode_key(encoded), slot, state
 
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self.keys())
-
     def keys(self) -> List[Key]:
         """A snapshot list of the keys (never creates)."""
         self._check_open()
@@ -219,15 +188,6 @@ class Table:
                 out.append((key, value))
         return out
 
-    def values(self) -> List[Any]:
-        return [value for _, value in self.items()]
-
-    def range(self, fn) -> None:
-        """Go's ``Range``: call ``fn(key, value)`` per key until it returns False."""
-        for key, value in self.items():
-            if fn(key, value) is False:
-                break
-
     def __len__(self) -> int:
         self._check_open()
         return self._core.counts()[0]
@@ -239,15 +199,7 @@ class Table:
         except (TypeError, KeyTooLong):
             return False            # not a key, or too long to be one here
 
-    def sub(self, prefix: Any) -> "Any":
-        """A view of the keys under a tuple prefix (nested maps in one table)."""
-        from .views import View
-        return View(self, prefix)
-
     # ------------------------------------------------------- layout hooks
-    def _handle(self, key: Key) -> Any:
-        raise NotImplementedError
-
     def _default_snapshot(self) -> Any:
         return self._snapshot_of_word0(self.layout.default_word0())
 
@@ -282,14 +234,6 @@ class Table:
                 "created": header["created"]}
 
     # ---------------------------------------------------------- lifecycle
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError(f"table {self.name!r} is closed")
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def close(self) -> None:
         """Detach from the table (the table itself stays)."""
         if not self._closed:
@@ -302,21 +246,10 @@ class Table:
         destroy(self.name)
         self.close()
 
-    def __enter__(self) -> "Table":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __reduce__(self):
         from . import api
         return (api._reattach, (self.name, self.layout, self.capacity, self.key_size,
                                 self.backend))
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self)} keys"
-        return (f"<shmdict {type(self).__name__} {self.name!r} {self.layout!r} "
-                f"capacity={self.capacity} {state}>")
 
     def __del__(self) -> None:
         try:

@@ -232,7 +232,7 @@ def test_reader_waiting_on_a_writer_sets_the_waiters_bit(name):
                 seen = True
                 break
             time.sleep(0.01)
-        table._core.rw_release(slot, state, False)
+        handle.write().release()
         assert result.get(timeout=60) == "read"
         child.join(60)
         assert child.exitcode == 0

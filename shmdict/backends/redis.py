@@ -54,13 +54,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import _core
+from ..base import BaseTable
 from ..check import Report
-from ..counter import CounterHandle
+from ..counter import CounterVerbs
 from ..errors import (BackendError, LayoutMismatch, LockHeld, NotOwner, OwnerDiedWarning,
                       ShmDictError, TableFull, TableNotFound)
 from ..keys import Key, decode_key, encode_key
 from ..layouts import Counter, Layout, Lock, Struct, from_spec
-from ..records import MutableRecord, StructHandle, make_record
+from ..records import MutableRecord, StructVerbs, make_record
 from ..rowlock import LockHandle
 from . import _lua
 
@@ -176,7 +177,7 @@ def _int64(value: Any, what: str = "value") -> int:
 
 
 # ------------------------------------------------------------------ table
-class RedisTable:
+class RedisTable(BaseTable):
     """What every layout's table on Redis shares.  Use :func:`shmdict.open`."""
 
     layout: Layout
@@ -306,38 +307,16 @@ class RedisTable:
         raw = self._eval(_lua.TAKE, field)
         return (raw is not None), self._snapshot(raw)
 
-    def _handle(self, key: Key) -> Any:
-        raise NotImplementedError
-
-    # ----------------------------------------------------------- Go verbs
+    # ------------------------------------------- BaseTable's primitives
     def _ensure(self, field: bytes) -> bool:
         """Get-or-create ``field`` with the default; True if this call created it."""
         return self._eval(_lua.ENSURE, field, self._default_value()) == 1
 
-    def get(self, key: Key) -> Any:
-        """Get-or-create: a handle on the key (Go's ``Get``)."""
-        self._ensure(self._field(key))
-        return self._handle(key)
+    def _create(self, key: Key) -> bool:
+        return self._ensure(self._field(key))
 
-    def __getitem__(self, key: Key) -> Any:
-        return self.get(key)
-
-    def load(self, key: Key) -> Tuple[Any, bool]:
-        """``(handle, existed)``; ``existed`` is False when the default was just created."""
-        created = self._ensure(self._field(key))
-        return self._handle(key), not created
-
-    def delete(self, key: Key) -> None:
-        """Remove ``key``; deleting a missing key is a no-op."""
-        self._take(self._field(key))
-
-    def __delitem__(self, key: Key) -> None:
-        self.delete(key)
-
-    def load_and_delete(self, key: Key) -> Tuple[Any, bool]:
-        """Remove ``key`` and return ``(snapshot, existed)`` atomically."""
-        existed, snapshot = self._take(self._field(key))
-        return snapshot, existed
+    def _remove(self, key: Key) -> Tuple[bool, Any]:
+        return self._take(self._field(key))
 
     # -------------------------------------------------------------- Range
     def _scan(self) -> Iterator[Tuple[bytes, bytes]]:
@@ -361,18 +340,6 @@ class RedisTable:
         """A snapshot list of ``(key, value snapshot)`` (never creates)."""
         return [(decode_key(field), self._snapshot(raw)) for field, raw in self._scan()]
 
-    def values(self) -> List[Any]:
-        return [value for _, value in self.items()]
-
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self.keys())
-
-    def range(self, fn: Callable[[Key, Any], Any]) -> None:
-        """Go's ``Range``: call ``fn(key, value)`` per key until it returns False."""
-        for key, value in self.items():
-            if fn(key, value) is False:
-                break
-
     def __len__(self) -> int:
         return int(self._cmd("HLEN", self._data))
 
@@ -382,11 +349,6 @@ class RedisTable:
         except TypeError:
             return False
         return bool(self._cmd("HEXISTS", self._data, field))
-
-    def sub(self, prefix: Any) -> Any:
-        """A view of the keys under a tuple prefix (nested maps in one table)."""
-        from ..views import View
-        return View(self, prefix)
 
     # --------------------------------------------------------- inspection
     def check(self) -> Report:
@@ -441,14 +403,6 @@ class RedisTable:
                 "load_factor": live / self.capacity}
 
     # ---------------------------------------------------------- lifecycle
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError(f"table {self.name!r} is closed")
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def close(self) -> None:
         """Detach (the table stays on the server).  Stops renewing leases."""
         if not self._closed:
@@ -460,20 +414,12 @@ class RedisTable:
         self._eval(_lua.UNLINK, closed_ok=True)
         self.close()
 
-    def __enter__(self) -> "RedisTable":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __reduce__(self) -> Any:
         return (_reattach, (self._conn.url, self.name, self.layout, self.capacity,
                             self.key_size, self._conn.explicit))
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self._conn.where
-        return (f"<shmdict {type(self).__name__} {self.name!r} {self.layout!r} "
-                f"capacity={self.capacity} {state}>")
+    def _describe_state(self) -> str:
+        return self._conn.where
 
 
 # ----------------------------------------------------------------- leases
@@ -544,7 +490,7 @@ class _LeaseKeeper:
 
 
 # ---------------------------------------------------------------- Counter
-class RedisCounterTable(RedisTable):
+class RedisCounterTable(CounterVerbs, RedisTable):
     """Atomic int64 counters on Redis (``HINCRBY`` inside a capacity check)."""
 
     def _default_value(self) -> Any:
@@ -585,17 +531,6 @@ class RedisCounterTable(RedisTable):
         return self._eval(_lua.COUNTER_CAS, self._field(key), _int64(old), _int64(new),
                           int(bool(set_on_not_exists))) == 1
 
-    def __setitem__(self, key: Key, value: Any) -> None:
-        if isinstance(value, CounterHandle):
-            if value._table is self and value._key == key:
-                return   # the tail of `d[key] += n`: the add already happened
-            value = value.value
-        self.set(key, value)
-
-    def total(self) -> int:
-        """The sum of all values (a snapshot)."""
-        return sum(self.values())
-
     # CounterHandle's hooks besides the verbs.
     def _value(self, key: Key) -> int:
         """The value of ``key``, creating it at 0."""
@@ -605,9 +540,6 @@ class RedisCounterTable(RedisTable):
         """CAS on a handle's key, which is re-created at 0 if it was deleted."""
         self._ensure(self._field(key))
         return self.cas(key, old, new)
-
-    def _handle(self, key: Key) -> CounterHandle:
-        return CounterHandle(self, key)
 
     def _gcra(self, key: Key, emission_interval_ns: int, tolerance_ns: int,
               cost: int) -> Tuple[bool, int, int, int]:
@@ -708,7 +640,7 @@ class RedisLockHandle(LockHandle):
 
 
 # ----------------------------------------------------------------- Struct
-class RedisStructTable(RedisTable):
+class RedisStructTable(StructVerbs, RedisTable):
     """Records on Redis: one value per key, so every read is consistent.
 
     ``update()`` holds a lease on the record (in the ``rlock`` hash) for the
@@ -746,9 +678,6 @@ class RedisStructTable(RedisTable):
         """Store a whole record (a tuple, named tuple or mapping of fields)."""
         data = self.layout.pack(record)
         self._writing(_lua.STRUCT_SET, self._field(key), process_token(), data)
-
-    def __setitem__(self, key: Key, record: Any) -> None:
-        self.set(key, record)
 
     def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
         """Replace the record with ``new`` if it equals ``old``; a missing key is
@@ -795,23 +724,9 @@ class RedisStructTable(RedisTable):
         finally:
             self._keeper.drop("r", field, False)
 
-    def add(self, key: Key, field: str, n: int = 1) -> int:
-        """Atomically add ``n`` to an integer field; return its new value."""
-        if field not in self.layout.codes:
-            raise AttributeError(f"no field {field!r}; fields: {list(self.layout.codes)}")
-        if not self.layout.is_int_field(field):
-            raise TypeError(f"field {field!r} is {self.layout.codes[field]!r}, not an integer")
-        with self.update(key) as rec:
-            value = getattr(rec, field) + n
-            setattr(rec, field, value)
-        return value
-
     def _take(self, field: bytes) -> Tuple[bool, Any]:
         raw = self._writing(_lua.STRUCT_TAKE, field, process_token())
         return raw is not None, self._snapshot(raw)
-
-    def _handle(self, key: Key) -> StructHandle:
-        return StructHandle(self, key)  # type: ignore[arg-type]
 
 
 _TABLE_CLASSES = {"Counter": RedisCounterTable, "Lock": RedisLockTable,
