@@ -49,6 +49,34 @@ local function fail(status)
                            redis.call('HGET', META, 'capacity'))
 end
 
+-- ensure(), raising the table-full / no-table error reply instead of
+-- returning it: 'existed' or 'created'.
+local function ensured(f, default)
+  local st = ensure(f, default)
+  if st ~= 'existed' and st ~= 'created' then error(fail(st)) end
+  return st
+end
+
+-- Create (within capacity) or overwrite field f with value.
+local function put(f, value)
+  ensured(f, value)
+  redis.call('HSET', DATA, f, value)
+end
+
+-- Compare-and-swap the value of field f: old -> new, 1 or 0.  A missing
+-- field becomes `new` (1) only when set_missing.
+local function cas_field(f, old, new, set_missing)
+  local cur = redis.call('HGET', DATA, f)
+  if not cur then
+    if not set_missing then return 0 end
+    ensured(f, new)
+    return 1
+  end
+  if cur ~= old then return 0 end
+  redis.call('HSET', DATA, f, new)
+  return 1
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -147,15 +175,13 @@ return existed
 
 # Get-or-create with the default value: 1 if created, 0 if it existed.
 ENSURE = _script("ensure", r"""
-local st = ensure(ARGV[1], ARGV[2])
-if st == 'created' then return 1 elseif st == 'existed' then return 0 end
-return fail(st)
+if ensured(ARGV[1], ARGV[2]) == 'created' then return 1 end
+return 0
 """)
 
 # ---------------------------------------------------------------- Counter
 COUNTER_ADD = _script("counter_add", r"""
-local st = ensure(ARGV[1], '0')
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
+local st = ensured(ARGV[1], '0')
 local r = redis.pcall('HINCRBY', DATA, ARGV[1], ARGV[2])
 if type(r) == 'table' and r.err then
   if st == 'created' then redis.call('HDEL', DATA, ARGV[1]) end
@@ -167,30 +193,18 @@ return r
 # Create-or-overwrite; returns the previous value (the default if created).
 COUNTER_EXCHANGE = _script("counter_exchange", r"""
 local old = redis.call('HGET', DATA, ARGV[1]) or '0'
-local st = ensure(ARGV[1], ARGV[2])
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
-redis.call('HSET', DATA, ARGV[1], ARGV[2])
+put(ARGV[1], ARGV[2])
 return old
 """)
 
 # ARGV: field, old, new, set_on_not_exists ('1'/'0').
 COUNTER_CAS = _script("counter_cas", r"""
-local cur = redis.call('HGET', DATA, ARGV[1])
-if not cur then
-  if ARGV[4] ~= '1' then return 0 end
-  local st = ensure(ARGV[1], ARGV[3])
-  if st ~= 'created' and st ~= 'existed' then return fail(st) end
-  return 1
-end
-if cur ~= ARGV[2] then return 0 end
-redis.call('HSET', DATA, ARGV[1], ARGV[3])
-return 1
+return cas_field(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1')
 """)
 
 # The value, creating the key at 0 (a handle's `.value`).
 COUNTER_VALUE = _script("counter_value", r"""
-local st = ensure(ARGV[1], '0')
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
+ensured(ARGV[1], '0')
 return redis.call('HGET', DATA, ARGV[1])
 """)
 
@@ -230,9 +244,7 @@ if cost > 0 then
   local total = now_n + ahead                -- new_tat = now + ahead, as sec/ns
   local carry = math.floor(total / 1000000000)
   local value = string.format('%d%09d', now_s + carry, total - carry * 1000000000)
-  local st = ensure(f, value)
-  if st ~= 'existed' and st ~= 'created' then return fail(st) end
-  redis.call('HSET', DATA, f, value)
+  put(f, value)
 end
 return {1, math.floor((tau - ahead) / T), 0, ahead}
 """)
@@ -240,8 +252,7 @@ return {1, math.floor((tau - ahead) / T), 0, ahead}
 # ------------------------------------------------------------------ Lock
 # ARGV: field, token, lease_ms, shared ('1'/'0').  {1, died} or {0, wait_ms}.
 LOCK_ACQUIRE = _script("lock_acquire", r"""
-local st = ensure(ARGV[1], '')
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
+ensured(ARGV[1], '')
 return lease_take(DATA, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1')
 """)
 
@@ -331,9 +342,7 @@ STRUCT_SET = _script("struct_set", r"""
 local now = now_ms()
 local raw = redis.call('HGET', RLOCK, ARGV[1])
 if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
-local st = ensure(ARGV[1], ARGV[3])
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
-redis.call('HSET', DATA, ARGV[1], ARGV[3])
+put(ARGV[1], ARGV[3])
 return 1
 """)
 
@@ -342,24 +351,14 @@ STRUCT_CAS = _script("struct_cas", r"""
 local now = now_ms()
 local raw = redis.call('HGET', RLOCK, ARGV[1])
 if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
-local cur = redis.call('HGET', DATA, ARGV[1])
-if not cur then
-  if ARGV[5] ~= '1' then return 0 end
-  local st = ensure(ARGV[1], ARGV[4])
-  if st ~= 'existed' and st ~= 'created' then return fail(st) end
-  return 1
-end
-if cur ~= ARGV[3] then return 0 end
-redis.call('HSET', DATA, ARGV[1], ARGV[4])
-return 1
+return cas_field(ARGV[1], ARGV[3], ARGV[4], ARGV[5] == '1')
 """)
 
 # Start update(): create the key with the default, take the record's lease,
 # return {1, died, record bytes} or {0, wait_ms}.
 # ARGV: field, token, lease_ms, default bytes.
 STRUCT_BEGIN = _script("struct_begin", r"""
-local st = ensure(ARGV[1], ARGV[4])
-if st ~= 'existed' and st ~= 'created' then return fail(st) end
+ensured(ARGV[1], ARGV[4])
 local got = lease_take(RLOCK, ARGV[1], ARGV[2], tonumber(ARGV[3]), false)
 if got[1] == 0 then return got end
 return {1, got[2], redis.call('HGET', DATA, ARGV[1])}
