@@ -23,8 +23,8 @@ from itertools import islice
 from typing import Any, Dict, List, Optional
 
 import shmdict
-from shmdict.bench import (calibrate, calibrate_counted, loop_over, machine_summary, markdown_table, measure,
-                           median_parallel)
+from shmdict.bench import (calibrate, calibrate_counted, loop_over, machine_summary, measure,
+                           median_parallel, ns_row, results_table)
 
 #: Targets of issue 2.
 TARGET_ADD_X_DICT = 3.0
@@ -104,10 +104,10 @@ def run(keys: int = 100_000, repeats: int = 5, budget: float = 0.2,
         floor_insert = measure(dict_insert, per_repeat, repeats).median
 
         results += [
-            _row("add, existing key, 1 key", t_one, floor_one, TARGET_ADD_X_DICT),
-            _row(f"add, existing key, {keys:,} keys", t_many, floor_many, TARGET_ADD_X_DICT),
-            _row("insert of a new key (add)", t_insert, floor_insert, None),
-            _row(f"read, {keys:,} keys", t_read, floor_many, None),
+            ns_row("add, existing key, 1 key", t_one, floor_one, target=TARGET_ADD_X_DICT),
+            ns_row(f"add, existing key, {keys:,} keys", t_many, floor_many, target=TARGET_ADD_X_DICT),
+            ns_row("insert of a new key (add)", t_insert, floor_insert),
+            ns_row(f"read, {keys:,} keys", t_read, floor_many),
             {"name": f"plain dict .get, {keys:,} keys (reference)", "value": floor_read,
              "unit": "ns/op", "ratio": floor_read / floor_many, "ratio_of": "x plain dict"},
             {"name": "plain dict increment, 1 key (floor)", "value": floor_one, "unit": "ns/op"},
@@ -158,32 +158,6 @@ def run(keys: int = 100_000, repeats: int = 5, budget: float = 0.2,
     return results
 
 
-def _row(name: str, ns: float, floor: float, target: Optional[float]) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"name": name, "value": ns, "unit": "ns/op", "ratio": ns / floor,
-                           "ratio_of": "x plain dict"}
-    if target is not None:
-        row["target"] = f"<= {target:g}x"
-        row["met"] = ns / floor <= target
-    return row
-
-
-def format_results(results: List[Dict[str, Any]]) -> str:
-    """The results as a markdown table."""
-    rows = []
-    for r in results:
-        value = f"{r['value']:,.0f} {r['unit']}" if r["unit"] != "bytes" \
-            else f"{r['value']:,.1f} bytes"
-        ratio = f"{r['ratio']:.2f} {r['ratio_of']}" if "ratio" in r else ""
-        target = r.get("target", "")
-        if isinstance(target, (int, float)) and r["unit"] == "bytes":
-            target = f"<= {target:g} bytes"
-        elif isinstance(target, (int, float)):
-            target = f">= {target:g}x"
-        met = {True: "yes", False: "**no**"}.get(r.get("met"), "")
-        rows.append([r["name"], value, ratio, target, met])
-    return markdown_table(["measurement", "median", "ratio", "target", "met"], rows)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=100_000, help="keys in the many-keys runs")
@@ -193,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     print(f"# shmdict core benchmark\n\n{machine_summary()}\n")
     results = run(args.keys, args.repeats, args.budget, args.key_size)
-    print(format_results(results))
+    print(results_table(results))
     lost = [r["lost"] for r in results if "lost" in r]
     if any(lost):
         print(f"\nERROR: {lost} updates lost in the multi-process run", file=sys.stderr)

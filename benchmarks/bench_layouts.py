@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import shmdict
 from shmdict.bench import (calibrate, calibrate_counted, loop_over, machine_summary,
-                           markdown_table, measure, median_parallel)
+                           measure, median_parallel, ns_row, results_table)
 
 TARGET_LOCK_X_THREADING = 4.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -106,15 +106,15 @@ def run(repeats: int = 5, budget: float = 0.2, first: int = 100,
         t_rw_read = timed(_acquire_release(rw["row:42"].read()))
         t_rw_write = timed(_acquire_release(rw["row:42"].write()))
         results += [
-            _ns("threading.Lock acquire+release (floor)", t_threading),
-            _ns("multiprocessing.Lock acquire+release", t_mp, t_threading, "x threading.Lock"),
-            _ns("Lock: handle.acquire()+release(), uncontended", t_handle, t_threading,
+            ns_row("threading.Lock acquire+release (floor)", t_threading),
+            ns_row("multiprocessing.Lock acquire+release", t_mp, t_threading, "x threading.Lock"),
+            ns_row("Lock: handle.acquire()+release(), uncontended", t_handle, t_threading,
                 "x threading.Lock", TARGET_LOCK_X_THREADING),
-            _ns("Lock: `with locks[key]:`, uncontended", t_with, t_threading,
+            ns_row("Lock: `with locks[key]:`, uncontended", t_with, t_threading,
                 "x threading.Lock"),
-            _ns("Lock(rw=True): read() acquire+release", t_rw_read, t_threading,
+            ns_row("Lock(rw=True): read() acquire+release", t_rw_read, t_threading,
                 "x threading.Lock"),
-            _ns("Lock(rw=True): write() acquire+release", t_rw_write, t_threading,
+            ns_row("Lock(rw=True): write() acquire+release", t_rw_write, t_threading,
                 "x threading.Lock"),
         ]
 
@@ -162,17 +162,17 @@ def run(repeats: int = 5, budget: float = 0.2, first: int = 100,
         t_plain_read = timed(loop_over(keys, plain.__getitem__))
         t_plain_update = timed(loop_over(keys, plain_update))
         results += [
-            _ns("plain dict of tuples: read (floor)", t_plain_read),
-            _ns("Struct.read", timed(loop_over(keys, state.read)), t_plain_read,
+            ns_row("plain dict of tuples: read (floor)", t_plain_read),
+            ns_row("Struct.read", timed(loop_over(keys, state.read)), t_plain_read,
                 "x plain dict"),
-            _ns("plain dict of tuples: read-modify-write (floor)", t_plain_update),
-            _ns("Struct.update (`with d.update(k) as rec: rec.tokens -= 1`)",
+            ns_row("plain dict of tuples: read-modify-write (floor)", t_plain_update),
+            ns_row("Struct.update (`with d.update(k) as rec: rec.tokens -= 1`)",
                 timed(loop_over(keys, update)), t_plain_update, "x plain dict"),
-            _ns("Struct.set", timed(loop_over(keys, lambda k: state.set(k, (1.0, 2)))),
+            ns_row("Struct.set", timed(loop_over(keys, lambda k: state.set(k, (1.0, 2)))),
                 t_plain_update, "x plain dict"),
         ]
         counts = new_table("struct2", shmdict.Struct(hits="q"), len(keys))
-        results.append(_ns("Struct.add on a q field", timed(
+        results.append(ns_row("Struct.add on a q field", timed(
             loop_over(keys, lambda k: counts.add(k, "hits"))), t_plain_update, "x plain dict"))
 
         # -------------------------------------- nested view vs table per key
@@ -190,11 +190,11 @@ def run(repeats: int = 5, budget: float = 0.2, first: int = 100,
         mem_tables = sum(table_memory(t.name) for t in per_key)
         counters = first * second
         results += [
-            _ns(f"one table per first-level key ({first} tables x {second} keys): add",
+            ns_row(f"one table per first-level key ({first} tables x {second} keys): add",
                 t_tables),
-            _ns("nested view: `d.sub(first).add(second)`", t_view, t_tables,
+            ns_row("nested view: `d.sub(first).add(second)`", t_view, t_tables,
                 "x table per key"),
-            _ns("one table, tuple key: `d.add((first, second))`", t_tuple, t_tables,
+            ns_row("one table, tuple key: `d.add((first, second))`", t_tuple, t_tables,
                 "x table per key"),
             {"name": f"one table per first-level key: memory per counter "
                      f"({first} segments + {first * 16} semaphores)",
@@ -211,31 +211,6 @@ def run(repeats: int = 5, budget: float = 0.2, first: int = 100,
     return results
 
 
-def _ns(name: str, ns: float, floor: Optional[float] = None, ratio_of: str = "",
-        target: Optional[float] = None) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"name": name, "value": ns, "unit": "ns/op"}
-    if floor:
-        row["ratio"] = ns / floor
-        row["ratio_of"] = ratio_of
-    if target is not None and floor:
-        row["target"] = f"<= {target:g}x"
-        row["met"] = ns / floor <= target
-    return row
-
-
-def format_results(results: List[Dict[str, Any]]) -> str:
-    """The results as a markdown table."""
-    rows = []
-    for r in results:
-        value = f"{r['value']:,.0f} {r['unit']}"
-        ratio = f"{r['ratio']:.2f} {r['ratio_of']}" if "ratio" in r else ""
-        met = {True: "yes", False: "**no**"}.get(r.get("met"), "")
-        lost = "" if "lost" not in r else ("no" if r["lost"] == 0 else f"yes, {r['lost']:,}")
-        rows.append([r["name"], value, ratio, r.get("target", ""), met, lost])
-    return markdown_table(["measurement", "median", "ratio", "target", "met", "updates lost"],
-                          rows)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="repeats per figure (median)")
@@ -246,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     print(f"# shmdict layouts benchmark\n\n{machine_summary()}\n")
     results = run(args.repeats, args.budget, args.first, args.second)
-    print(format_results(results))
+    print(results_table(results))
     lost = [r["lost"] for r in results if r.get("lost")]
     if lost:
         print(f"\nERROR: {lost} updates lost under a lock", file=sys.stderr)

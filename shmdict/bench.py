@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from itertools import cycle, islice
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 #: An operation under test: ``op(n)`` performs ``n`` operations.
 Op = Callable[[int], Any]
@@ -180,6 +180,42 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
              "| " + " | ".join("---" for _ in headers) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def ns_row(name: str, ns: float, floor: Optional[float] = None,
+           ratio_of: str = "x plain dict", target: Optional[float] = None) -> Dict[str, Any]:
+    """A result row of ns/op, with its ratio to ``floor`` and an "at most" target."""
+    row: Dict[str, Any] = {"name": name, "value": ns, "unit": "ns/op"}
+    if floor:
+        row["ratio"] = ns / floor
+        row["ratio_of"] = ratio_of
+        if target is not None:
+            row["target"] = f"<= {target:g}x"
+            row["met"] = ns / floor <= target
+    return row
+
+
+def results_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Result rows (name, value, unit; optional ratio, target, met, lost) as
+    a markdown table; the "updates lost" column only when a row counts them.
+    A numeric target reads "at most" for bytes and "at least" otherwise."""
+    with_lost = any("lost" in r for r in results)
+    rows = []
+    for r in results:
+        value = (f"{r['value']:,.1f} bytes" if r["unit"] == "bytes"
+                 else f"{r['value']:,.0f} {r['unit']}")
+        ratio = f"{r['ratio']:.2f} {r['ratio_of']}" if "ratio" in r else ""
+        target = r.get("target", "")
+        if isinstance(target, (int, float)):
+            target = f"<= {target:g} bytes" if r["unit"] == "bytes" else f">= {target:g}x"
+        met = {True: "yes", False: "**no**"}.get(r.get("met"), "")
+        row = [r["name"], value, ratio, target, met]
+        if with_lost:
+            row.append("" if "lost" not in r else
+                       ("no" if r["lost"] == 0 else f"yes, {r['lost']:,}"))
+        rows.append(row)
+    headers = ["measurement", "median", "ratio", "target", "met"]
+    return markdown_table(headers + ["updates lost"] if with_lost else headers, rows)
 
 
 def machine_summary() -> str:
