@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 import shmdict
+from helpers import run_to_completion
 
 
 # --------------------------------------------------------------- verbs
@@ -144,11 +145,7 @@ def test_conservation_4_processes(name):
     keys = [f"key-{i}" for i in range(1000)]
     workers = [multiprocessing.Process(target=_adder, args=(d, keys, 200_000, w * 250))
                for w in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-        assert w.exitcode == 0
+    run_to_completion(workers)
     assert sum(d.values()) == 800_000
     assert len(d) == 1000 and d.check()
     d.close()
@@ -163,11 +160,7 @@ def test_conservation_with_concurrent_load_and_delete(name):
     deleter = ctx.Process(target=_take_all, args=(d, keys, stop, out))
     deleter.start()
     adders = [ctx.Process(target=_adder, args=(d, keys, 200_000, w * 250)) for w in range(4)]
-    for a in adders:
-        a.start()
-    for a in adders:
-        a.join()
-        assert a.exitcode == 0
+    run_to_completion(adders)
     stop.set()
     taken, deletes = out.get(timeout=60)
     deleter.join()
@@ -209,11 +202,7 @@ def test_plain_delete_races_adders_without_corruption(name):
     deleter = ctx.Process(target=_deleter_plain, args=(d, keys, stop, out))
     deleter.start()
     adders = [ctx.Process(target=_adder, args=(d, keys, 50_000, w)) for w in range(2)]
-    for a in adders:
-        a.start()
-    for a in adders:
-        a.join()
-        assert a.exitcode == 0
+    run_to_completion(adders)
     stop.set()
     assert out.get(timeout=60) > 0
     deleter.join()
@@ -233,10 +222,7 @@ def test_go_seed_counter_example_with_processes(name):
     d = shmdict.open(name, shmdict.Counter(), capacity=100)
     workers = [multiprocessing.Process(target=_go_example_worker, args=(d, n))
                for n in range(1, 10)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    run_to_completion(workers)
     lines = [f"Key {k} was added {v} times" for k, v in sorted(d.items())]
     assert lines == [f"Key key-{n} was added {n} times" for n in range(1, 10)]
     d.close()
@@ -281,11 +267,7 @@ def test_concurrent_first_opens_make_one_table(name):
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(6)
     procs = [ctx.Process(target=_open_and_add, args=(name, barrier)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
+    run_to_completion(procs)
     d = shmdict.open(name, shmdict.Counter(), capacity=50, create=False)
     assert d.read("opened") == (6, True)
     d.close()
@@ -298,11 +280,7 @@ def _spawned_add(table):
 def test_table_passes_to_spawned_workers(counter):
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_spawned_add, args=(counter,)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
+    run_to_completion(procs)
     assert counter.read("spawned") == (2, True)
 
 

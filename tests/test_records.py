@@ -10,6 +10,7 @@ import warnings
 import pytest
 
 import shmdict
+from helpers import run_to_completion
 
 ctx = multiprocessing.get_context("fork")
 LAYOUT = shmdict.Struct(tokens=("d", 10.0), stamp="q", tag="8s", ok="?")
@@ -97,11 +98,7 @@ def test_updates_from_processes_lose_nothing(records):
     procs = [ctx.Process(target=_add_stamp, args=(records, 5_000)),
              ctx.Process(target=_update_stamp, args=(records, 5_000)),
              ctx.Process(target=_update_stamp, args=(records, 5_000))]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
+    run_to_completion(procs)
     assert records.read("k")[0].stamp == 15_000
 
 

@@ -13,6 +13,7 @@ import warnings
 import pytest
 
 import shmdict
+from helpers import run_to_completion
 
 ctx = multiprocessing.get_context("fork")
 
@@ -91,11 +92,7 @@ def test_mutual_exclusion_4_processes(name, locks):
         keys = [f"k{i}" for i in range(10)]
         procs = [ctx.Process(target=_increment_under_lock, args=(locks, counters, keys, 20_000))
                  for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-            assert p.exitcode == 0
+        run_to_completion(procs)
         assert counters.read("k0") == (8_000, True)
         assert sum(counters.values()) == 80_000
     finally:
@@ -204,11 +201,7 @@ def test_rw_readers_share_writers_exclude(name):
     try:
         procs = [ctx.Process(target=_reader, args=(rw, "row", counters, 300)) for _ in range(3)]
         procs.append(ctx.Process(target=_writer, args=(rw, "row", counters, 300)))
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-            assert p.exitcode == 0
+        run_to_completion(procs)
         assert counters.read("torn") == (0, False)
         assert counters.read("writer_saw_readers") == (0, False)
         assert counters.read("max_readers")[0] >= 2     # readers did run together

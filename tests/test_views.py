@@ -6,6 +6,7 @@ import multiprocessing
 import pytest
 
 import shmdict
+from helpers import run_to_completion
 
 
 def test_relative_keys(counter):
@@ -63,10 +64,7 @@ def _two_layer(table, n1):
 
 def test_go_seed_two_layer_example_with_processes(counter):
     procs = [multiprocessing.Process(target=_two_layer, args=(counter, n1)) for n1 in range(1, 4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    run_to_completion(procs)
     lines = []
     for n1 in range(1, 4):
         for key, value in sorted(counter.sub(f"key1-{n1}").items()):
