@@ -817,6 +817,28 @@ mod_encode_key(PyObject *m, PyObject *args)
     return PyBytes_FromStringAndSize(buf, n);
 }
 
+/* The key hash: xxhash's own xxh3_64 with the table's seed (resolver.xxh3,
+ * resolver.seed), called on the encoded key.  Returns -1 with an exception
+ * set, also when the table was closed during the call. */
+static int
+hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
+{
+    if (c->hash_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the resolver gives no hash function");
+        return -1;
+    }
+    PyObject *kb = PyBytes_FromStringAndSize(encoded, n);
+    if (kb == NULL)
+        return -1;
+    PyObject *hv = PyObject_CallFunctionObjArgs(c->hash_fn, kb, c->seed, NULL);
+    Py_DECREF(kb);
+    *h = hv ? PyLong_AsUnsignedLongLong(hv) : (unsigned long long)-1;
+    Py_XDECREF(hv);
+    if ((*h == (unsigned long long)-1 && PyErr_Occurred()) || closed_meanwhile(c))
+        return -1;
+    return 0;
+}
+
 /* The resolver's work done in C, for keys encode_key_c takes: encode, hash
  * (xxhash's own function, with the table's seed), probe, and only for a new
  * key call back into Python to insert it under the stripe lock.  Returns a
@@ -833,31 +855,16 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled)
     if (n < 0)
         return NULL;
     *handled = 1;
-    PyObject *encoded = PyBytes_FromStringAndSize(buf, n);
-    if (encoded == NULL)
+    unsigned long long h;
+    if (hash_key(c, buf, n, &h) < 0)
         return NULL;
-    PyObject *hv = PyObject_CallFunctionObjArgs(c->hash_fn, encoded, c->seed, NULL);
-    unsigned long long h = hv ? PyLong_AsUnsignedLongLong(hv) : (unsigned long long)-1;
-    Py_XDECREF(hv);
-    if ((h == (unsigned long long)-1 && PyErr_Occurred()) || closed_meanwhile(c)) {
-        Py_DECREF(encoded);
-        return NULL;
-    }
     uint64_t s;
     int64_t i = find_slot(c, buf, (uint64_t)n, h, &s);
-    if (i >= 0) {
-        Py_DECREF(encoded);
+    if (i >= 0)
         return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
-    }
-    if (!create) {
-        Py_DECREF(encoded);
+    if (!create)
         Py_RETURN_NONE;
-    }
-    PyObject *hobj = PyLong_FromUnsignedLongLong(h);
-    PyObject *res = hobj ? PyObject_CallFunctionObjArgs(c->inserter, encoded, hobj, NULL) : NULL;
-    Py_XDECREF(hobj);
-    Py_DECREF(encoded);
-    return res;
+    return PyObject_CallFunction(c->inserter, "y#K", buf, n, h);
 }
 
 /* Look a key up: from the cache when its entry is still current, else
@@ -1600,9 +1607,6 @@ Core_repair_stripe(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    PyObject *hashfn = PyObject_GetAttrString(self->resolver, "hash_of");
-    if (hashfn == NULL)
-        return NULL;
     long long dropped = 0, counted = 0;
     for (uint64_t i = 0; i < self->nslots; i++) {
         char *slot = slot_at(self, i);
@@ -1614,31 +1618,18 @@ Core_repair_stripe(Core *self, PyObject *arg)
                 dropped++;
             }
         } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
-            /* Which stripe a published key belongs to needs its full hash,
-             * which only the Python layer (xxhash, seeded) computes. */
-            PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
-            if (kb == NULL)
-                goto fail;
-            PyObject *hv = PyObject_CallOneArg(hashfn, kb);
-            Py_DECREF(kb);
-            if (hv == NULL)
-                goto fail;
-            unsigned long long h = PyLong_AsUnsignedLongLong(hv);
-            Py_DECREF(hv);
-            if ((h == (unsigned long long)-1 && PyErr_Occurred()) || closed_meanwhile(self))
-                goto fail;
+            /* Which stripe a published key belongs to needs its full hash. */
+            unsigned long long h;
+            if (hash_key(self, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
+                return NULL;
             if (stripe_of(self, h) == stripe)
                 counted++;
         }
     }
-    Py_DECREF(hashfn);
     int64_t have = (int64_t)load_acq(stripe_at(self, stripe) + STRIPE_LIVE);
     int64_t delta = counted - have;
     admit_adjust(self, stripe, delta);
     return Py_BuildValue("(LL)", dropped, (long long)delta);
-fail:
-    Py_DECREF(hashfn);
-    return NULL;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -43,9 +43,6 @@ class _Resolver:
         # calls with (encoded, seed), and insert_encoded below.
         self.xxh3 = xxhash.xxh3_64_intdigest
 
-    def hash_of(self, encoded: bytes) -> int:
-        return xxhash.xxh3_64_intdigest(encoded, self.seed)
-
     def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int, bool]]:
         return self.table._locate(key, create)   # the core keeps (slot, state)
 

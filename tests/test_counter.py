@@ -160,8 +160,10 @@ def test_conservation_with_concurrent_load_and_delete(name):
     deleter = ctx.Process(target=_take_all, args=(d, keys, stop, out))
     deleter.start()
     adders = [ctx.Process(target=_adder, args=(d, keys, 200_000, w * 250)) for w in range(4)]
-    run_to_completion(adders)
-    stop.set()
+    try:
+        run_to_completion(adders)
+    finally:
+        stop.set()                   # a failed adder must not leave the deleter running
     taken, deletes = out.get(timeout=60)
     deleter.join()
     assert deletes > 100, "the deleter must actually have raced the adders"
@@ -202,8 +204,10 @@ def test_plain_delete_races_adders_without_corruption(name):
     deleter = ctx.Process(target=_deleter_plain, args=(d, keys, stop, out))
     deleter.start()
     adders = [ctx.Process(target=_adder, args=(d, keys, 50_000, w)) for w in range(2)]
-    run_to_completion(adders)
-    stop.set()
+    try:
+        run_to_completion(adders)
+    finally:
+        stop.set()                   # a failed adder must not leave the deleter running
     assert out.get(timeout=60) > 0
     deleter.join()
     for key, value in d.items():
