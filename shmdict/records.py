@@ -111,19 +111,19 @@ class StructTable(StructVerbs, Table):
         try:
             data = self._core.record_get(key)
         except BlockingIOError:          # a writer died mid-copy: the slow path repairs
-            data = self._read_repairing(key)
+            return self._read_repairing(key)
         if data is None:
-            return self._default_snapshot(), False
+            return self._default_record, False
         return _new_tuple(self.layout.record, self.layout.unpack_values(data)), True
 
-    def _read_repairing(self, key: Key) -> Optional[bytes]:
+    def _read_repairing(self, key: Key) -> Tuple[Any, bool]:
         while True:
             found = self._core.locate(key, False)
             if found is None:
-                return None
+                return self._default_record, False
             value = self._snapshot_at(found[0], found[1])
             if value is not _STALE:
-                return self.layout.pack_in_order(value)
+                return value, True
 
     def _snapshot_at(self, slot: int, state: int) -> Any:
         try:

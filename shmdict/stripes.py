@@ -36,8 +36,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import posix_ipc
 
@@ -137,14 +136,6 @@ class Stripes:
             self.semaphores[i].release()
         # else: we were presumed dead and the stripe was taken over; its new
         # holder posts when it is done, so we must not.
-
-    @contextmanager
-    def held(self, i: int) -> Iterator[None]:
-        self.acquire(i)
-        try:
-            yield
-        finally:
-            self.release(i)
 
     def _repair(self, i: int) -> None:
         self.takeovers += 1
