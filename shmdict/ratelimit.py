@@ -331,7 +331,6 @@ class RateLimiter(_Limiter):
             self.hit = functools.partial(  # type: ignore[method-assign]
                 core.gcra_hit, self.emission_interval_ns, self.tolerance_ns, self.burst,
                 RateLimitResult, (TableFull, self._hit_after_sweep))
-        self._add, self._cas = self.table.add, self.table.cas
 
     def _hit_after_sweep(self, key: Key, cost: int) -> "RateLimitResult":
         """The C hit found the table full: the Python path sweeps and retries."""
@@ -344,6 +343,31 @@ class RateLimiter(_Limiter):
                             f"open it with a larger capacity")
         return self._remote(key, self.emission_interval_ns, self.tolerance_ns, cost)
 
+    def _step(self, key: Key, cost: int) -> Tuple[bool, int, int, int]:
+        """One GCRA step on ``key``: (allowed, remaining, retry_after_ns, reset_after_ns).
+
+        Done by the table when it can (the C core on the default clock, or a
+        backend's server), else here with :func:`gcra_step` and the table's
+        CAS: ``add(key, 0)`` reads the TAT, creating a new key at 0 ("no
+        history"), and a cost of 0 only reads.
+        """
+        if self._remote is not None:
+            try:
+                return self._remote(key, self.emission_interval_ns, self.tolerance_ns, cost)
+            except TableFull:
+                return self._remote_after_sweep(key, cost)
+        while True:
+            try:
+                tat = self.table.add(key, 0) if cost else self.table.read(key)[0]
+            except TableFull:
+                if not self.sweep():
+                    raise
+                continue
+            tat_after, allowed, remaining, retry_ns, reset_ns = gcra_step(
+                tat, self.clock(), self.emission_interval_ns, self.tolerance_ns, cost)
+            if tat_after == tat or self.table.cas(key, tat, tat_after):
+                return allowed, remaining, retry_ns, reset_ns
+
     def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
         """Try to spend ``cost`` on ``key``; the result says whether it was allowed.
 
@@ -351,78 +375,22 @@ class RateLimiter(_Limiter):
         """
         if cost != 1:
             _check_cost(cost, self.burst)
-        interval, tolerance = self.emission_interval_ns, self.tolerance_ns
-        if self._remote is not None:
-            try:
-                allowed, remaining, retry_ns, reset_ns = self._remote(key, interval, tolerance,
-                                                                      cost)
-            except TableFull:
-                allowed, remaining, retry_ns, reset_ns = self._remote_after_sweep(key, cost)
-            return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
-                                             retry_ns / NS, reset_ns / NS))
-        # gcra_step, inlined (tests hold the two equal): add(key, 0) reads the
-        # TAT, creating a new key at 0 ("no history"), then one CAS.
-        add, cas, clock = self._add, self._cas, self.clock
-        step = cost * interval
-        while True:
-            try:
-                tat = add(key, 0) if step else self.table.read(key)[0]
-            except TableFull:
-                if not self.sweep():
-                    raise
-                continue
-            now = clock()
-            base = tat if tat > now else now
-            ahead = base + step - now
-            if ahead > tolerance:           # refused: spends nothing
-                return _result(RateLimitResult, (
-                    False, self.burst, (tolerance - base + now) // interval,
-                    (ahead - tolerance) / NS, (base - now) / NS))
-            if not step or cas(key, tat, base + step):
-                return _result(RateLimitResult, (
-                    True, self.burst, (tolerance - ahead) // interval, 0.0, ahead / NS))
+        allowed, remaining, retry_ns, reset_ns = self._step(key, cost)
+        return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
+                                         retry_ns / NS, reset_ns / NS))
 
     def allow(self, key: Key, cost: int = 1) -> bool:
-        """``hit(key, cost).allowed``, without building a result: the hot path.
-
-        The same rule as :func:`gcra_step`, inlined: ``add(key, 0)`` reads the
-        TAT (creating the key at 0, "no history", if it is new), then one CAS.
-        """
+        """``hit(key, cost).allowed``, without building a result."""
         if cost != 1:
             _check_cost(cost, self.burst)
-        if self._remote is not None:
-            try:
-                return self._remote(key, self.emission_interval_ns, self.tolerance_ns, cost)[0]
-            except TableFull:
-                return self._remote_after_sweep(key, cost)[0]
-        add, cas, clock = self._add, self._cas, self.clock
-        step, tolerance = cost * self.emission_interval_ns, self.tolerance_ns
-        while True:
-            try:
-                tat = add(key, 0)
-            except TableFull:
-                if not self.sweep():
-                    raise
-                continue
-            now = clock()
-            new_tat = (tat if tat > now else now) + step
-            if new_tat - now > tolerance:
-                return False
-            if cas(key, tat, new_tat):
-                return True
+        return bool(self._step(key, cost)[0])
 
     def peek(self, key: Key) -> RateLimitResult:
         """Would a hit of cost 1 be allowed now?  Spends nothing, creates nothing.
 
         ``remaining`` is the number of cost-1 hits available right now.
         """
-        if self._remote is not None:
-            _, remaining, _, reset_ns = self._remote(key, self.emission_interval_ns,
-                                                     self.tolerance_ns, 0)
-        else:
-            tat = self.table.read(key)[0]
-            _, _, remaining, _, reset_ns = gcra_step(
-                tat, self.clock(), self.emission_interval_ns, self.tolerance_ns, 0)
+        _, remaining, _, reset_ns = self._step(key, 0)
         retry_ns = max(0, reset_ns + self.emission_interval_ns - self.tolerance_ns)
         return RateLimitResult(remaining >= 1, self.burst, remaining, retry_ns / NS,
                                reset_ns / NS)
