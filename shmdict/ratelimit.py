@@ -379,12 +379,6 @@ class RateLimiter(_Limiter):
         return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
                                          retry_ns / NS, reset_ns / NS))
 
-    def allow(self, key: Key, cost: int = 1) -> bool:
-        """``hit(key, cost).allowed``, without building a result."""
-        if cost != 1:
-            _check_cost(cost, self.burst)
-        return bool(self._step(key, cost)[0])
-
     def peek(self, key: Key) -> RateLimitResult:
         """Would a hit of cost 1 be allowed now?  Spends nothing, creates nothing.
 
