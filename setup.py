@@ -1,4 +1,4 @@
-"""Build the C core (shmdict/_core.c) as an extension module.
+"""Build the C core (shmdict/backends/shm/_core.c) as an extension module.
 
 Everything else lives in pyproject.toml; this file exists only because
 extension modules still need setup.py with setuptools.
@@ -24,8 +24,8 @@ if os.environ.get("SHMDICT_SANITIZE"):
 setup(
     ext_modules=[
         Extension(
-            "shmdict._core",
-            sources=["shmdict/_core.c"],
+            "shmdict.backends.shm._core",
+            sources=["shmdict/backends/shm/_core.c"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

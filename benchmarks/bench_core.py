@@ -22,9 +22,18 @@ import sys
 from itertools import islice
 from typing import Any, Dict, List, Optional
 
+from harness import (
+    calibrate,
+    calibrate_counted,
+    loop_over,
+    machine_summary,
+    measure,
+    median_parallel,
+    ns_row,
+    results_table,
+)
+
 import shmdict
-from shmdict.bench import (calibrate, calibrate_counted, loop_over, machine_summary, measure,
-                           median_parallel, ns_row, results_table)
 
 #: Targets of issue 2.
 TARGET_ADD_X_DICT = 3.0

@@ -28,9 +28,18 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
+from harness import (
+    calibrate,
+    calibrate_counted,
+    loop_over,
+    machine_summary,
+    measure,
+    median_parallel,
+    ns_row,
+    results_table,
+)
+
 import shmdict
-from shmdict.bench import (calibrate, calibrate_counted, loop_over, machine_summary,
-                           measure, median_parallel, ns_row, results_table)
 
 TARGET_LOCK_X_THREADING = 4.0
 PAGE = os.sysconf("SC_PAGE_SIZE")

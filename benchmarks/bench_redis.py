@@ -34,9 +34,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import redis
+from harness import calibrate, fmt_ns, machine_summary, markdown_table, measure
 
 import shmdict
-from shmdict.bench import calibrate, fmt_ns, machine_summary, markdown_table, measure
 
 Op = Callable[[int], Any]
 
@@ -176,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if url is None:
         url, stop = start_server()
     try:
-        print(f"# shmdict Redis backend vs redis-py by hand vs shared memory\n")
+        print("# shmdict Redis backend vs redis-py by hand vs shared memory\n")
         print(f"{machine_summary()}; Redis at {url.split('?')[0]}, redis-py "
               f"{redis.__version__}; median of {args.repeats} repeats\n")
         rows = run(url, args.repeats, args.budget)

@@ -44,9 +44,16 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from harness import (
+    calibrate_counted,
+    loop_over,
+    machine_summary,
+    markdown_table,
+    measure,
+    median_parallel,
+)
+
 import shmdict
-from shmdict.bench import (calibrate_counted, loop_over, machine_summary, markdown_table,
-                           measure, median_parallel)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CTX = multiprocessing.get_context("fork")

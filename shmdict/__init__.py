@@ -12,11 +12,20 @@
 
 See README.md for the whole API.
 """
-from .api import attach, open, unlink
-from .errors import (BackendError, CorruptSegment, KeyTooLong, LayoutMismatch, LockHeld,
-                     NotOwner, OwnerDiedWarning, ShmDictError, TableFull, TableNotFound)
+from .api import attach, list_tables, open, unlink
+from .errors import (
+    BackendError,
+    CorruptSegment,
+    KeyTooLong,
+    LayoutMismatch,
+    LockHeld,
+    NotOwner,
+    OwnerDiedWarning,
+    ShmDictError,
+    TableFull,
+    TableNotFound,
+)
 from .layouts import Counter, Layout, Lock, Struct
-from .segment import list_tables
 
 __all__ = [
     "open", "attach", "unlink", "list_tables",

@@ -1,11 +1,15 @@
-"""``shmdict.open`` and ``shmdict.unlink``: the entry points."""
+"""``shmdict.open``, ``attach``, ``unlink`` and ``list_tables``: the entry points.
+
+The only module that knows both backends: it checks the arguments every
+backend shares, then hands the table to shared memory (no ``backend``) or to
+the backend that the URL's scheme names.
+"""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
-from .keys import validate_name
 from .layouts import Layout
-from .segment import Geometry, Segment, destroy
+from .validate import seconds, table_shape, validate_name
 
 DEFAULT_CAPACITY = 10_000
 DEFAULT_KEY_SIZE = 64
@@ -36,61 +40,63 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
     if not isinstance(layout, Layout):
         raise TypeError(f"layout must be shmdict.Counter(), Lock() or Struct(...), "
                         f"not {layout!r}")
-    geometry = Geometry(layout, capacity, key_size)
+    table_shape(capacity, key_size)         # the same bounds on every backend
     _check_recovery(stripe_poll, stall_timeout)
     if backend is not None:
-        from .backends import open_backend
-        return open_backend(backend, name, layout, capacity, key_size, create=create,
-                            **backend_options)
+        return _remote(backend).open_table(backend, name, layout, capacity, key_size,
+                                           create=create, **backend_options)
     if backend_options:
         raise TypeError(f"unexpected options {sorted(backend_options)} without a backend")
-    segment = Segment.open(name, geometry, create=create, mode=mode)
-    return _configured(layout.table_class()(segment), stripe_poll, stall_timeout)
+    from .backends import shm
+    return shm.open_table(name, layout, capacity, key_size, create=create, mode=mode,
+                          stripe_poll=stripe_poll, stall_timeout=stall_timeout)
 
 
 def attach(name: str, *, stripe_poll: Optional[float] = None,
            stall_timeout: Optional[float] = None, attach_timeout: float = 5.0) -> Any:
-    """Attach to an existing table whatever its layout (for tools such as the CLI).
+    """Attach to an existing shared-memory table whatever its layout (for tools
+    such as the CLI).
 
     ``attach_timeout`` bounds the wait for a table whose creator has not
     finished writing its header (``CorruptSegment`` after it).
     """
     validate_name(name)
     _check_recovery(stripe_poll, stall_timeout)
-    segment = Segment.open(name, None, create=False, attach_timeout=attach_timeout)
-    return _configured(segment.layout.table_class()(segment), stripe_poll, stall_timeout)
-
-
-def _check_recovery(stripe_poll: Optional[float], stall_timeout: Optional[float]) -> None:
-    """Reject bad recovery settings before any table is created."""
-    from .stripes import _seconds
-    if stripe_poll is not None:
-        _seconds(stripe_poll, "stripe_poll")
-    if stall_timeout is not None:
-        _seconds(stall_timeout, "stall_timeout")
-
-
-def _configured(table: Any, stripe_poll: Optional[float], stall_timeout: Optional[float]) -> Any:
-    """Apply per-table stripe recovery settings (closing the table on bad values)."""
-    if stripe_poll is not None or stall_timeout is not None:
-        try:
-            table._stripes.configure(stripe_poll, stall_timeout)
-        except BaseException:
-            table.close()
-            raise
-    return table
+    from .backends import shm
+    return shm.attach_table(name, stripe_poll=stripe_poll, stall_timeout=stall_timeout,
+                            attach_timeout=attach_timeout)
 
 
 def unlink(name: str, backend: Optional[str] = None) -> bool:
     """Destroy table ``name`` (segment and semaphores); True if it existed."""
     validate_name(name)
     if backend is not None:
-        from .backends import unlink_backend
-        return unlink_backend(backend, name)
-    return destroy(name)
+        return _remote(backend).unlink_table(backend, name)
+    from .backends import shm
+    return shm.unlink_table(name)
 
 
-def _reattach(name: str, layout: Layout, capacity: int, key_size: int,
-              backend: Optional[str]) -> Any:
-    """Unpickling a table: attach to it (never silently create a new one)."""
-    return open(name, layout, capacity, key_size, backend, create=False)
+def list_tables() -> List[str]:
+    """Names of the shared-memory tables on this host (Linux: from /dev/shm)."""
+    from .backends import shm
+    return shm.list_tables()
+
+
+def _check_recovery(stripe_poll: Optional[float], stall_timeout: Optional[float]) -> None:
+    """Reject bad recovery settings before any table is created."""
+    if stripe_poll is not None:
+        seconds(stripe_poll, "stripe_poll")
+    if stall_timeout is not None:
+        seconds(stall_timeout, "stall_timeout")
+
+
+def _remote(backend: object) -> Any:
+    """The backend module that serves URL ``backend`` (only Redis today)."""
+    if not isinstance(backend, str) or "://" not in backend:
+        raise ValueError(f"backend must be a URL such as 'redis://127.0.0.1:6379/0', "
+                         f"not {backend!r}")
+    from .backends import redis
+    if backend.split("://", 1)[0].lower() not in redis.SCHEMES:
+        raise ValueError(f"unknown backend {backend!r}: shmdict knows "
+                         f"{', '.join(s + '://' for s in redis.SCHEMES)}")
+    return redis

@@ -24,16 +24,23 @@ import os
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import __version__, _core
+from . import __version__, api
+from .backends.shm.inspection import (
+    entries,
+    lock_holders,
+    lock_kind,
+    recovery,
+    segment_size,
+    stripe_table,
+    value_at,
+)
 from .errors import ShmDictError, TableNotFound
-from .keys import decode_key
+from .validate import validate_name
 
 #: Seconds ``ls`` waits for a table whose creator is still writing its header.
 LS_ATTACH_TIMEOUT = 0.5
 #: Rows of lock holders ``stat`` prints (``--json`` gives them all).
 STAT_LOCK_ROWS = 50
-PID_MASK = 0x3FFFFFFF
-U64 = (1 << 64) - 1
 
 
 class CliError(Exception):
@@ -99,7 +106,6 @@ def print_json(obj: Any) -> None:
 # ------------------------------------------------------------------ tables
 def attach(name: str, timeout: float = 5.0) -> Any:
     """Attach to table ``name`` whatever its layout, or raise :class:`CliError`."""
-    from . import api
     try:
         return api.attach(name, attach_timeout=timeout)
     except TableNotFound:
@@ -108,91 +114,6 @@ def attach(name: str, timeout: float = 5.0) -> Any:
         raise CliError(str(exc), 2) from None
     except ShmDictError as exc:
         raise CliError(str(exc), 1) from None
-
-
-def lock_kind(table: Any) -> str:
-    """``"lock"`` for Lock tables, ``"record"`` for Struct ones (whose word0 is a
-    record lock), ``""`` for tables without locks."""
-    kind = getattr(table.layout, "kind", "")
-    return {"Lock": "lock", "Struct": "record"}.get(kind, "")
-
-
-def entries(table: Any) -> Tuple[List[Tuple[Any, int, int]], int]:
-    """``([(key, slot, state)], undecodable)``: a snapshot of the keys, sorted.
-
-    Keys whose bytes do not decode (a corrupted slot) are counted, not raised.
-    """
-    out = []
-    bad = 0
-    for slot, state, encoded in table._core.published():
-        try:
-            key = decode_key(encoded)
-        except (ValueError, RecursionError):
-            bad += 1
-            continue
-        out.append((key, slot, state))
-    out.sort(key=lambda e: _sort_key(e[0]))
-    return out, bad
-
-
-def _sort_key(key: Any) -> Tuple:
-    if isinstance(key, tuple):
-        return (3, tuple(_sort_key(k) for k in key))
-    if isinstance(key, int):
-        return (0, key, "")
-    if isinstance(key, str):
-        return (1, 0, key)
-    return (2, 0, repr(key))
-
-
-def lock_holders(table: Any) -> List[Dict[str, Any]]:
-    """Every held row lock (Lock) or record lock (Struct): key, pid, alive, mode."""
-    kind = lock_kind(table)
-    if not kind:
-        return []
-    core = table._core
-    rw = bool(getattr(table.layout, "rw", False))
-    held = []
-    for key, slot, state in entries(table)[0]:
-        word0 = core.word0(slot, state)
-        if word0 is None:
-            continue
-        word0 &= U64
-        if word0 & PID_MASK:
-            held.append({"key": key, "pid": word0 & PID_MASK, "alive": _core.id_alive(word0),
-                         "mode": "exclusive" if kind == "lock" else "writer"})
-        if rw:
-            for pid in core.rw_readers(slot, state):
-                held.append({"key": key, "pid": pid, "alive": pid_exists(pid),
-                             "mode": "shared"})
-    return held
-
-
-def pid_exists(pid: int) -> bool:
-    """Whether a process with this pid exists (rw reader cells report bare pids)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stripe_rows(table: Any) -> List[Dict[str, Any]]:
-    """Per stripe: its key count, semaphore value and holder."""
-    core = table._core
-    rows = []
-    for i, sem in enumerate(table._stripes.semaphores):
-        holder = core.stripe_holder(i)
-        try:
-            value: Optional[int] = sem.value
-        except Exception:
-            value = None
-        rows.append({"stripe": i, "keys": core.stripe_live(i), "semaphore": value,
-                     "holder": holder & PID_MASK if holder else None,
-                     "holder_alive": _core.id_alive(holder) if holder else None})
-    return rows
 
 
 def matches_prefix(key: Any, prefix: Sequence[str]) -> bool:
@@ -211,16 +132,6 @@ def matches_prefix(key: Any, prefix: Sequence[str]) -> bool:
     return True
 
 
-def lock_value(table: Any, slot: int, state: int) -> Dict[str, Any]:
-    """A Lock table's value for ``dump``: the exclusive owner's pid and the readers."""
-    word0 = table._core.word0(slot, state)
-    pid = (word0 or 0) & PID_MASK
-    out: Dict[str, Any] = {"owner": pid or None}
-    if getattr(table.layout, "rw", False):
-        out["readers"] = table._core.rw_readers(slot, state)
-    return out
-
-
 def value_text(value: Any) -> str:
     """A value for ``dump``'s text output."""
     if isinstance(value, dict) and "owner" in value:      # a Lock
@@ -235,16 +146,11 @@ def value_text(value: Any) -> str:
 
 # ------------------------------------------------------------------- verbs
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .keys import validate_name
-    from .segment import list_tables
     rows = []
-    for name in list_tables():
+    for name in api.list_tables():
         row: Dict[str, Any] = {"name": name, "layout": None, "capacity": None, "used": None,
                                "size": None, "error": None}
-        try:
-            row["size"] = os.stat(f"/dev/shm/shmdict.{name}").st_size
-        except OSError:
-            pass
+        row["size"] = segment_size(name)
         try:
             validate_name(name)
             table = attach(name, LS_ATTACH_TIMEOUT)
@@ -285,17 +191,15 @@ def cmd_stat(args: argparse.Namespace) -> int:
     table = attach(args.name)
     try:
         stats = table.stats()
-        stripes = stripe_rows(table)
+        stripes = stripe_table(table)
         locks = lock_holders(table)
-        settings = table._stripes
-        recovery = {"stripe_poll": settings.poll, "stall_timeout": settings.stall_timeout,
-                    "bound": settings.bound}
+        settings = recovery(table)
     finally:
         table.close()
     if args.json:
         out = dict(stats)
         out["stripe_holders"] = {str(k): v for k, v in stats["stripe_holders"].items()}
-        out.update(stripe_table=stripes, recovery=recovery,
+        out.update(stripe_table=stripes, recovery=settings,
                    lock_holders=[dict(h, key=jsonable(h["key"])) for h in locks])
         print_json(out)
         return 0
@@ -313,8 +217,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
                  f"{stats['slot_size']} bytes)"),
         ("created", created),
         ("stripes", f"{stats['stripes']}, {len(held)} held"),
-        ("recovery", f"a dead stripe holder stalls others <= {settings.poll:g} s, "
-                     f"<= {settings.bound:g} s if it died unrecorded"),
+        ("recovery", f"a dead stripe holder stalls others <= {settings['stripe_poll']:g} s, "
+                     f"<= {settings['bound']:g} s if it died unrecorded"),
     ]))
     print()
     print(render_table(
@@ -339,7 +243,6 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from .table import _STALE
     prefix = args.prefix or []
     table = attach(args.name)
     try:
@@ -348,11 +251,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
         for key, slot, state in found:
             if not matches_prefix(key, prefix):
                 continue
-            value = table._snapshot_at(slot, state)
-            if value is _STALE:       # deleted while we looked: not in the snapshot
+            value = value_at(table, slot, state)
+            if value is None:         # deleted while we looked: not in the snapshot
                 continue
-            if getattr(table.layout, "kind", "") == "Lock":
-                value = lock_value(table, slot, state)
             items.append((key, value, value_text(value)))
             if args.limit is not None and len(items) >= args.limit:
                 break
@@ -410,7 +311,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from . import api
     status = 0
     for name in args.names:
         try:

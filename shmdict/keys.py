@@ -1,4 +1,4 @@
-"""Keys: the canonical byte encoding and table names.
+"""Keys: the canonical byte encoding.
 
 A key is encoded to bytes that are identical in every process (Python's
 ``hash()`` is salted per process, so it is never used), then hashed with
@@ -18,7 +18,6 @@ a few bytes per level.
 """
 from __future__ import annotations
 
-import re
 from typing import Tuple, Union
 
 from .errors import KeyTooLong
@@ -26,17 +25,6 @@ from .errors import KeyTooLong
 Key = Union[str, bytes, int, Tuple["Key", ...]]
 
 _BYTES, _STR, _INT, _TUPLE = 1, 2, 3, 4
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a valid table name, else raise ``ValueError``."""
-    if not isinstance(name, str):
-        raise TypeError(f"a table name is a str, not {type(name).__name__}")
-    if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ValueError(
-            f"bad table name {name!r}: use 1 to 200 letters, digits, '.', '_' or '-'")
-    return name
 
 
 def _varint(n: int) -> bytes:

@@ -1,8 +1,9 @@
 """Layouts: what one slot of a table holds.
 
 A layout is the "generator" of Go's defaultdict: it fixes the value every new
-key starts with, how many bytes a slot's value takes, and which table class
-(with which verbs) ``shmdict.open`` returns.
+key starts with and how many bytes a slot's value takes; each backend maps a
+layout's ``kind`` to its table class (with that layout's verbs).  The
+outcomes of the lock verbs, :class:`Outcome`, are the same on every backend.
 
 Every value area starts with one int64 word, ``word0``, which the C core can
 change together with the slot's state word in one 16-byte compare-and-swap;
@@ -19,6 +20,7 @@ Struct    record lock owner id               seqlock word + packed fields
 from __future__ import annotations
 
 import collections
+import enum
 import json
 import struct
 from collections.abc import Mapping
@@ -29,6 +31,17 @@ from typing import Any, Dict, Tuple
 _FIELD_CODE_CHARS = set("bBhHiIlLqQefd?c")
 _INT_CODES = set("bBhHiIlLqQ")
 READER_CELLS = 8
+
+
+class Outcome(enum.IntEnum):
+    """What a backend's lock primitive did (the values are the C core's codes)."""
+
+    OK = 0            #: done
+    RECOVERED = 1     #: acquired, but the previous owner had died holding it
+    TIMEOUT = -1      #: not acquired within the timeout (or not blocking)
+    STALE = -2        #: the slot no longer holds the caller's key: look it up again
+    NOT_OWNER = -3    #: release of a lock this process does not hold
+    BUSY = -4         #: delete refused: the lock is held
 
 
 class Layout:
@@ -54,9 +67,6 @@ class Layout:
     def extra_size(self) -> int:
         return len(self.default_extra())
 
-    def table_class(self) -> type:
-        raise NotImplementedError
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Layout) and self.spec() == other.spec()
 
@@ -72,10 +82,6 @@ class Counter(Layout):
 
     kind = "Counter"
 
-    def table_class(self) -> type:
-        from .counter import CounterTable
-        return CounterTable
-
 
 class Lock(Layout):
     """A cross-process row lock per key; ``rw=True`` adds a shared mode."""
@@ -90,10 +96,6 @@ class Lock(Layout):
 
     def spec(self) -> Dict[str, Any]:
         return {"layout": self.kind, "rw": self.rw}
-
-    def table_class(self) -> type:
-        from .rowlock import LockTable
-        return LockTable
 
     def __repr__(self) -> str:
         return "Lock(rw=True)" if self.rw else "Lock()"
@@ -182,10 +184,6 @@ class Struct(Layout):
     def spec(self) -> Dict[str, Any]:
         return {"layout": self.kind, "fields": [[n, c, _jsonable(self.defaults[n])]
                                                 for n, c in self.codes.items()]}
-
-    def table_class(self) -> type:
-        from .records import StructTable
-        return StructTable
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={c!r}" for n, c in self.codes.items())

@@ -23,7 +23,7 @@ tests.
 **Strategies.**
 
 - *fixed window*: supported.  A key's word is ``window end (ms) << 24 |
-  count`` (:func:`shmdict.ratelimit.fixed_window_pack`), updated by one CAS:
+  count`` (:func:`shmdict.ratelimit.rules.fixed_window_pack`), updated by one CAS:
   the window opens at the key's first hit and lasts the limit's period, as
   with the Redis and memory storages.  Counts saturate at 16777215, which is
   only ever reached by keys already far over any sensible limit.
@@ -57,9 +57,19 @@ from limits.storage.base import SlidingWindowCounterSupport, Storage
 
 from .errors import ShmDictError, TableFull
 from .layouts import Counter
-from .ratelimit import (NS, SW_COUNT_MAX, Clock, _fixed_merge, fixed_window_open,
-                        fixed_window_pack, fixed_window_unpack, sliding_window_pack,
-                        sliding_window_unpack, sliding_window_weighted, sweep_table)
+from .ratelimit.limiters import Clock, sweep_table
+from .ratelimit.rules import (
+    NS,
+    SW_COUNT_MAX,
+    fixed_window_merge,
+    fixed_window_open,
+    fixed_window_pack,
+    fixed_window_unpack,
+    sliding_window_merge,
+    sliding_window_pack,
+    sliding_window_unpack,
+    sliding_window_weighted,
+)
 
 DEFAULT_CAPACITY = 100_000
 DEFAULT_KEY_SIZE = 160
@@ -128,17 +138,12 @@ class ShmDictStorage(Storage, SlidingWindowCounterSupport):
     def _merge(self, key: Any) -> Callable[[int, int, int], int]:
         if isinstance(key, tuple) and key and key[0] == _SLIDING:
             period = key[1]
-
-            def merge(current: int, taken: int, now: int) -> int:
-                cp, cc, _ = sliding_window_unpack(current, now, period)
-                tp, tc, _ = sliding_window_unpack(taken, now, period)
-                return sliding_window_pack(cp + tp, cc + tc, now, period)
-            return merge
-        return _fixed_merge
+            return lambda current, taken, now: sliding_window_merge(current, taken, now, period)
+        return fixed_window_merge
 
     def expire(self) -> int:
         """Delete every expired key now; return how many."""
-        removed = sweep_table(_KindView(self.table, _FIXED), self._is_idle, _fixed_merge,
+        removed = sweep_table(_KindView(self.table, _FIXED), self._is_idle, fixed_window_merge,
                               self.clock)
         # Sliding keys carry their period, which their merge needs: one pass each.
         periods = {key[1] for key in self.table.keys()

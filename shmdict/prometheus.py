@@ -33,7 +33,12 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
 
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 
 _KINDS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 # The classic name rules, which every Prometheus server accepts (newer

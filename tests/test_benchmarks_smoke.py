@@ -19,6 +19,8 @@ from shmdict import bench
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "benchmarks")
+sys.path.insert(0, BENCHMARKS)      # the scripts import their shared `harness`
+import harness  # noqa: E402
 
 
 def load(name: str) -> ModuleType:
@@ -40,15 +42,15 @@ def test_shmdict_bench_verb(capsys):
 
 def test_timing_helpers():
     calls = []
-    timing = bench.measure(lambda n: calls.append(n), 7, repeats=3)
+    timing = harness.measure(lambda n: calls.append(n), 7, repeats=3)
     assert calls == [7, 7, 7] and timing.ops == 21 and timing.median > 0
-    n, done = bench.calibrate_counted(lambda n: None, 0.001, max_n=64)
+    n, done = harness.calibrate_counted(lambda n: None, 0.001, max_n=64)
     assert 1 <= n <= 64 and done >= 1
-    run = bench.run_parallel(lambda i: (lambda n: None), 2, 10)
+    run = harness.run_parallel(lambda i: (lambda n: None), 2, 10)
     assert run.processes == 2 and run.ops == 20
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-        bench.run_parallel(lambda i: (lambda n: 1 // 0), 1, 1)
-    assert bench.markdown_table(["a"], [["x|y"]]).splitlines()[2] == "| x\\|y |"
+        harness.run_parallel(lambda i: (lambda n: 1 // 0), 1, 1)
+    assert harness.markdown_table(["a"], [["x|y"]]).splitlines()[2] == "| x\\|y |"
 
 
 def test_bench_core(capsys):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import shmdict
-from shmdict import _core
+from shmdict.backends.shm import _core
 
 
 def slot_offset(table, slot: int) -> int:

@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import pytest
 
 import shmdict
-from shmdict import _core
+from shmdict.backends.shm import _core
 
 VERBS = ["ls", "stat", "dump", "check", "rm", "demo", "bench"]
 SCRIPT = shutil.which("shmdict", path=str(Path(sys.executable).parent)) or ""

@@ -16,7 +16,7 @@ import weakref
 import pytest
 
 import shmdict
-from shmdict import _core
+from shmdict.backends.shm import _core
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_failed_init_leaves_a_closed_core_not_a_null_one():
     # call dereferenced NULL.
     run_child("""
         import mmap
-        from shmdict import _core
+        from shmdict.backends.shm import _core
         m = mmap.mmap(-1, 4096)
         c = _core.Core.__new__(_core.Core)
         try:
@@ -68,7 +68,7 @@ def test_failed_init_leaves_a_closed_core_not_a_null_one():
 
 def test_uninitialised_core_does_not_crash():
     run_child("""
-        from shmdict import _core
+        from shmdict.backends.shm import _core
         c = _core.Core.__new__(_core.Core)
         c.clear_cache()
         c.close()
@@ -141,7 +141,7 @@ def test_resolver_closing_the_table_does_not_crash(name):
     run_child("""
         import mmap, os, sys
         import shmdict
-        from shmdict import _core
+        from shmdict.backends.shm import _core
         t = shmdict.open(sys.argv[1], shmdict.Counter(), capacity=10)
         slot, state = t._core.locate("k", False)
         h = t._segment.header

@@ -8,9 +8,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers import run_to_completion
 
 import shmdict
-from helpers import run_to_completion
 
 
 # --------------------------------------------------------------- verbs

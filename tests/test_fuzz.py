@@ -281,7 +281,7 @@ def test_overwritten_header_is_corrupt_segment(name, what, damage):
 STRAY_BYTES = textwrap.dedent('''
     import warnings
     import shmdict
-    from shmdict import _core
+    from shmdict.backends.shm import _core
     warnings.simplefilter("ignore")
     name = %(name)r
 

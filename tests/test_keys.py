@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import shmdict
-from shmdict.keys import decode_key, encode_key, validate_name
+from shmdict.keys import decode_key, encode_key
+from shmdict.validate import validate_name
 
 keys = st.recursive(
     st.one_of(st.text(max_size=8), st.binary(max_size=8),
@@ -95,7 +96,7 @@ def test_the_core_encodes_common_keys_exactly_as_python(key, cap):
     """The C core encodes str/bytes/int64/tuple keys itself (the hot path);
     where it declines (None), the Python encoder is used.  Where it answers,
     the bytes must be the Python encoder's, or the tables would disagree."""
-    from shmdict import _core
+    from shmdict.backends.shm import _core
     from shmdict.errors import KeyTooLong
     ours = _core.encode_key(key, cap)
     try:

@@ -16,8 +16,15 @@ from hypothesis import strategies as st
 
 import shmdict
 from shmdict import ratelimit
-from shmdict.ratelimit import (NS, FixedWindowLimiter, RateLimiter, RateLimitResult,
-                               SimulatedClock, SlidingWindowLimiter, gcra_step)
+from shmdict.ratelimit import (
+    NS,
+    FixedWindowLimiter,
+    RateLimiter,
+    RateLimitResult,
+    SimulatedClock,
+    SlidingWindowLimiter,
+    gcra_step,
+)
 
 HYPOTHESIS = settings(max_examples=60, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,9 +8,9 @@ import time
 import warnings
 
 import pytest
+from helpers import run_to_completion
 
 import shmdict
-from helpers import run_to_completion
 
 ctx = multiprocessing.get_context("fork")
 LAYOUT = shmdict.Struct(tokens=("d", 10.0), stamp="q", tag="8s", ok="?")

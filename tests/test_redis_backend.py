@@ -9,8 +9,7 @@ import pytest
 import redis
 
 import shmdict
-from shmdict.backends import _lua
-from shmdict.backends.redis import Connection
+from shmdict.backends.redis import Connection, _lua
 
 
 def _commandstat(client, command: str) -> int:

@@ -11,9 +11,9 @@ import time
 import warnings
 
 import pytest
+from helpers import run_to_completion
 
 import shmdict
-from helpers import run_to_completion
 
 ctx = multiprocessing.get_context("fork")
 

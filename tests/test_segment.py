@@ -8,7 +8,7 @@ import posix_ipc
 import pytest
 
 import shmdict
-from shmdict.segment import semaphore_name
+from shmdict.backends.shm.segment import semaphore_name
 
 
 def test_layout_mismatch_names_both(name):

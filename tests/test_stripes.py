@@ -20,7 +20,8 @@ from typing import List
 import pytest
 
 import shmdict
-from shmdict import _core, stripes
+from shmdict import stripes
+from shmdict.backends.shm import _core
 
 CTX = multiprocessing.get_context("fork")
 CAPACITY = 200

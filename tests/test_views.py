@@ -4,9 +4,9 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+from helpers import run_to_completion
 
 import shmdict
-from helpers import run_to_completion
 
 
 def test_relative_keys(counter):

@@ -32,15 +32,16 @@ from typing import Any, Dict, List, Optional
 import posix_ipc
 import xxhash
 
+from ...errors import CorruptSegment, LayoutMismatch, ShmDictError, TableNotFound
+from ...layouts import Layout, from_spec
+from ...validate import table_shape
 from . import _core
-from .errors import CorruptSegment, LayoutMismatch, ShmDictError, TableNotFound
-from .layouts import Layout, from_spec
 
 MAGIC = int.from_bytes(b"SHMDICT1", "little")
 VERSION = 1
 PREFIX = "shmdict."
+SHM_DIR = "/dev/shm"
 LOAD_FACTOR = 0.75
-MAX_CAPACITY = 1 << 31
 DEFAULT_STRIPES = 16
 
 # Header fields (offsets fixed; 80..103 belong to the C core's counters).
@@ -57,6 +58,11 @@ def segment_name(name: str) -> str:
     return "/" + PREFIX + name
 
 
+def segment_path(name: str) -> str:
+    """Where Linux shows the segment of table ``name``."""
+    return SHM_DIR + "/" + PREFIX + name
+
+
 def semaphore_name(name: str, stripe: int) -> str:
     return f"/{PREFIX}{name}.s{stripe}"
 
@@ -66,14 +72,7 @@ class Geometry:
 
     def __init__(self, layout: Layout, capacity: int, key_size: int,
                  nstripes: int = DEFAULT_STRIPES) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int):
-            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
-        if isinstance(key_size, bool) or not isinstance(key_size, int):
-            raise TypeError(f"key_size must be an int, not {type(key_size).__name__}")
-        if not 1 <= capacity <= MAX_CAPACITY:
-            raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
-        if not 1 <= key_size <= _core.MAX_KEY_SIZE:
-            raise ValueError(f"key_size must be between 1 and {_core.MAX_KEY_SIZE}, got {key_size}")
+        table_shape(capacity, key_size)
         self.layout = layout
         self.capacity = capacity
         self.key_size = key_size
@@ -264,7 +263,7 @@ def _fingerprint(spec: bytes) -> int:
 
 def _check_room(size: int) -> None:
     try:
-        st = os.statvfs("/dev/shm")
+        st = os.statvfs(SHM_DIR)
     except OSError:
         return
     room = st.f_bavail * st.f_frsize
@@ -315,7 +314,7 @@ def destroy(name: str) -> bool:
     # Also sweep semaphores whose count the header no longer tells us.
     prefix = f"sem.{PREFIX}{name}.s"
     try:
-        for entry in os.listdir("/dev/shm"):
+        for entry in os.listdir(SHM_DIR):
             if entry.startswith(prefix) and entry[len(prefix):].isdigit():
                 _unlink_semaphore("/" + entry[4:])
     except OSError:
@@ -323,10 +322,10 @@ def destroy(name: str) -> bool:
     return existed
 
 
-def list_tables() -> List[str]:
+def list_segments() -> List[str]:
     """Names of the shmdict tables on this host (Linux: from /dev/shm)."""
     try:
-        entries = os.listdir("/dev/shm")
+        entries = os.listdir(SHM_DIR)
     except OSError:
         return []
     return sorted(e[len(PREFIX):] for e in entries if e.startswith(PREFIX))

@@ -53,16 +53,23 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .. import _core
-from ..base import BaseTable
-from ..check import Report
-from ..counter import CounterVerbs
-from ..errors import (BackendError, LayoutMismatch, LockHeld, NotOwner, OwnerDiedWarning,
-                      ShmDictError, TableFull, TableNotFound)
-from ..keys import Key, decode_key, encode_key
-from ..layouts import Counter, Layout, Lock, Struct, from_spec
-from ..records import MutableRecord, StructVerbs, make_record
-from ..rowlock import LockHandle
+from ...errors import (
+    BackendError,
+    LayoutMismatch,
+    LockHeld,
+    NotOwner,
+    OwnerDiedWarning,
+    ShmDictError,
+    TableFull,
+    TableNotFound,
+)
+from ...handles import LockHandle
+from ...keys import Key, decode_key, encode_key
+from ...layouts import Counter, Layout, Lock, Outcome, Struct, from_spec
+from ...records import MutableRecord, make_record, record_class
+from ...report import Report
+from ...table import BaseTable
+from ...verbs import CounterVerbs, LockVerbs, StructVerbs
 from . import _lua
 
 try:
@@ -554,7 +561,7 @@ class RedisCounterTable(CounterVerbs, RedisTable):
         return bool(allowed), int(remaining), int(retry_after), int(reset_after)
 
 
-class RedisLockTable(RedisTable):
+class RedisLockTable(LockVerbs, RedisTable):
     """Row locks on Redis: leases owned by a process token."""
 
     def _default_value(self) -> Any:
@@ -607,16 +614,16 @@ class RedisLockTable(RedisTable):
 
         got, died = self._wait(attempt, blocking, timeout)
         if not got:
-            return _core.TIMEOUT
+            return Outcome.TIMEOUT
         self._keeper.hold("d", field, shared)
-        return _core.RECOVERED if died == 1 else _core.OK
+        return Outcome.RECOVERED if died == 1 else Outcome.OK
 
     def _release_lock(self, key: Key, shared: bool) -> int:
         """Release ``key``'s lease: OK, or NOT_OWNER (never taken, or taken over)."""
         field = self._field(key)
         done = self._eval(_lua.LOCK_RELEASE, field, process_token(), int(shared), "d")
         self._keeper.drop("d", field, shared)
-        return _core.OK if done == 1 else _core.NOT_OWNER
+        return Outcome.OK if done == 1 else Outcome.NOT_OWNER
 
     def readers(self, key: Key) -> List[int]:
         """Pids holding ``key`` in shared mode (``rw=True`` tables)."""
@@ -711,7 +718,8 @@ class RedisStructTable(StructVerbs, RedisTable):
         self._keeper.hold("r", field, False)
         try:
             try:
-                rec = make_record(self.layout, self.layout.unpack_values(reply[2]), recovered)
+                rec = make_record(record_class(self.layout), self.layout.unpack_values(reply[2]),
+                                  recovered)
                 yield rec
                 data = self.layout.pack(rec._asdict())
             except BaseException:

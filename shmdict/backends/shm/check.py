@@ -20,50 +20,15 @@ the table is quiet, or read mismatches of one or two as "in flight".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import xxhash
 
+from ...keys import decode_key
+from ...report import Report
 from . import _core
-from .keys import decode_key
 
 KIND_NAMES = {0: "empty", 1: "claimed", 2: "published", 3: "tombstone"}
-
-
-@dataclass
-class Report:
-    """What ``check`` found; truthy when the table is consistent."""
-
-    name: str
-    slots: int = 0
-    live: int = 0
-    tombstones: int = 0
-    counted: Dict[str, int] = field(default_factory=dict)
-    problems: List[str] = field(default_factory=list)
-    repaired: List[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "slots": self.slots, "live": self.live,
-                "tombstones": self.tombstones, "counted": self.counted,
-                "problems": self.problems, "repaired": self.repaired}
-
-    def __str__(self) -> str:
-        lines = [f"table {self.name!r}: {'OK' if self.ok else 'INCONSISTENT'}",
-                 f"  slots {self.slots}, live {self.live}, tombstones {self.tombstones}",
-                 "  counted: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counted.items()))]
-        lines += [f"  repaired: {r}" for r in self.repaired]
-        lines += [f"  problem: {p}" for p in self.problems[:50]]
-        if len(self.problems) > 50:
-            lines.append(f"  ... and {len(self.problems) - 50} more problems")
-        return "\n".join(lines)
 
 
 def check_table(table: Any) -> Report:
@@ -93,7 +58,7 @@ def check_table(table: Any) -> Report:
             stripes.acquire(i)
             stripes.release(i)
             if stripes.takeovers != before:
-                who = f"dead pid {holder & 0x3FFFFFFF}" if dead else "a process that died"
+                who = f"dead pid {_core.id_pid(holder)}" if dead else "a process that died"
                 report.repaired.append(f"stripe {i} was held by {who}; taken over and repaired")
 
     counted = {name: 0 for name in KIND_NAMES.values()}

@@ -2341,9 +2341,18 @@ mod_my_id(PyObject *m, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+mod_id_pid(PyObject *m, PyObject *arg)
+{
+    unsigned long long id = PyLong_AsUnsignedLongLongMask(arg);
+    if (id == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromUnsignedLongLong(id_pid(id));
+}
+
+static PyObject *
 mod_id_alive(PyObject *m, PyObject *arg)
 {
-    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    unsigned long long id = PyLong_AsUnsignedLongLongMask(arg);
     if (id == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     return PyBool_FromLong(id_alive(id));
@@ -2402,6 +2411,8 @@ static PyMethodDef module_methods[] = {
      "store_u64(buffer, offset, value): a release store of an aligned word."},
     {"my_id", mod_my_id, METH_NOARGS,
      "my_id() -> this process's owner id (pid | start time << 32)."},
+    {"id_pid", mod_id_pid, METH_O,
+     "id_pid(id) -> the pid an owner id (or lock word) names; 0 when free."},
     {"id_alive", mod_id_alive, METH_O,
      "id_alive(id) -> whether the process an owner id names is alive."},
     {NULL}

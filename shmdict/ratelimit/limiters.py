@@ -1,90 +1,37 @@
-"""Rate limits shared by every process of a host: GCRA, fixed and sliding windows.
+"""The limiters: :class:`RateLimiter` (GCRA), :class:`FixedWindowLimiter`,
+:class:`SlidingWindowLimiter`, on a Counter table of any backend.
 
-::
-
-    import shmdict
-
-    limiter = shmdict.RateLimiter("myapp.limits", rate=100, period=1.0, burst=20)
-    result = limiter.hit(api_key)          # from any worker of the host
-    if not result.allowed:
-        return 429, {"Retry-After": str(math.ceil(result.retry_after))}
-
-:class:`RateLimiter` is the Generic Cell Rate Algorithm (GCRA, as redis-cell
-and the ATM networks it comes from): one int64 per key, the key's
-*theoretical arrival time* (TAT), in nanoseconds of ``CLOCK_MONOTONIC``.  On
-Linux that clock is one system-wide clock, the same in every process of the
-host, and it never jumps with wall-clock changes, so a TAT written by one
-worker means the same instant to all the others.  The TATs live in a Counter
-table called ``name`` (``shmdict.unlink(name)`` removes the limiter's state)
-and a hit advances its key's TAT with the table's compare-and-swap: no lock,
-no server, a retry only when another process changed the same key in between.
-
-The rule, with ``T = period / rate`` (the *emission interval*, in whole
-nanoseconds, rounded up so the limit is never exceeded by rounding) and the
-*tolerance* ``tau = burst * T``::
-
-    base    = max(tat, now)            # an idle key has "saved up" nothing beyond tau
-    new_tat = base + cost * T
-    allowed = new_tat - now <= tau     # then tat := new_tat
-    remaining   = (tau - (tat_after - now)) // T
-    retry_after = new_tat - now - tau  (when refused)
-    reset_after = tat_after - now      (until the key is back to a full burst)
-
-so ``burst`` hits pass at once, then one per ``T``; over any interval of
-length ``t`` at most ``burst + t / T <= burst + rate * t / period`` hits are
-allowed, and a steady stream of one hit per ``T`` is never refused.
-
-**Backends.**  ``backend=`` is handed to :func:`shmdict.open` as is
-(``shmdict.open(name, Counter(), capacity, key_size, backend=backend)``).  If
-the table object it returns has a method::
-
-    _gcra(key, emission_interval_ns: int, tolerance_ns: int, cost: int)
-        -> (allowed: bool, remaining: int, retry_after_ns: int, reset_after_ns: int)
-
-the limiter calls it instead of its local read/compare-and-swap loop.  It
-must apply the rule above (as :func:`gcra_step` does) atomically on the
-server, with the server's clock, to the key's TAT stored as the int64 value of
-``key``, and a ``cost`` of 0 must change nothing (``peek`` uses it).  That is
-how a Redis table runs the same limiter for several hosts: one clock, one
-atomic step.
-
-**Windows.**  :class:`FixedWindowLimiter` (``limit`` hits per window, the
-window starting at a key's first hit) and :class:`SlidingWindowLimiter` (the
-"sliding window counter": the previous window's count, weighted by how much
-of it still overlaps the last ``period``, plus the current one) pack their
-whole state into the key's one int64 too, so they are also one CAS per hit.
-The ``limits`` storage (``shmdict.limits_storage``) uses the same encodings.
-
-**Expiry.**  A table has a fixed capacity and keys often come from the
-network (client addresses, API keys), so a key whose state is back to "no
-history" is garbage.  When inserting a new key finds the table full, the
-limiter sweeps such keys (:meth:`RateLimiter.sweep`, callable at any time)
-and tries once more; only a table full of keys with live state raises
-``shmdict.TableFull``.  A sweep never makes a limit laxer: see
-:func:`sweep_table`.
-
-**Clocks.**  Every limiter takes ``clock=``: a callable returning integer
-nanoseconds.  The default is ``time.monotonic_ns``; :class:`SimulatedClock` is
-a clock tests move by hand.  The clock must be shared by all processes that
-use the table (a simulated clock is, when it never moves, or when a single
-process uses it).
+The rules they apply are :mod:`shmdict.ratelimit.rules`; the contract, the
+clocks and expiry are told in the docstring of :mod:`shmdict.ratelimit`.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
-from fractions import Fraction
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
 
-from .errors import TableFull
-from .keys import Key
-from .layouts import Counter
+from ..errors import TableFull
+from ..keys import Key
+from ..layouts import Counter
+from .rules import (
+    FW_COUNT_MAX,
+    NS,
+    SW_COUNT_MAX,
+    emission_interval_ns,
+    fixed_window_merge,
+    fixed_window_open,
+    fixed_window_pack,
+    fixed_window_unpack,
+    gcra_merge,
+    gcra_step,
+    sliding_window_merge,
+    sliding_window_pack,
+    sliding_window_unpack,
+    sliding_window_weighted,
+)
 
 #: A clock: a callable returning integer nanoseconds, shared by the processes.
 Clock = Callable[[], int]
-
-NS = 1_000_000_000
 
 
 def monotonic_clock() -> int:
@@ -142,37 +89,6 @@ class RateLimitResult(NamedTuple):
 _result = tuple.__new__
 
 
-# ---------------------------------------------------------------- GCRA
-def emission_interval_ns(rate: float, period: float) -> int:
-    """``period / rate`` in whole nanoseconds, rounded up: never a laxer limit.
-
-    Computed exactly from the two numbers as given (``Fraction`` of each
-    float), so ``allowed <= burst + rate * t / period`` holds exactly, not
-    just up to float rounding.
-    """
-    return max(1, math.ceil(Fraction(period) * NS / Fraction(rate)))
-
-
-def gcra_step(tat: int, now: int, emission_ns: int, tolerance_ns: int,
-              cost: int) -> Tuple[int, bool, int, int, int]:
-    """One GCRA decision: ``(tat_after, allowed, remaining, retry_after_ns, reset_after_ns)``.
-
-    Pure arithmetic on integers (nanoseconds), the same for the local CAS
-    loop and for a backend that runs it on a server.  ``tat`` is the stored
-    theoretical arrival time (0 for a new key); ``tat_after`` is what to
-    store, equal to ``tat`` when the hit is refused or ``cost`` is 0.
-    """
-    base = tat if tat > now else now
-    new_tat = base + cost * emission_ns
-    ahead = new_tat - now
-    if ahead > tolerance_ns:
-        return tat, False, (tolerance_ns - (base - now)) // emission_ns, \
-            ahead - tolerance_ns, base - now
-    if cost == 0:
-        return tat, True, (tolerance_ns - ahead) // emission_ns, 0, ahead
-    return new_tat, True, (tolerance_ns - ahead) // emission_ns, 0, ahead
-
-
 # ------------------------------------------------------------- sweeping
 def sweep_table(table: Any, is_idle: Callable[[Key, int, int], bool],
                 merge: Callable[[int, int, int], int], clock: Clock) -> int:
@@ -208,11 +124,6 @@ def sweep_table(table: Any, is_idle: Callable[[Key, int, int], bool],
     return removed
 
 
-def _gcra_merge(current: int, taken: int, now: int) -> int:
-    """Two TATs for one key -> one that has consumed what both did."""
-    return max(current, now) + max(0, taken - now)
-
-
 # ----------------------------------------------------------- RateLimiter
 def _check_cost(cost: object, most: int) -> int:
     if not isinstance(cost, int) or isinstance(cost, bool):
@@ -238,7 +149,7 @@ class _Limiter:
 
     def __init__(self, name: str, capacity: int, key_size: int, backend: Optional[str],
                  clock: Optional[Clock]) -> None:
-        from .api import open as open_table
+        from ..api import open as open_table
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning nanoseconds")
         self.name = name
@@ -321,16 +232,18 @@ class RateLimiter(_Limiter):
         if self.tolerance_ns >= 1 << 62:
             raise ValueError("period / rate * burst is too long to count in nanoseconds")
         super().__init__(name, capacity, key_size, backend, clock)
+        # A table may run the step itself (see the backend contract in
+        # shmdict.ratelimit): a server on its own clock (``_gcra``), or
+        # shared memory in C on CLOCK_MONOTONIC, the default clock, where
+        # hit() itself becomes one C call with its settings bound in advance.
         self._remote = getattr(self.table, "_gcra", None)
-        if self._remote is None and clock is None and hasattr(self.table, "_core"):
-            # Shared memory on the default clock: the same step, done in C
-            # (one call, CLOCK_MONOTONIC read inside it, one CAS), and hit()
-            # itself is that C call, its settings bound in advance.
-            core = self.table._core
-            self._remote = core.gcra
-            self.hit = functools.partial(  # type: ignore[method-assign]
-                core.gcra_hit, self.emission_interval_ns, self.tolerance_ns, self.burst,
-                RateLimitResult, (TableFull, self._hit_after_sweep))
+        if self._remote is None and clock is None:
+            native = getattr(self.table, "_gcra_monotonic", None)
+            if native is not None:
+                self._remote = native
+                self.hit = self.table._gcra_hit(  # type: ignore[method-assign]
+                    self.emission_interval_ns, self.tolerance_ns, self.burst,
+                    RateLimitResult, (TableFull, self._hit_after_sweep))
 
     def _hit_after_sweep(self, key: Key, cost: int) -> "RateLimitResult":
         """The C hit found the table full: the Python path sweeps and retries."""
@@ -393,73 +306,11 @@ class RateLimiter(_Limiter):
         return value <= now          # a TAT in the past: as if never hit
 
     def _merge(self, current: int, taken: int, now: int) -> int:
-        return _gcra_merge(current, taken, now)
+        return gcra_merge(current, taken, now)
 
     def __repr__(self) -> str:
         return (f"<RateLimiter {self.name!r} {self.rate:g}/{self.period:g}s "
                 f"burst={self.burst}>")
-
-
-# -------------------------------------------------------------- windows
-#: Fixed window word: ``expiry_ms << 24 | count``, expiry in ms of the clock.
-FW_COUNT_BITS = 24
-FW_COUNT_MAX = (1 << FW_COUNT_BITS) - 1
-_MS = 1_000_000
-
-
-def fixed_window_unpack(word: int, now: int) -> Tuple[int, int]:
-    """``(count, window_end_ns)`` of a fixed-window word; (0, 0) once expired."""
-    end = (word >> FW_COUNT_BITS) * _MS
-    if end <= now:
-        return 0, 0
-    return word & FW_COUNT_MAX, end
-
-
-def fixed_window_pack(count: int, end_ns: int) -> int:
-    """A fixed-window word: the count saturates at ``FW_COUNT_MAX``."""
-    return ((end_ns // _MS) << FW_COUNT_BITS) | min(count, FW_COUNT_MAX)
-
-
-def fixed_window_open(now: int, period_ns: int) -> int:
-    """The end of a window opened at ``now`` (rounded up to the millisecond)."""
-    return -(-(now + period_ns) // _MS) * _MS
-
-
-def _fixed_merge(current: int, taken: int, now: int) -> int:
-    c_count, c_end = fixed_window_unpack(current, now)
-    t_count, t_end = fixed_window_unpack(taken, now)
-    if not t_end:
-        return current
-    return fixed_window_pack(c_count + t_count, max(c_end, t_end))
-
-
-#: Sliding window word: ``(window index mod 2**23) << 40 | previous << 20 | current``.
-SW_COUNT_BITS = 20
-SW_COUNT_MAX = (1 << SW_COUNT_BITS) - 1
-SW_INDEX_MOD = 1 << 23
-
-
-def sliding_window_unpack(word: int, now: int, period_ns: int) -> Tuple[int, int, int]:
-    """``(previous, current, elapsed_ns)``: counts as seen in the window holding ``now``."""
-    index = now // period_ns
-    elapsed = now - index * period_ns
-    behind = (index - (word >> 2 * SW_COUNT_BITS)) % SW_INDEX_MOD
-    if behind == 0:
-        return (word >> SW_COUNT_BITS) & SW_COUNT_MAX, word & SW_COUNT_MAX, elapsed
-    if behind == 1:
-        return word & SW_COUNT_MAX, 0, elapsed
-    return 0, 0, elapsed
-
-
-def sliding_window_pack(previous: int, current: int, now: int, period_ns: int) -> int:
-    index = (now // period_ns) % SW_INDEX_MOD
-    return (index << 2 * SW_COUNT_BITS) | (min(previous, SW_COUNT_MAX) << SW_COUNT_BITS) \
-        | min(current, SW_COUNT_MAX)
-
-
-def sliding_window_weighted(previous: int, current: int, elapsed: int, period_ns: int) -> int:
-    """floor(previous * (1 - elapsed / period)) + current, in integers."""
-    return previous * (period_ns - elapsed) // period_ns + current
 
 
 class _WindowLimiter(_Limiter):
@@ -524,7 +375,7 @@ class FixedWindowLimiter(_WindowLimiter):
         return fixed_window_unpack(value, now)[1] == 0
 
     def _merge(self, current: int, taken: int, now: int) -> int:
-        return _fixed_merge(current, taken, now)
+        return fixed_window_merge(current, taken, now)
 
 
 class SlidingWindowLimiter(_WindowLimiter):
@@ -599,6 +450,4 @@ class SlidingWindowLimiter(_WindowLimiter):
 
     def _merge(self, current: int, taken: int, now: int) -> int:
         p = self.period_ns
-        cp, cc, _ = sliding_window_unpack(current, now, p)
-        tp, tc, _ = sliding_window_unpack(taken, now, p)
-        return sliding_window_pack(cp + tp, cc + tc, now, p)
+        return sliding_window_merge(current, taken, now, p)

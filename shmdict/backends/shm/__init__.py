@@ -1,0 +1,75 @@
+"""The shared-memory backend: one POSIX shared-memory segment per table.
+
+Bottom to top:
+
+* ``format.h`` (with ``_core.c``): the segment format, field by field, and
+  its version; ``_core`` exports every offset and size Python needs;
+* :mod:`.segment`: creating, attaching and removing a segment and its
+  stripe semaphores, and the geometry of a table;
+* ``_core``: the C core (probe loop, slot atomics, locks, records);
+* :mod:`.stripes`: crash-safe stripe locks around the semaphores;
+* :mod:`.table` and one module per layout (:mod:`.counter`,
+  :mod:`.rowlock`, :mod:`.records`): the tables;
+* :mod:`.check` and :mod:`.inspect`: consistency reports and the read-only
+  views the CLI shows.
+
+This module is the backend's entry: :func:`open_table`, :func:`attach_table`,
+:func:`unlink_table` and :func:`list_tables`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from ...layouts import Layout
+from .counter import CounterTable
+from .records import StructTable
+from .rowlock import LockTable
+from .segment import Geometry, Segment, destroy, list_segments
+from .table import Table
+
+#: The table class of each layout kind.
+TABLE_CLASSES: Dict[str, type] = {"Counter": CounterTable, "Lock": LockTable,
+                                  "Struct": StructTable}
+
+
+def open_table(name: str, layout: Layout, capacity: int, key_size: int, *,
+               create: bool = True, mode: int = 0o600, stripe_poll: Optional[float] = None,
+               stall_timeout: Optional[float] = None) -> Table:
+    """Create table ``name`` in shared memory or attach to it (see ``shmdict.open``)."""
+    geometry = Geometry(layout, capacity, key_size)
+    segment = Segment.open(name, geometry, create=create, mode=mode)
+    return _configured(TABLE_CLASSES[layout.kind](segment), stripe_poll, stall_timeout)
+
+
+def attach_table(name: str, *, stripe_poll: Optional[float] = None,
+                 stall_timeout: Optional[float] = None, attach_timeout: float = 5.0) -> Table:
+    """Attach to table ``name`` whatever its layout (see ``shmdict.attach``)."""
+    segment = Segment.open(name, None, create=False, attach_timeout=attach_timeout)
+    return _configured(TABLE_CLASSES[segment.layout.kind](segment), stripe_poll,
+                       stall_timeout)
+
+
+def _configured(table: Table, stripe_poll: Optional[float],
+                stall_timeout: Optional[float]) -> Table:
+    """Apply per-table stripe recovery settings (closing the table on bad values)."""
+    if stripe_poll is not None or stall_timeout is not None:
+        try:
+            table._stripes.configure(stripe_poll, stall_timeout)
+        except BaseException:
+            table.close()
+            raise
+    return table
+
+
+def unlink_table(name: str) -> bool:
+    """Destroy table ``name`` (segment and semaphores); True if it existed."""
+    return destroy(name)
+
+
+def list_tables() -> List[str]:
+    """Names of the shared-memory tables on this host."""
+    return list_segments()
+
+
+__all__ = ["TABLE_CLASSES", "open_table", "attach_table", "unlink_table", "list_tables",
+           "Table", "CounterTable", "LockTable", "StructTable"]

@@ -1,0 +1,132 @@
+"""Read-only views of a shared-memory table, for ``shmdict stat`` and ``dump``.
+
+These functions are the inspection API the CLI is written on: a snapshot of
+the keys with their slots, a value by slot, the row and record locks that
+are held and by whom, the stripes and their holders, the recovery settings.
+They read the table through the C core without changing it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from ...keys import decode_key
+from . import _core
+from .segment import segment_path
+from .table import _STALE, Table
+
+
+def entries(table: Table) -> Tuple[List[Tuple[Any, int, int]], int]:
+    """``([(key, slot, state)], undecodable)``: a snapshot of the keys, sorted.
+
+    Keys whose bytes do not decode (a corrupted slot) are counted, not raised.
+    """
+    table._check_open()
+    out = []
+    bad = 0
+    for slot, state, encoded in table._core.published():
+        try:
+            key = decode_key(encoded)
+        except (ValueError, RecursionError):
+            bad += 1
+            continue
+        out.append((key, slot, state))
+    out.sort(key=lambda e: _sort_key(e[0]))
+    return out, bad
+
+
+def _sort_key(key: Any) -> Tuple:
+    if isinstance(key, tuple):
+        return (3, tuple(_sort_key(k) for k in key))
+    if isinstance(key, int):
+        return (0, key, "")
+    if isinstance(key, str):
+        return (1, 0, key)
+    return (2, 0, repr(key))
+
+
+def value_at(table: Table, slot: int, state: int) -> Any:
+    """The value snapshot of ``slot`` (a Lock's is ``{"owner", "readers"}``), or
+    None when the slot changed since ``state`` was read."""
+    if table.layout.kind == "Lock":
+        word0 = table._core.word0(slot, state)
+        if word0 is None:
+            return None
+        out: Dict[str, Any] = {"owner": _core.id_pid(word0) or None}
+        if table.layout.rw:
+            out["readers"] = table._core.rw_readers(slot, state)
+        return out
+    value = table._snapshot_at(slot, state)
+    return None if value is _STALE else value
+
+
+def lock_kind(table: Table) -> str:
+    """``"lock"`` for Lock tables, ``"record"`` for Struct ones (whose word0 is a
+    record lock), ``""`` for tables without locks."""
+    return {"Lock": "lock", "Struct": "record"}.get(table.layout.kind, "")
+
+
+def lock_holders(table: Table) -> List[Dict[str, Any]]:
+    """Every held row lock (Lock) or record lock (Struct): key, pid, alive, mode."""
+    kind = lock_kind(table)
+    if not kind:
+        return []
+    core = table._core
+    rw = bool(getattr(table.layout, "rw", False))
+    held = []
+    for key, slot, state in entries(table)[0]:
+        word0 = core.word0(slot, state)
+        if word0 is None:
+            continue
+        pid = _core.id_pid(word0)
+        if pid:
+            held.append({"key": key, "pid": pid, "alive": _core.id_alive(word0),
+                         "mode": "exclusive" if kind == "lock" else "writer"})
+        if rw:
+            for reader in core.rw_readers(slot, state):
+                held.append({"key": key, "pid": reader, "alive": _pid_exists(reader),
+                             "mode": "shared"})
+    return held
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists (rw reader cells report bare pids)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stripe_table(table: Table) -> List[Dict[str, Any]]:
+    """Per stripe: its key count, semaphore value and holder."""
+    table._check_open()
+    core = table._core
+    rows = []
+    for i, sem in enumerate(table._stripes.semaphores):
+        holder = core.stripe_holder(i)
+        try:
+            value: Optional[int] = sem.value
+        except Exception:
+            value = None
+        rows.append({"stripe": i, "keys": core.stripe_live(i), "semaphore": value,
+                     "holder": _core.id_pid(holder) if holder else None,
+                     "holder_alive": _core.id_alive(holder) if holder else None})
+    return rows
+
+
+def recovery(table: Table) -> Dict[str, float]:
+    """This process's stripe recovery settings for the table, and their bound."""
+    stripes = table._stripes
+    return {"stripe_poll": stripes.poll, "stall_timeout": stripes.stall_timeout,
+            "bound": stripes.bound}
+
+
+def segment_size(name: str) -> Optional[int]:
+    """The size in bytes of table ``name``'s segment, or None if unreadable."""
+    try:
+        return os.stat(segment_path(name)).st_size
+    except OSError:
+        return None

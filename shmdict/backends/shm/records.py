@@ -1,0 +1,193 @@
+"""The Struct layout: a fixed-size record per key.
+
+A record is guarded two ways:
+
+* readers never lock: a sequence word (a seqlock) is odd while a writer
+  copies, and a copy is kept only if the sequence was even and unchanged
+  around it, so ``read`` always returns one whole write, never a torn mix;
+* writers (``set``, ``cas``, ``update``, ``add``) take the record's lock
+  word, an owner lock like the Lock layout's, so a writer SIGKILLed
+  mid-update is replaced at once by the next one, which is told
+  (``recovered``, :class:`shmdict.OwnerDiedWarning`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Tuple
+
+from ...errors import NotOwner, OwnerDiedWarning
+from ...keys import Key
+from ...layouts import Outcome, Struct
+from ...records import MutableRecord, make_record, record_class
+from ...verbs import StructVerbs
+from .table import _STALE, DELETE_IF_MINE, Table
+
+_new_tuple = tuple.__new__     # a named tuple from values, without _make's checks
+
+
+class StructTable(StructVerbs, Table):
+    """A table of records (``shmdict.open(name, shmdict.Struct(...))``)."""
+
+    layout: Struct
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._record_class = record_class(self.layout)
+        self._default_record = self.layout.unpack(self._default_extra[8:])
+
+    # ------------------------------------------------------------ reading
+    def read(self, key: Key) -> Tuple[Any, bool]:
+        """``(record, exists)``: a consistent snapshot; never creates the key."""
+        try:
+            data = self._core.record_get(key)
+        except BlockingIOError:          # a writer died mid-copy: the slow path repairs
+            return self._read_repairing(key)
+        if data is None:
+            return self._default_record, False
+        return _new_tuple(self.layout.record, self.layout.unpack_values(data)), True
+
+    def _read_repairing(self, key: Key) -> Tuple[Any, bool]:
+        while True:
+            found = self._core.locate(key, False)
+            if found is None:
+                return self._default_record, False
+            value = self._snapshot_at(found[0], found[1])
+            if value is not _STALE:
+                return value, True
+
+    def _snapshot_at(self, slot: int, state: int) -> Any:
+        try:
+            data = self._core.record_read(slot, state)
+        except BlockingIOError:
+            # The sequence stayed odd: a writer died mid-copy (or the word is
+            # garbage).  Under the record lock no writer can be copying, so
+            # write back what it holds, which makes it readable again.
+            if self._lock(slot, state) is None:
+                return _STALE
+            data = self._core.record_read(slot, state, True)
+            self._core.record_commit(slot, state, data)
+        return _STALE if data is None else self.layout.unpack(data)
+
+    def _default_snapshot(self) -> Any:
+        return self._default_record
+
+    # ------------------------------------------------------------ writing
+    def _lock(self, slot: int, state: int, blocking: bool = True) -> Optional[bool]:
+        """Take slot's record lock: None if the slot changed (or, not
+        blocking, the lock is taken), else whether it was inherited from a
+        writer that died."""
+        code = self._core.lock_acquire(slot, state, blocking, -1.0)
+        if code not in (Outcome.OK, Outcome.RECOVERED):
+            return None
+        if code == Outcome.RECOVERED:
+            _warn_inherited(self.name)
+        return code == Outcome.RECOVERED
+
+    def _begin(self, key: Key) -> Tuple[int, int, bool, bytes]:
+        """Lock ``key``'s record (creating the key) and copy it:
+        (slot, state, recovered, data).  Finish with :meth:`_commit`."""
+        slot, state, recovered, data = self._core.record_begin(key)
+        if recovered:
+            _warn_inherited(self.name)
+        return slot, state, recovered, data
+
+    def _commit(self, slot: int, state: int, data: Optional[bytes]) -> None:
+        """Write ``data`` (None: nothing) and release the record lock."""
+        if self._core.record_commit(slot, state, data) != Outcome.OK:
+            raise NotOwner("record lock lost during a write (the table was repaired?)")
+
+    def _create_holding(self, key: Key, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` in one insert; False if it exists."""
+        if self._core.locate(key, False) is not None:
+            return False
+        return self._locate(key, True, extra=bytes(8) + data)[2]  # type: ignore[index]
+
+    def set(self, key: Key, record: Any) -> None:
+        """Store a whole record (a tuple, named tuple or mapping of fields)."""
+        data = self.layout.pack(record)
+        if not self._create_holding(key, data):
+            slot, state, _, _ = self._begin(key)
+            self._commit(slot, state, data)
+
+    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
+        """Replace the record with ``new`` if it equals ``old``.
+
+        A missing key is created holding ``new`` (True) only with
+        ``set_on_not_exists``; otherwise False and nothing is created.
+        """
+        old_data, new_data = self.layout.pack(old), self.layout.pack(new)
+        if self._core.locate(key, False) is None:
+            if not set_on_not_exists:
+                return False
+            if self._create_holding(key, new_data):
+                return True
+        slot, state, _, current = self._begin(key)
+        swapped = current == old_data
+        self._commit(slot, state, new_data if swapped else None)
+        return swapped
+
+    def update(self, key: Key) -> "_Update":
+        """``with d.update(key) as rec: rec.tokens -= 1``: atomic read-modify-write.
+
+        Holds the record lock for the block; writes back on a clean exit, not
+        at all on an exception.  ``rec.recovered`` says whether the previous
+        writer died inside its own update.
+        """
+        return _Update(self, key)
+
+    # ------------------------------------------------------------ deleting
+    def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
+        # Take the record lock so no update is half-done, snapshot, and let
+        # the tombstone release the lock in the same atomic step.  Never wait
+        # for the record lock while holding the stripe: its holder may be
+        # inserting a key of this stripe inside its update() block.
+        if self._lock(slot, state, blocking=False) is None:
+            return _STALE                    # _wait_before_retry waits for it
+        data = self._core.record_read(slot, state, True)
+        snapshot = self._default_record if data is None else self.layout.unpack(data)
+        code, _ = self._core.delete(slot, state, stripe, DELETE_IF_MINE)
+        if code != Outcome.OK:
+            self._core.lock_release(slot, state)
+            return _STALE
+        return snapshot
+
+    def _wait_before_retry(self, slot: int, state: int) -> None:
+        if self._lock(slot, state) is not None:
+            self._core.lock_release(slot, state)
+
+
+class _Update:
+    """The context manager of ``StructTable.update``: lock, read, yield, write back."""
+
+    __slots__ = ("_table", "_key", "_slot", "_state", "_rec")
+
+    def __init__(self, table: StructTable, key: Key) -> None:
+        self._table = table
+        self._key = key
+
+    def __enter__(self) -> MutableRecord:
+        table = self._table
+        self._slot, self._state, recovered, data = table._begin(self._key)
+        try:
+            self._rec = make_record(table._record_class, table.layout.unpack_values(data),
+                                    recovered)
+        except BaseException:
+            table._commit(self._slot, self._state, None)
+            raise
+        return self._rec
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        data = None
+        if exc_type is None:
+            try:
+                data = self._table.layout.pack_in_order(self._rec._astuple())
+            except BaseException:
+                self._table._commit(self._slot, self._state, None)
+                raise
+        self._table._commit(self._slot, self._state, data)
+
+
+def _warn_inherited(table_name: str) -> None:
+    warnings.warn(OwnerDiedWarning(
+        f"a writer of table {table_name!r} died inside an update; the record "
+        f"keeps whatever it had written"), stacklevel=4)

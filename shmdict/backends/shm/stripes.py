@@ -1,0 +1,118 @@
+"""Stripe locks: per-stripe posix_ipc semaphores that survive a dead holder.
+
+Inserts and deletes of keys whose hash falls in stripe ``i`` take semaphore
+``i``, so a key can never be inserted twice.  A POSIX semaphore has no owner:
+a process SIGKILLed between ``acquire`` and ``release`` would leave it taken
+forever.  So each stripe also has a *holder word* in the segment (the
+holder's pid and start time, see ``_core.my_id``), set by compare-and-swap
+right after the semaphore is taken:
+
+* a waiter whose timed wait expires (every ``poll`` seconds) looks at the
+  holder; if it names a dead process, exactly one waiter wins the CAS from
+  that holder to itself, inherits the acquisition without posting (so the
+  semaphore's count stays right), repairs the stripe (drops slots the dead
+  process claimed but never published, recounts the stripe's keys) and goes
+  on.  A dead holder therefore stalls others for about ``poll`` seconds.
+* if the semaphore is taken but no holder is recorded for ``stall_timeout``
+  seconds (the holder died in the instant between the wait and the CAS),
+  a waiter takes over the same way.  A live process that was merely paused
+  that long and then finds its CAS lost must not post: it waits again.
+
+Liveness is judged by pid and start time, which assumes all processes using
+a table share one PID namespace (one host, no containers with their own).
+
+The bound, and how to change it: a holder that died after recording itself
+stalls the others for at most ``poll`` seconds (plus scheduling); one that
+died in the instant between its wait and its CAS (or between its release's
+CAS and post) stalls them for at most ``stall_timeout + poll`` seconds.  The
+defaults are ``POLL`` (0.1 s) and ``STALL_TIMEOUT`` (2 s); set them per
+process with the environment variables ``SHMDICT_STRIPE_POLL`` and
+``SHMDICT_STALL_TIMEOUT`` (read at import), per module by assigning
+``shmdict.stripes.POLL`` / ``STALL_TIMEOUT`` (this module: ``shmdict.stripes`` is its documented name) before opening a table, or per
+table with ``shmdict.open(..., stripe_poll=..., stall_timeout=...)``.
+"""
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+import posix_ipc
+
+from ...validate import env_seconds, seconds
+from . import _core
+
+#: Seconds between checks of a stripe's holder while waiting for it.
+POLL = env_seconds("SHMDICT_STRIPE_POLL", 0.1)
+#: Seconds a taken stripe may show no holder before a waiter takes it over.
+STALL_TIMEOUT = env_seconds("SHMDICT_STALL_TIMEOUT", 2.0)
+
+
+class Stripes:
+    """The stripe locks of one attached table."""
+
+    def __init__(self, core: "_core.Core", semaphores: List[posix_ipc.Semaphore]) -> None:
+        self.core = core
+        self.semaphores = semaphores
+        self.count = len(semaphores)
+        self.poll = POLL
+        self.stall_timeout = STALL_TIMEOUT
+        #: What the last repairs did: (stripe, claims dropped, count delta).
+        self.repairs: List[tuple] = []
+        #: How many times this process took a stripe over from a dead holder.
+        self.takeovers = 0
+
+    def configure(self, poll: Optional[float] = None,
+                  stall_timeout: Optional[float] = None) -> None:
+        """Change the recovery bound of this table in this process (None: keep)."""
+        if poll is not None:
+            self.poll = seconds(poll, "stripe_poll")
+        if stall_timeout is not None:
+            self.stall_timeout = seconds(stall_timeout, "stall_timeout")
+
+    @property
+    def bound(self) -> float:
+        """Worst-case seconds a dead holder stalls a waiter (before scheduling)."""
+        return self.stall_timeout + self.poll
+
+    def acquire(self, i: int) -> None:
+        sem = self.semaphores[i]
+        core = self.core
+        unowned_since = None
+        while True:
+            try:
+                sem.acquire(self.poll)
+            except posix_ipc.BusyError:
+                holder = core.stripe_holder(i)
+                if holder == 0:
+                    # Taken, yet nobody recorded: someone is between wait and
+                    # CAS (or release and post), or died there.
+                    now = time.monotonic()
+                    if unowned_since is None or sem.value != 0:
+                        unowned_since = now
+                    elif now - unowned_since >= self.stall_timeout:
+                        if core.stripe_cas(i, 0, -1):
+                            self._repair(i)
+                            return
+                elif not _core.id_alive(holder):
+                    if core.stripe_cas(i, holder, -1):
+                        self._repair(i)
+                        return
+                else:
+                    unowned_since = None
+                continue
+            if core.stripe_cas(i, 0, -1):
+                return
+            # A waiter presumed us dead and took the stripe over: our wait
+            # consumed a count that its release will give back.  Wait again.
+
+    def release(self, i: int) -> None:
+        if self.core.stripe_release(i):
+            self.semaphores[i].release()
+        # else: we were presumed dead and the stripe was taken over; its new
+        # holder posts when it is done, so we must not.
+
+    def _repair(self, i: int) -> None:
+        self.takeovers += 1
+        dropped, delta = self.core.repair_stripe(i)
+        self.repairs.append((i, dropped, delta))
+        del self.repairs[:-16]

@@ -1,0 +1,267 @@
+"""The shared-memory table: the primitives of :class:`shmdict.table.BaseTable`
+(create, remove, list, count) on one segment, through the C core.
+
+Each layout's module subclasses :class:`Table` with its own value verbs:
+``counter.CounterTable``, ``rowlock.LockTable``, ``records.StructTable``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import xxhash
+
+from ...errors import KeyTooLong, LockHeld, TableFull
+from ...keys import Key, decode_key, encode_key
+from ...layouts import Layout, Outcome
+from ...report import Report
+from ...table import BaseTable
+from . import _core
+from .check import check_table
+from .segment import Geometry, Segment, destroy
+from .stripes import Stripes
+
+#: Entries of the per-process key -> slot cache before it is cleared.
+CACHE_LIMIT = 1 << 20
+
+# Modes of _core.Core.delete
+DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
+
+
+class _Resolver:
+    """Turns key objects into slots for the C core (the slow path).
+
+    The C core keeps a per-process cache of key -> (slot, state) and calls
+    this object on a miss or when the cached slot has changed: it encodes
+    and hashes the key, probes, and, when asked to create, inserts under the
+    key's stripe lock.
+    """
+
+    def __init__(self, table: "Table") -> None:
+        self.table = table
+        self.key_size = table.key_size
+        self.seed = table._seed
+        # For the core's own encoder (common keys): the hash function it
+        # calls with (encoded, seed), and insert_encoded below.
+        self.xxh3 = xxhash.xxh3_64_intdigest
+
+    def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int, bool]]:
+        return self.table._locate(key, create)   # the core keeps (slot, state)
+
+    def insert_encoded(self, encoded: bytes, h: int) -> Tuple[int, int, bool]:
+        """Insert an already encoded and hashed key the core found absent."""
+        return self.table._insert(encoded, h)
+
+    def insert_with(self, key: Any, word0: int) -> bool:
+        """Insert ``key`` with ``word0`` if absent; True if this call created it."""
+        return self.table._locate(key, True, word0=word0)[2]
+
+
+class Table(BaseTable):
+    """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
+
+    layout: Layout
+
+    def __init__(self, segment: Segment) -> None:
+        header = segment.header
+        self.name: str = segment.name
+        self.layout = segment.layout
+        self.capacity: int = header["capacity"]
+        self.key_size: int = header["key_size"]
+        self._segment = segment
+        self._seed: int = header["seed"]
+        self._resolver = _Resolver(self)
+        self._core = _core.Core(
+            segment.mm, header["nslots"], header["slot_size"], header["key_size"],
+            header["extra_size"], header["nstripes"], header["capacity"],
+            header["stripes_offset"], header["data_offset"], self.layout.default_word0(),
+            self.layout.default_extra(), self._resolver, CACHE_LIMIT)
+        self._stripes = Stripes(self._core, segment.semaphores)
+        self._nstripes: int = header["nstripes"]
+        self._default_word0 = self.layout.default_word0()
+        self._default_extra = self.layout.default_extra()
+        self._closed = False
+
+    # ------------------------------------------------------------------ keys
+    def _encode(self, key: Any) -> Tuple[bytes, int]:
+        encoded = encode_key(key, self.key_size)
+        return encoded, xxhash.xxh3_64_intdigest(encoded, self._seed)
+
+    def _locate(self, key: Any, create: bool, word0: Optional[int] = None,
+                extra: Optional[bytes] = None) -> Optional[Tuple[int, int, bool]]:
+        """(slot, state, created) of ``key``; None if absent and not ``create``.
+
+        A key created here starts with ``word0`` and ``extra`` (default: the
+        layout's defaults) in one insert, so no other process sees it otherwise.
+        """
+        if self._closed:
+            self._check_open()
+        encoded = encode_key(key, self.key_size)
+        h = xxhash.xxh3_64_intdigest(encoded, self._seed)
+        found = self._core.find(encoded, h)
+        if found is not None:
+            return found[0], found[1], False
+        if not create:
+            return None
+        return self._insert(encoded, h, word0, extra)
+
+    def _insert(self, encoded: bytes, h: int, word0: Optional[int] = None,
+                extra: Optional[bytes] = None) -> Tuple[int, int, bool]:
+        """Insert an encoded key under its stripe lock: (slot, state, created).
+
+        Under the lock the core looks once more, so a key another process
+        inserted meanwhile is returned (created False), never inserted twice.
+        """
+        if word0 is None:
+            word0 = self._default_word0
+        if extra is None:
+            extra = self._default_extra
+        stripe = h % self._nstripes
+        self._stripes.acquire(stripe)     # try/finally: a context manager costs 1.5 us
+        try:
+            result = self._core.insert(encoded, h, word0, extra)
+        finally:
+            self._stripes.release(stripe)
+        if result is None:
+            live, _ = self._core.counts()
+            raise TableFull(f"table {self.name!r} is full: {live} of {self.capacity} keys "
+                            f"in use; delete keys or open a table with a larger capacity")
+        return result
+
+    # ------------------------------------------- BaseTable's primitives
+    def _create(self, key: Key) -> bool:
+        return self._locate(key, True)[2]  # type: ignore[index]
+
+    def _touch(self, key: Key) -> None:
+        self._core.locate(key, True)       # through the key cache, in C
+
+    def _remove(self, key: Key) -> Tuple[bool, Any]:
+        self._check_open()
+        encoded, h = self._encode(key)
+        stripe = h % self._nstripes
+        while True:
+            found = self._core.find(encoded, h)
+            if found is None:
+                return False, self._default_snapshot()
+            slot, state = found
+            self._stripes.acquire(stripe)
+            try:
+                outcome = self._delete_slot(slot, state, stripe)
+            finally:
+                self._stripes.release(stripe)
+            if outcome is not _STALE:
+                return True, outcome
+            self._wait_before_retry(slot, state)
+
+    def _wait_before_retry(self, slot: int, state: int) -> None:
+        """Between delete attempts, outside the stripe: wait for what blocked it."""
+
+    def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
+        """Tombstone a slot (stripe held); the snapshot, or ``_STALE`` to retry."""
+        code, word0 = self._core.delete(slot, state, stripe, DELETE_IF_FREE)
+        if code == Outcome.STALE:
+            return _STALE
+        if code == Outcome.BUSY:
+            raise LockHeld(f"key in table {self.name!r} is locked by pid "
+                           f"{_core.id_pid(word0)}; release it before deleting it")
+        return self._snapshot_of_word0(word0)
+
+    # ----------------------------------------------------------------- Range
+    def _entries(self) -> Iterator[Tuple[Key, int, int]]:
+        for slot, state, encoded in self._core.published():
+            yield decode_key(encoded), slot, state
+
+    def keys(self) -> List[Key]:
+        """A snapshot list of the keys (never creates)."""
+        self._check_open()
+        return [key for key, _, _ in self._entries()]
+
+    def items(self) -> List[Tuple[Key, Any]]:
+        """A snapshot list of ``(key, value snapshot)`` (never creates)."""
+        self._check_open()
+        out = []
+        for key, slot, state in self._entries():
+            value = self._snapshot_at(slot, state)
+            if value is not _STALE:
+                out.append((key, value))
+        return out
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._core.counts()[0]
+
+    def __contains__(self, key: object) -> bool:
+        self._check_open()
+        try:
+            return self._core.locate(key, False) is not None
+        except (TypeError, KeyTooLong):
+            return False            # not a key, or too long to be one here
+
+    # ------------------------------------------------------- layout hooks
+    def _default_snapshot(self) -> Any:
+        return self._snapshot_of_word0(self.layout.default_word0())
+
+    def _snapshot_of_word0(self, word0: int) -> Any:
+        return word0
+
+    def _snapshot_at(self, slot: int, state: int) -> Any:
+        word0 = self._core.word0(slot, state)
+        return _STALE if word0 is None else self._snapshot_of_word0(word0)
+
+    # --------------------------------------------------------- inspection
+    def check(self) -> Report:
+        """A consistency report of the whole table (truthy when consistent)."""
+        return check_table(self)
+
+    def stats(self) -> Dict[str, Any]:
+        """Numbers for ``shmdict stat``: counts, load, stripes and their holders."""
+        self._check_open()
+        header = self._segment.header
+        live, tombstones = self._core.counts()
+        holders = {}
+        for i in range(self._nstripes):
+            holder = self._core.stripe_holder(i)
+            if holder:
+                holders[i] = {"pid": _core.id_pid(holder), "alive": _core.id_alive(holder)}
+        return {"name": self.name, "layout": repr(self.layout), "capacity": self.capacity,
+                "key_size": self.key_size, "live": live, "tombstones": tombstones,
+                "slots": header["nslots"], "slot_size": header["slot_size"],
+                "bytes": header["size"], "load_factor": (live + tombstones) / header["nslots"],
+                "stripes": self._nstripes, "stripe_holders": holders,
+                "created": header["created"]}
+
+    # ---------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Detach from the table (the table itself stays)."""
+        if not self._closed:
+            self._closed = True
+            self._core.close()
+            self._segment.close()
+
+    def unlink(self) -> None:
+        """Destroy the table: its segment and semaphores.  Also closes it."""
+        destroy(self.name)
+        self.close()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self)._reattach, (self.name, self.layout, self.capacity, self.key_size))
+
+    @classmethod
+    def _reattach(cls, name: str, layout: Layout, capacity: int, key_size: int) -> "Table":
+        """Unpickling a table: attach to it (never silently create a new one)."""
+        return cls(Segment.open(name, Geometry(layout, capacity, key_size), create=False))
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Stale:
+    """Marker: the slot changed under a snapshot; skip or retry."""
+
+    def __repr__(self) -> str:
+        return "<stale>"
+
+
+_STALE: Any = _Stale()
