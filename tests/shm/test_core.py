@@ -1,4 +1,4 @@
-"""Regressions from a review of shmdict/_core.c.
+"""The C core object itself: its lifecycle, its buffers, calls racing a close.
 
 Crash cases run in a child interpreter, so that a segfault shows up as a
 failed test (a negative return code) instead of killing the test worker.
