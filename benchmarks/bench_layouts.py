@@ -28,16 +28,8 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from harness import (
-    calibrate,
-    calibrate_counted,
-    loop_over,
-    machine_summary,
-    measure,
-    median_parallel,
-    ns_row,
-    results_table,
-)
+from harness import (calibrate, calibrate_counted, loop_over, machine_summary, measure,
+                     median_parallel, ns_row, results_table)
 
 import shmdict
 

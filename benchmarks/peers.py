@@ -44,14 +44,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from harness import (
-    calibrate_counted,
-    loop_over,
-    machine_summary,
-    markdown_table,
-    measure,
-    median_parallel,
-)
+from harness import (calibrate_counted, loop_over, machine_summary, markdown_table, measure,
+                     median_parallel)
 
 import shmdict
 

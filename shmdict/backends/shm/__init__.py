@@ -18,7 +18,21 @@ This module is the backend's entry: :func:`open_table`, :func:`attach_table`,
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional
+
+try:
+    from . import _core
+except ImportError:
+    # Python's own message here ("cannot import name '_core' from partially
+    # initialized module") sends people after a circular import that is not
+    # there; say what actually happened instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    raise ImportError(
+        f"shmdict's C core is not built in {_here}. If this is the source tree "
+        f"(Python imports it first when run from the repository root), either "
+        f"build it in place with `pip install -e .` here, or run Python from "
+        f"another directory to use the installed shmdict.") from None
 
 from ...layouts import Layout
 from .counter import CounterTable
