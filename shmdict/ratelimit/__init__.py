@@ -73,18 +73,19 @@ a clock tests move by hand.  The clock must be shared by all processes that
 use the table (a simulated clock is, when it never moves, or when a single
 process uses it).
 """
-from .limiters import (
-                       Clock,
-                       FixedWindowLimiter,
-                       RateLimiter,
-                       RateLimitResult,
-                       SimulatedClock,
-                       SlidingWindowLimiter,
-                       monotonic_clock,
-                       sweep_table,
-)
-from .rules import NS, emission_interval_ns, gcra_step
+from .limiters import (Clock, FixedWindowLimiter, RateLimiter, RateLimitResult,
+                       SimulatedClock, SlidingWindowLimiter, monotonic_clock, sweep_table)
+from .rules import (FW_COUNT_BITS, FW_COUNT_MAX, NS, SW_COUNT_BITS, SW_COUNT_MAX, SW_INDEX_MOD,
+                    emission_interval_ns, fixed_window_merge, fixed_window_open,
+                    fixed_window_pack, fixed_window_unpack, gcra_merge, gcra_step,
+                    sliding_window_merge, sliding_window_pack, sliding_window_unpack,
+                    sliding_window_weighted)
 
 __all__ = ["RateLimiter", "FixedWindowLimiter", "SlidingWindowLimiter", "RateLimitResult",
-           "SimulatedClock", "Clock", "monotonic_clock", "sweep_table", "NS",
-           "emission_interval_ns", "gcra_step"]
+           "SimulatedClock", "Clock", "monotonic_clock", "sweep_table",
+           # the rules, for storages and backends that keep the same states
+           "NS", "emission_interval_ns", "gcra_step", "gcra_merge",
+           "FW_COUNT_BITS", "FW_COUNT_MAX", "fixed_window_open", "fixed_window_pack",
+           "fixed_window_unpack", "fixed_window_merge",
+           "SW_COUNT_BITS", "SW_COUNT_MAX", "SW_INDEX_MOD", "sliding_window_pack",
+           "sliding_window_unpack", "sliding_window_weighted", "sliding_window_merge"]
