@@ -119,3 +119,11 @@ def test_no_tables_left_behind():
         (f"bench.peers.{os.getpid()}", f"bench.core.{os.getpid()}",
          f"bench.layouts.{os.getpid()}"))]
     assert not leftovers
+
+
+def test_bench_redis_runs(redis_url, capsys):
+    """benchmarks/bench_redis.py at a tiny size, so it cannot rot."""
+    module = load("bench_redis")
+    assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002"]) == 0
+    out = capsys.readouterr().out
+    assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out

@@ -144,17 +144,3 @@ def test_one_round_trip_per_verb(redis_url, name, monkeypatch):
     finally:
         d.unlink()
         shmdict.unlink(name + ".s", backend=redis_url)
-
-
-def test_bench_redis_runs(redis_url, capsys):
-    """benchmarks/bench_redis.py at a tiny size, so it cannot rot."""
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "bench_redis.py")
-    spec = importlib.util.spec_from_file_location("_bench_redis", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002"]) == 0
-    out = capsys.readouterr().out
-    assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out
