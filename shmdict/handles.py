@@ -88,7 +88,7 @@ class LockHandle:
     ``_release_lock(key, shared)`` one of OK or NOT_OWNER.
     """
 
-    __slots__ = ("_table", "_key", "_shared", "recovered")
+    __slots__ = ("_table", "_key", "_shared", "recovered", "_holding")
 
     def __init__(self, table: Any, key: Key, shared: bool = False) -> None:
         self._table = table
@@ -96,6 +96,7 @@ class LockHandle:
         self._shared = shared
         #: True when the last acquire inherited the lock from a dead owner.
         self.recovered = False
+        self._holding = False       # acquired through this handle, not released
 
     @property
     def key(self) -> Key:
@@ -109,11 +110,12 @@ class LockHandle:
             if timeout < 0:
                 raise ValueError("timeout value must be a non-negative number or -1")
         code = self._table._acquire_lock(self._key, blocking, timeout, self._shared)
+        if code == Outcome.TIMEOUT:
+            return False
+        self._holding = True
         if code == Outcome.OK:
             self.recovered = False
             return True
-        if code == Outcome.TIMEOUT:
-            return False
         self.recovered = True                   # Outcome.RECOVERED
         warnings.warn(OwnerDiedWarning(
             f"lock {self._key!r} in table {self._table.name!r} was inherited from "
@@ -123,6 +125,7 @@ class LockHandle:
 
     def release(self) -> None:
         """Release; ``RuntimeError`` (``shmdict.NotOwner``) if this process doesn't hold it."""
+        self._holding = False
         if self._table._release_lock(self._key, self._shared) != Outcome.OK:
             raise NotOwner(f"release of lock {self._key!r}, which this process does not hold"
                            f"{self._table._not_held_because}")
@@ -140,6 +143,19 @@ class LockHandle:
     def readers(self) -> List[int]:
         """Pids holding the lock in shared mode (``rw=True`` tables)."""
         return self._table.readers(self._key)
+
+    @property
+    def held_by_me(self) -> bool:
+        """Whether this process holds this side of the lock now."""
+        return self._table.held_by_me(self._key, self._shared)
+
+    @property
+    def lease_lost(self) -> bool:
+        """True when this handle acquired the lock, has not released it, and no
+        longer holds it: on Redis its lease ran out while the process was
+        paused or cut off from the server, and another process may hold the
+        lock now, so what it protects must not be written as its holder."""
+        return self._holding and not self.held_by_me
 
     def read(self) -> "LockHandle":
         """The shared side of an ``rw=True`` lock: ``with d[key].read(): ...``."""

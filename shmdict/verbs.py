@@ -8,6 +8,7 @@ mixins placed before the backend's table class.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .handles import CounterHandle, LockHandle, StructHandle
@@ -34,7 +35,8 @@ class CounterVerbs:
 
 
 class LockVerbs:
-    """Lock tables hand out :class:`~shmdict.handles.LockHandle` objects."""
+    """Lock tables hand out :class:`~shmdict.handles.LockHandle` objects, on
+    top of the table's ``owner`` and ``readers``."""
 
     #: How an inherited lock is described in OwnerDiedWarning, and why a
     #: release can find the lock not held (backends say more).
@@ -43,6 +45,14 @@ class LockVerbs:
 
     def _handle(self, key: Key) -> LockHandle:
         return LockHandle(self, key)
+
+    def held_by_me(self, key: Key, shared: bool = False) -> bool:
+        """Whether this process holds ``key``'s lock (exclusively, or with
+        ``shared`` in shared mode).  On one host a pid names one process; a
+        backend whose holders live on several hosts compares more."""
+        pid = os.getpid()
+        return pid in self.readers(key) if shared else \
+            self.owner(key) == pid  # type: ignore[attr-defined]
 
 
 class StructVerbs:

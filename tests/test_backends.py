@@ -270,6 +270,20 @@ def _hold_lock_forever(table, key, ready):
     time.sleep(600)
 
 
+def test_lock_ownership_questions(open_table):
+    locks = open_table(shmdict.Lock(rw=True))
+    h = locks["row"]
+    assert not h.held_by_me and not h.lease_lost and not locks.held_by_me("row")
+    with h:
+        assert h.held_by_me and locks.held_by_me("row") and not h.lease_lost
+        assert not locks.held_by_me("row", shared=True)
+    assert not h.held_by_me and not h.lease_lost
+    with h.read() as reading:
+        assert reading.held_by_me and locks.held_by_me("row", shared=True)
+        assert not locks.held_by_me("row")
+    assert not locks.held_by_me("row", shared=True)
+
+
 def test_lock_basics(open_table):
     locks = open_table(shmdict.Lock())
     h = locks["row"]

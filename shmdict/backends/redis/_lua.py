@@ -116,6 +116,15 @@ local function held_by_other(raw, tok, now)
   return s.w ~= nil and s.w ~= tok and s.x >= now
 end
 
+-- A writer that finds field f's record lease expired takes it over: the
+-- lease is dropped, so its stopped holder can neither renew nor commit it.
+local function drop_expired_rlock(f, raw, now)
+  if raw and raw ~= '' then
+    local s = lease_load(raw)
+    if s.w ~= nil and s.x < now then redis.call('HDEL', RLOCK, f) end
+  end
+end
+
 -- Take a lease in `hash` at field f: returns {1, died} or {0, ms until the
 -- blocking lease expires}.
 local function lease_take(hash, f, tok, lease, shared)
@@ -187,7 +196,9 @@ if type(r) == 'table' and r.err then
   if st == 'created' then redis.call('HDEL', DATA, ARGV[1]) end
   return redis.error_reply('SHMDICT_OVERFLOW')
 end
-return r
+-- The new value as stored (a decimal string): HINCRBY's reply became a Lua
+-- double, exact only up to 2^53.
+return redis.call('HGET', DATA, ARGV[1])
 """)
 
 # Create-or-overwrite; returns the previous value (the default if created).
@@ -295,9 +306,11 @@ while i <= #ARGV do
   local ok = 0
   if raw and raw ~= '' then
     local s = lease_load(raw)
+    -- Only a lease still live is renewed: one that expired while its holder
+    -- was stopped or cut off may have been taken over, or written past.
     if shared then
-      if s.r[tok] then s.r[tok][2] = now + lease; ok = 1 end
-    elseif s.w == tok then
+      if s.r[tok] and s.r[tok][2] >= now then s.r[tok][2] = now + lease; ok = 1 end
+    elseif s.w == tok and s.x >= now then
       s.x = now + lease; ok = 1
     end
     if ok == 1 then lease_save(hash, f, s) end
@@ -342,6 +355,7 @@ STRUCT_SET = _script("struct_set", r"""
 local now = now_ms()
 local raw = redis.call('HGET', RLOCK, ARGV[1])
 if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+drop_expired_rlock(ARGV[1], raw, now)
 put(ARGV[1], ARGV[3])
 return 1
 """)
@@ -351,6 +365,7 @@ STRUCT_CAS = _script("struct_cas", r"""
 local now = now_ms()
 local raw = redis.call('HGET', RLOCK, ARGV[1])
 if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+drop_expired_rlock(ARGV[1], raw, now)
 return cas_field(ARGV[1], ARGV[3], ARGV[4], ARGV[5] == '1')
 """)
 
@@ -364,11 +379,18 @@ if got[1] == 0 then return got end
 return {1, got[2], redis.call('HGET', DATA, ARGV[1])}
 """)
 
-# Finish update(): write the record and drop the lease, if still ours.
-# ARGV: field, token, bytes.  1, or 0 when the lease was lost.
+# Finish update(): write the record and drop the lease, if it is still ours
+# and live.  ARGV: field, token, bytes.  1, or 0 when the lease was lost
+# (taken over, or expired: a write may have slipped past it).
 STRUCT_COMMIT = _script("struct_commit", r"""
-local s = lease_load(redis.call('HGET', RLOCK, ARGV[1]))
+local now = now_ms()
+local raw = redis.call('HGET', RLOCK, ARGV[1])
+local s = lease_load(raw)
 if s.w ~= ARGV[2] then return 0 end
+if s.x < now then          -- expired: others may have written past it
+  redis.call('HDEL', RLOCK, ARGV[1])
+  return 0
+end
 redis.call('HDEL', RLOCK, ARGV[1])
 if redis.call('EXISTS', META) == 0 then return redis.error_reply('SHMDICT_NOTABLE') end
 redis.call('HSET', DATA, ARGV[1], ARGV[3])
@@ -381,6 +403,7 @@ STRUCT_TAKE = _script("struct_take", r"""
 local now = now_ms()
 local raw = redis.call('HGET', RLOCK, ARGV[1])
 if held_by_other(raw, ARGV[2], now) then return {'busy', lease_load(raw).x - now} end
+drop_expired_rlock(ARGV[1], raw, now)
 local v = redis.call('HGET', DATA, ARGV[1])
 redis.call('HDEL', DATA, ARGV[1])
 redis.call('HDEL', RLOCK, ARGV[1])

@@ -517,7 +517,7 @@ class RedisCounterTable(CounterVerbs, RedisTable):
 
     def add(self, key: Key, n: int = 1) -> int:
         """Atomically add ``n`` (get-or-create at 0); return the new value."""
-        return self._eval(_lua.COUNTER_ADD, self._field(key), _int64(n, "increment"))
+        return int(self._eval(_lua.COUNTER_ADD, self._field(key), _int64(n, "increment")))
 
     def read(self, key: Key) -> Tuple[int, bool]:
         """``(value, exists)``; a missing key reads ``(0, False)`` and is not created."""
@@ -595,9 +595,19 @@ class RedisLockTable(LockVerbs, RedisTable):
         return (info[0] or None), info[1:]
 
     def owner(self, key: Key) -> Optional[int]:
-        """The pid holding ``key``'s lock, or None (never creates the key)."""
+        """The pid holding ``key``'s lock, or None (never creates the key).
+
+        A pid alone names a process only on its own host: ask
+        :meth:`held_by_me` whether this process holds it.
+        """
         token = self._holders(key)[0]
         return None if token is None else token_pid(token)
+
+    def held_by_me(self, key: Key, shared: bool = False) -> bool:
+        """Whether this process holds a live lease on ``key`` (the exclusive
+        side, or with ``shared`` the shared one), judged by its whole token."""
+        writer, readers = self._holders(key)
+        return process_token() in readers if shared else writer == process_token()
 
     # LockHandle's hooks.
     _inherited_from = "a holder whose lease expired (it died or lost the server)"
