@@ -12,28 +12,16 @@
  *   - the small "admission" spinlock that keeps the live count exact;
  *   - repairing a stripe after its holder died.
  *
- * Segment geometry (all offsets in bytes, all little-endian native words):
- *
- *   header       see HDR_* below; written by Python, magic published last
- *   stripe table nstripes records of STRIPE_SIZE bytes: holder id, live count
- *   slot array   nslots slots of slot_size bytes, 16-byte aligned:
- *                  [ state u64 | word0 i64 | key bytes (key_area) | extra ]
- *   reach array  nslots u16: reach[h] is the farthest any key whose probe
- *                sequence starts at slot h was ever placed from h
+ * The segment's format (header, stripe records, slots, reach array, the
+ * state-word and lock-word bits, the geometry rule and the format version)
+ * is defined once, in format.h; see there.  The module exports every offset
+ * and constant Python needs from it (HEADER_FIELDS, MAGIC, ...).
  *
  * Lookups stop at an empty slot or past reach[home], whichever comes first.
  * Deleted slots become tombstones, never empty again (a lock-free reader
  * could otherwise stop short of a key), so under churn the empty slots run
  * out; reach keeps a miss short all the same: it only grows to the worst
  * clustering the table ever had, which at load 0.75 is a few dozen slots.
- *
- * The state word of a slot packs, from the low bits up:
- *
- *   bits  0..1   kind: EMPTY, CLAIMED, PUBLISHED, TOMBSTONE
- *   bits  2..19  generation, bumped on every publish (defeats ABA on reuse)
- *   bits 20..31  key length in bytes
- *   bits 32..63  for PUBLISHED: the high 32 bits of the key's hash
- *                for CLAIMED:   the index of the stripe whose holder claimed it
  *
  * "word0" is the first 8 bytes of the value area and sits right after the
  * state word, so the pair (state, word0) can be changed by one 16-byte
@@ -64,28 +52,24 @@
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
-/* Layout constants shared with shmdict/segment.py                          */
+/* The segment format (format.h owns it; short names for this file)         */
 /* ------------------------------------------------------------------------ */
 
-#define HDR_LIVE        80   /* i64: reserved + published keys (admission)  */
-#define HDR_TOMBSTONES  88   /* i64: tombstoned slots                       */
-#define HDR_ADMIT       96   /* u64: admission spinlock holder id           */
-#define STRIPE_SIZE     64   /* one cache line per stripe                   */
-#define STRIPE_HOLDER    0   /* u64: id of the process holding the stripe   */
-#define STRIPE_LIVE      8   /* i64: published keys whose hash is in stripe */
+#include "format.h"
 
-#define KIND_EMPTY      0u
-#define KIND_CLAIMED    1u
-#define KIND_PUBLISHED  2u
-#define KIND_TOMBSTONE  3u
+#define KIND_EMPTY      SHMDICT_KIND_EMPTY
+#define KIND_CLAIMED    SHMDICT_KIND_CLAIMED
+#define KIND_PUBLISHED  SHMDICT_KIND_PUBLISHED
+#define KIND_TOMBSTONE  SHMDICT_KIND_TOMBSTONE
+#define GEN_SHIFT       SHMDICT_GEN_SHIFT
+#define GEN_MASK        SHMDICT_GEN_MASK
+#define KLEN_SHIFT      SHMDICT_KLEN_SHIFT
+#define KLEN_MASK       SHMDICT_KLEN_MASK
+#define TAG_SHIFT       SHMDICT_TAG_SHIFT
+#define PID_MASK        SHMDICT_PID_MASK
+#define WAITERS_BIT     SHMDICT_WAITERS_BIT
 
-#define GEN_SHIFT       2
-#define GEN_MASK        0x3ffffu
-#define KLEN_SHIFT      20
-#define KLEN_MASK       0xfffu
-#define TAG_SHIFT       32
-
-static inline unsigned st_kind(uint64_t s) { return (unsigned)(s & 3u); }
+static inline unsigned st_kind(uint64_t s) { return (unsigned)(s & SHMDICT_KIND_MASK); }
 static inline uint64_t st_gen(uint64_t s) { return (s >> GEN_SHIFT) & GEN_MASK; }
 static inline uint64_t st_klen(uint64_t s) { return (s >> KLEN_SHIFT) & KLEN_MASK; }
 static inline uint64_t st_high(uint64_t s) { return s >> TAG_SHIFT; }
@@ -96,14 +80,6 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
     return (uint64_t)kind | ((gen & GEN_MASK) << GEN_SHIFT)
            | ((klen & KLEN_MASK) << KLEN_SHIFT) | (high << TAG_SHIFT);
 }
-
-/* Lock words (Lock layout and the Struct record lock) hold an owner id:
- * pid in the low 30 bits, a "waiters" flag in bit 30 (so the futex word, the
- * low 32 bits, changes whenever it matters), the low 32 bits of the owner's
- * start time in the high 32 bits (so a reused pid is not taken for the
- * owner).  Linux pids are below 2^22, so 30 bits are plenty. */
-#define PID_MASK        0x3fffffffull
-#define WAITERS_BIT     0x40000000ull
 
 /* Return codes of the lock and value primitives, mirrored in _core.pyi. */
 #define RC_OK            0
@@ -272,7 +248,8 @@ typedef struct {
     char *base;
     uint64_t nslots, slot_size, key_size, key_area, extra_size;
     uint64_t nstripes, capacity, stripes_offset, data_offset;
-    char *stripes;
+    struct shmdict_header *header;
+    struct shmdict_stripe *stripes;
     char *slots;
     uint16_t *reach;         /* nslots entries, see the header comment      */
     int64_t init_word0;      /* default of word0 for a new key             */
@@ -286,11 +263,14 @@ typedef struct {
 } Core;
 
 static inline char *slot_at(Core *c, uint64_t i) { return c->slots + i * c->slot_size; }
-static inline char *slot_key(char *slot) { return slot + 16; }
-static inline char *slot_extra(Core *c, char *slot) { return slot + 16 + c->key_area; }
-static inline int64_t *word0_of(char *slot) { return (int64_t *)(slot + 8); }
-static inline char *stripe_at(Core *c, uint64_t i) { return c->stripes + i * STRIPE_SIZE; }
-static inline int64_t *hdr_i64(Core *c, size_t off) { return (int64_t *)(c->base + off); }
+static inline char *slot_key(char *slot)
+{ return slot + offsetof(struct shmdict_slot, key); }
+static inline char *slot_extra(Core *c, char *slot)
+{ return slot_key(slot) + c->key_area; }
+static inline uint64_t *word0_of(char *slot)
+{ return (uint64_t *)(slot + offsetof(struct shmdict_slot, word0)); }
+static inline struct shmdict_stripe *stripe_at(Core *c, uint64_t i)
+{ return &c->stripes[i]; }
 
 /* Which stripe serialises inserts and deletes of a hash. */
 static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; }
@@ -300,13 +280,11 @@ static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; 
 static inline uint64_t home_of(Core *c, uint64_t h)
 { return (uint64_t)(((u128)h * c->nslots) >> 64); }
 
-#define REACH_UNBOUNDED 0xffffu
-
 /* How many slots past `home` a lookup must probe (bounded by the table). */
 static inline uint64_t reach_limit(Core *c, uint64_t home)
 {
     uint16_t r = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
-    return (r == REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
+    return (r == SHMDICT_REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
 }
 
 /* Record that a key with this home now sits `distance` slots past it.  The
@@ -314,7 +292,7 @@ static inline uint64_t reach_limit(Core *c, uint64_t home)
  * sees the key also sees a reach that covers it. */
 static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
 {
-    uint16_t want = distance >= REACH_UNBOUNDED ? REACH_UNBOUNDED : (uint16_t)distance;
+    uint16_t want = distance >= SHMDICT_REACH_UNBOUNDED ? SHMDICT_REACH_UNBOUNDED : (uint16_t)distance;
     uint16_t cur = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
     while (cur < want &&
            !__atomic_compare_exchange_n(&c->reach[home], &cur, want, 0,
@@ -349,25 +327,23 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
         return -1;
     self->has_view = 1;
 
-    /* Check the geometry against the mapping, so that no index computed
-     * below can ever leave it. */
-    uint64_t key_area = (key_size + 7) & ~7ull;
+    /* Check the geometry against the format (format.h's one rule) and the
+     * mapping, so that no index computed below can ever leave it. */
+    uint64_t key_area = shmdict_round_up(key_size, SHMDICT_AREA_ALIGN);
     uint64_t size = (uint64_t)self->view.len;
+    struct shmdict_geometry g;
     const char *bad = NULL;
-    if (((uintptr_t)self->view.buf & 63) != 0) bad = "mapping is not 64-byte aligned";
-    else if (nslots == 0 || nslots > (1ull << 40)) bad = "slot count out of range";
-    else if (key_size == 0 || key_size > KLEN_MASK) bad = "key size out of range";
-    else if (extra_size % 8 != 0 || extra_size > (1u << 20)) bad = "value size out of range";
-    else if (slot_size % 16 != 0 || slot_size < 16 + key_area + extra_size) bad = "slot size too small";
-    else if (nstripes == 0 || nstripes > 65536) bad = "stripe count out of range";
-    else if (capacity == 0 || capacity > nslots) bad = "capacity out of range";
-    else if (stripes_offset < 128 || stripes_offset % 64 != 0) bad = "stripe table misplaced";
-    else if (stripes_offset > size || nstripes * STRIPE_SIZE > size - stripes_offset)
-        bad = "stripe table exceeds the mapping";  /* before the sum below can wrap */
-    else if (stripes_offset + nstripes * STRIPE_SIZE > data_offset) bad = "stripe table overlaps slots";
-    else if (data_offset % 64 != 0) bad = "slot array misaligned";
-    else if (data_offset > size || nslots > (size - data_offset) / (slot_size + 2)) bad = "slot array exceeds the mapping";
-    else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size) bad = "default value has the wrong size";
+    if (((uintptr_t)self->view.buf & (SHMDICT_DATA_ALIGN - 1)) != 0)
+        bad = "mapping is not 64-byte aligned";
+    else if (!shmdict_geometry(capacity, key_size, extra_size, nstripes, &g))
+        bad = "capacity, key size, value size or stripe count out of range";
+    else if (nslots != g.nslots || slot_size != g.slot_size
+             || stripes_offset != g.stripes_offset || data_offset != g.data_offset)
+        bad = "slot count, slot size or offsets do not follow the format";
+    else if (size < g.size)
+        bad = "the segment is smaller than its geometry";
+    else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size)
+        bad = "default value has the wrong size";
     if (bad) {
         /* Give the buffer back: a Core left with has_view set but no base
          * would dereference NULL on its next call. */
@@ -385,7 +361,8 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->capacity = capacity;
     self->stripes_offset = stripes_offset;
     self->data_offset = data_offset;
-    self->stripes = self->base + stripes_offset;
+    self->header = (struct shmdict_header *)self->base;
+    self->stripes = (struct shmdict_stripe *)(self->base + stripes_offset);
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->init_word0 = init_word0;
@@ -550,7 +527,7 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
 /* Admission: the exact live count                                          */
 /* ------------------------------------------------------------------------ */
 
-/* The global live count (HDR_LIVE) decides TableFull, so a key must reserve
+/* The global live count (header.live) decides TableFull, so a key must reserve
  * its place before it claims a slot, and concurrent inserts never overshoot.
  * Each stripe also keeps its own live count, changed only by the stripe's
  * holder, so that after a crash the stripe can be recounted exactly.  The two
@@ -569,7 +546,7 @@ static void
 admit_lock(Core *c)
 {
     uint64_t me = my_id();
-    uint64_t *word = (uint64_t *)(c->base + HDR_ADMIT);
+    uint64_t *word = &c->header->admit;
     uint64_t stuck_word = 0;
     double stuck_since = 0;
     for (unsigned long spins = 0;; spins++) {
@@ -590,8 +567,8 @@ admit_lock(Core *c)
                 if (cas64(word, &expected, me)) {
                     int64_t sum = 0;
                     for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(stripe_at(c, s) + STRIPE_LIVE);
-                    store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)sum);
+                        sum += (int64_t)load_acq(&stripe_at(c, s)->live);
+                    store_rel(&c->header->live, (uint64_t)sum);
                     return;
                 }
             }
@@ -603,7 +580,7 @@ admit_lock(Core *c)
 static void
 admit_unlock(Core *c)
 {
-    store_rel(c->base + HDR_ADMIT, 0);
+    store_rel(&c->header->admit, 0);
 }
 
 /* Reserve room for one more key in `stripe`; 0 when the table is full. */
@@ -612,10 +589,10 @@ admit_reserve(Core *c, uint64_t stripe)
 {
     int ok = 0;
     admit_lock(c);
-    int64_t live = (int64_t)load_acq(hdr_i64(c, HDR_LIVE));
+    int64_t live = (int64_t)load_acq(&c->header->live);
     if (live >= 0 && (uint64_t)live < c->capacity) {
-        store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)(live + 1));
-        char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+        store_rel(&c->header->live, (uint64_t)(live + 1));
+        int64_t *sl = &stripe_at(c, stripe)->live;
         store_rel(sl, load_acq(sl) + 1);
         ok = 1;
     }
@@ -630,9 +607,9 @@ admit_adjust(Core *c, uint64_t stripe, int64_t delta)
     if (delta == 0)
         return;
     admit_lock(c);
-    int64_t *live = hdr_i64(c, HDR_LIVE);
+    int64_t *live = &c->header->live;
     store_rel(live, (uint64_t)((int64_t)load_acq(live) + delta));
-    char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+    int64_t *sl = &stripe_at(c, stripe)->live;
     store_rel(sl, (uint64_t)((int64_t)load_acq(sl) + delta));
     admit_unlock(c);
 }
@@ -660,13 +637,13 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
             uint64_t claimed = st_make(KIND_CLAIMED, st_gen(s), 0, stripe);
             if (cas64(slot, &s, claimed)) {
                 if (kind == KIND_TOMBSTONE)
-                    __atomic_fetch_sub(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                    __atomic_fetch_sub(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
                 reach_extend(c, home, probes);   /* before the publish below */
                 memcpy(slot_key(slot), key, klen);
                 memset(slot_key(slot) + klen, 0, c->key_area - klen);
                 if (c->extra_size)
                     memcpy(slot_extra(c, slot), extra, c->extra_size);
-                store_rel(slot + 8, (uint64_t)word0);
+                store_rel(word0_of(slot), (uint64_t)word0);
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
                 store_rel(slot, published);
@@ -689,7 +666,7 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
     uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(state), 0, 0);
     if (!cas_pair(slot, state, word0, tomb, 0, NULL))
         return 0;
-    __atomic_fetch_add(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+    __atomic_fetch_add(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
     /* The stripe is that of the key's hash; the slot's state only keeps the
      * high 32 bits of it, so the caller's stripe index is recomputed by the
      * Python layer and passed through `stripe` in Core_delete. */
@@ -944,7 +921,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
 static inline int
 read_pair(char *slot, uint64_t state, int64_t *value)
 {
-    int64_t v = (int64_t)load_acq(slot + 8);
+    int64_t v = (int64_t)load_acq(word0_of(slot));
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (load_acq(slot) != state)
         return 0;
@@ -1449,7 +1426,7 @@ Core_delete(Core *self, PyObject *args)
             /* mode 2 released the record lock: wake its waiters, who then
              * see the slot changed (else they sleep out their slice). */
             if (mode != 0 && ((uint64_t)v & WAITERS_BIT))
-                futex_wake_all(slot + 8);
+                futex_wake_all(word0_of(slot));
             admit_adjust(self, stripe, -1);
             return Py_BuildValue("(iL)", RC_OK, (long long)v);
         }
@@ -1554,7 +1531,7 @@ Core_stripe_holder(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong(load_acq(stripe_at(self, i) + STRIPE_HOLDER));
+    return PyLong_FromUnsignedLongLong(load_acq(&stripe_at(self, i)->holder));
 }
 
 /* stripe_cas(i, expected, desired) -> bool.  desired == -1 means "me". */
@@ -1572,7 +1549,7 @@ Core_stripe_cas(Core *self, PyObject *args)
     }
     uint64_t want = desired == -1 ? my_id() : (uint64_t)desired;
     uint64_t e = expected;
-    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, want));
+    return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, want));
 }
 
 /* stripe_release(i) -> bool: clear the holder word if this process holds
@@ -1589,7 +1566,7 @@ Core_stripe_release(Core *self, PyObject *arg)
         return NULL;
     }
     uint64_t e = my_id();
-    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, 0));
+    return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, 0));
 }
 
 /* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
@@ -1614,7 +1591,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
         if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
             uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
             if (cas64(slot, &s, tomb)) {
-                __atomic_fetch_add(hdr_i64(self, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                __atomic_fetch_add(&self->header->tombstones, 1, __ATOMIC_ACQ_REL);
                 dropped++;
             }
         } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
@@ -1626,7 +1603,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
                 counted++;
         }
     }
-    int64_t have = (int64_t)load_acq(stripe_at(self, stripe) + STRIPE_LIVE);
+    int64_t have = (int64_t)load_acq(&stripe_at(self, stripe)->live);
     int64_t delta = counted - have;
     admit_adjust(self, stripe, delta);
     return Py_BuildValue("(LL)", dropped, (long long)delta);
@@ -1647,7 +1624,7 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
               int *interrupted)
 {
     char *slot = slot_at(c, i);
-    uint64_t *word = (uint64_t *)(slot + 8);
+    uint64_t *word = word0_of(slot);
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
     int recovered = 0;
@@ -1701,7 +1678,7 @@ owner_release(Core *c, uint64_t i, uint64_t s)
     if (!c->has_view)       /* closed while we waited: nothing to touch */
         return RC_STALE;
     char *slot = slot_at(c, i);
-    uint64_t *word = (uint64_t *)(slot + 8);
+    uint64_t *word = word0_of(slot);
     for (;;) {
         if (load_acq(slot) != s)
             return RC_STALE;
@@ -1779,7 +1756,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
                int *interrupted, int *recovered)
 {
     char *slot = slot_at(c, i);
-    uint64_t *writer = (uint64_t *)(slot + 8);
+    uint64_t *writer = word0_of(slot);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
     uint64_t ncells = c->extra_size / 8;
     uint64_t me = my_id();
@@ -2211,8 +2188,27 @@ static PyObject *
 Core_counts(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
-    return Py_BuildValue("(LL)", (long long)load_acq(hdr_i64(self, HDR_LIVE)),
-                         (long long)load_acq(hdr_i64(self, HDR_TOMBSTONES)));
+    return Py_BuildValue("(LL)", (long long)load_acq(&self->header->live),
+                         (long long)load_acq(&self->header->tombstones));
+}
+
+/* correct_tombstones(count) -> the count it replaces.  The tombstone count
+ * is statistics only (a process killed between a slot's CAS and the count's
+ * update leaves it off by one); check() recounts the slots and sets it. */
+static PyObject *
+Core_correct_tombstones(Core *self, PyObject *arg)
+{
+    long long count = PyLong_AsLongLong(arg);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "a tombstone count is >= 0");
+        return NULL;
+    }
+    int64_t old = __atomic_exchange_n(&self->header->tombstones, (int64_t)count,
+                                      __ATOMIC_ACQ_REL);
+    return PyLong_FromLongLong(old);
 }
 
 /* stripe_live(i) -> the stripe's own live count */
@@ -2227,7 +2223,7 @@ Core_stripe_live(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    return PyLong_FromLongLong((long long)load_acq(stripe_at(self, i) + STRIPE_LIVE));
+    return PyLong_FromLongLong((long long)load_acq(&stripe_at(self, i)->live));
 }
 
 static PyObject *
@@ -2311,6 +2307,8 @@ static PyMethodDef Core_methods[] = {
      "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "counts() -> (live, tombstones) from the header."},
+    {"correct_tombstones", (PyCFunction)Core_correct_tombstones, METH_O,
+     "correct_tombstones(count) -> old count: set the header's tombstone count."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
      "stripe_live(i) -> the live count kept by stripe i."},
     {"clear_cache", (PyCFunction)Core_clear_cache, METH_NOARGS,
@@ -2333,12 +2331,6 @@ static PyTypeObject CoreType = {
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_methods = Core_methods,
 };
-
-static PyObject *
-mod_my_id(PyObject *m, PyObject *Py_UNUSED(ignored))
-{
-    return PyLong_FromUnsignedLongLong(my_id());
-}
 
 static PyObject *
 mod_id_pid(PyObject *m, PyObject *arg)
@@ -2402,15 +2394,141 @@ mod_store_u64(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------ */
+/* The format, as Python sees it                                            */
+/* ------------------------------------------------------------------------ */
+
+/* geometry(capacity, key_size, extra_size, nstripes) -> {nslots, slot_size,
+ * stripes_offset, data_offset, size}: format.h's geometry rule, the one
+ * place a table's shape is computed (the creator's header and the
+ * attacher's check both come from it, and Core() checks against it). */
+static PyObject *
+mod_geometry(PyObject *m, PyObject *args)
+{
+    unsigned long long capacity, key_size, extra_size, nstripes;
+    if (!PyArg_ParseTuple(args, "KKKK", &capacity, &key_size, &extra_size, &nstripes))
+        return NULL;
+    struct shmdict_geometry g;
+    if (!shmdict_geometry(capacity, key_size, extra_size, nstripes, &g)) {
+        PyErr_Format(PyExc_ValueError,
+                     "no table has capacity %llu, key size %llu, value size %llu "
+                     "and %llu stripes (each must be in range)",
+                     capacity, key_size, extra_size, nstripes);
+        return NULL;
+    }
+    return Py_BuildValue("{sKsKsKsKsK}",
+                         "nslots", (unsigned long long)g.nslots,
+                         "slot_size", (unsigned long long)g.slot_size,
+                         "stripes_offset", (unsigned long long)g.stripes_offset,
+                         "data_offset", (unsigned long long)g.data_offset,
+                         "size", (unsigned long long)g.size);
+}
+
+/* A field of a format.h struct: its name, offset and `struct` module code. */
+struct field_desc {
+    const char *name;
+    size_t offset;
+    const char *code;
+};
+
+#define HEADER_FIELD(f, code) {#f, offsetof(struct shmdict_header, f), code}
+#define STRIPE_FIELD(f, code) {#f, offsetof(struct shmdict_stripe, f), code}
+#define SLOT_FIELD(f, code)   {#f, offsetof(struct shmdict_slot, f), code}
+
+_Static_assert(SHMDICT_SPEC_MAX == 894, "the spec field's struct code below");
+static const struct field_desc header_fields[] = {
+    HEADER_FIELD(magic, "Q"), HEADER_FIELD(version, "I"), HEADER_FIELD(header_size, "I"),
+    HEADER_FIELD(fingerprint, "Q"), HEADER_FIELD(capacity, "Q"), HEADER_FIELD(nslots, "Q"),
+    HEADER_FIELD(slot_size, "Q"), HEADER_FIELD(key_size, "Q"), HEADER_FIELD(extra_size, "Q"),
+    HEADER_FIELD(nstripes, "Q"), HEADER_FIELD(seed, "Q"), HEADER_FIELD(live, "q"),
+    HEADER_FIELD(tombstones, "q"), HEADER_FIELD(admit, "Q"),
+    HEADER_FIELD(stripes_offset, "Q"), HEADER_FIELD(data_offset, "Q"),
+    HEADER_FIELD(created, "Q"), HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "894s"),
+    {NULL, 0, NULL}};
+static const struct field_desc stripe_fields[] = {
+    STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};
+static const struct field_desc slot_fields[] = {
+    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), {NULL, 0, NULL}};
+
+/* {name: (offset, struct code)} for one of the tables above. */
+static PyObject *
+fields_dict(const struct field_desc *fields)
+{
+    PyObject *d = PyDict_New();
+    for (const struct field_desc *f = fields; d && f->name; f++) {
+        PyObject *v = Py_BuildValue("(ns)", (Py_ssize_t)f->offset, f->code);
+        if (v == NULL || PyDict_SetItemString(d, f->name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+/* PyModule_AddObject that takes `obj` in every case (NULL: already failed),
+ * as Python 3.13's PyModule_Add does. */
+static int
+module_add(PyObject *m, const char *name, PyObject *obj)
+{
+    if (obj == NULL)
+        return -1;
+    if (PyModule_AddObject(m, name, obj) < 0) {
+        Py_DECREF(obj);
+        return -1;
+    }
+    return 0;
+}
+
+/* Add the format's constants to the module; -1 with an exception set. */
+static int
+add_format_constants(PyObject *m)
+{
+    PyObject *kinds = Py_BuildValue("{isisisis}", KIND_EMPTY, "empty",
+                                    KIND_CLAIMED, "claimed", KIND_PUBLISHED, "published",
+                                    KIND_TOMBSTONE, "tombstone");
+    if (module_add(m, "KIND_NAMES", kinds) < 0
+            || module_add(m, "HEADER_FIELDS", fields_dict(header_fields)) < 0
+            || module_add(m, "STRIPE_FIELDS", fields_dict(stripe_fields)) < 0
+            || module_add(m, "SLOT_FIELDS", fields_dict(slot_fields)) < 0
+            || module_add(m, "MAGIC", PyLong_FromUnsignedLongLong(SHMDICT_MAGIC)) < 0
+            || module_add(m, "PID_MASK", PyLong_FromUnsignedLongLong(PID_MASK)) < 0
+            || module_add(m, "WAITERS_BIT", PyLong_FromUnsignedLongLong(WAITERS_BIT)) < 0)
+        return -1;
+    struct { const char *name; long value; } ints[] = {
+        {"FORMAT_VERSION", SHMDICT_FORMAT_VERSION},
+        {"HEADER_SIZE", SHMDICT_HEADER_SIZE},
+        {"SPEC_MAX", SHMDICT_SPEC_MAX},
+        {"HDR_LIVE", offsetof(struct shmdict_header, live)},
+        {"HDR_TOMBSTONES", offsetof(struct shmdict_header, tombstones)},
+        {"STRIPE_SIZE", sizeof(struct shmdict_stripe)},
+        {"SLOT_HEADER", SHMDICT_SLOT_HEADER},
+        {"MAX_STRIPES", SHMDICT_MAX_STRIPES},
+        {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
+        {"READER_CELLS", SHMDICT_READER_CELLS},
+        {"KIND_EMPTY", KIND_EMPTY},
+        {"KIND_CLAIMED", KIND_CLAIMED},
+        {"KIND_PUBLISHED", KIND_PUBLISHED},
+        {"KIND_TOMBSTONE", KIND_TOMBSTONE},
+        {"GEN_SHIFT", GEN_SHIFT},
+        {"GEN_MASK", GEN_MASK},
+        {"KLEN_SHIFT", KLEN_SHIFT},
+        {"KLEN_MASK", KLEN_MASK},
+        {"TAG_SHIFT", TAG_SHIFT},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        if (PyModule_AddIntConstant(m, ints[k].name, ints[k].value) < 0)
+            return -1;
+    return 0;
+}
+
 static PyMethodDef module_methods[] = {
+    {"geometry", mod_geometry, METH_VARARGS,
+     "geometry(capacity, key_size, extra_size, nstripes) -> dict: the table's shape."},
     {"encode_key", mod_encode_key, METH_VARARGS,
      "encode_key(key, cap) -> bytes or None: the C key encoder (None: not its case)."},
     {"load_u64", mod_load_u64, METH_VARARGS,
      "load_u64(buffer, offset) -> int: an acquire load of an aligned word."},
     {"store_u64", mod_store_u64, METH_VARARGS,
      "store_u64(buffer, offset, value): a release store of an aligned word."},
-    {"my_id", mod_my_id, METH_NOARGS,
-     "my_id() -> this process's owner id (pid | start time << 32)."},
     {"id_pid", mod_id_pid, METH_O,
      "id_pid(id) -> the pid an owner id (or lock word) names; 0 when free."},
     {"id_alive", mod_id_alive, METH_O,
@@ -2445,11 +2563,9 @@ PyInit__core(void)
     PyModule_AddIntConstant(m, "STALE", RC_STALE);
     PyModule_AddIntConstant(m, "NOT_OWNER", RC_NOT_OWNER);
     PyModule_AddIntConstant(m, "BUSY", RC_BUSY);
-    PyModule_AddIntConstant(m, "HDR_LIVE", HDR_LIVE);
-    PyModule_AddIntConstant(m, "HDR_TOMBSTONES", HDR_TOMBSTONES);
-    PyModule_AddIntConstant(m, "HDR_ADMIT", HDR_ADMIT);
-    PyModule_AddIntConstant(m, "STRIPE_SIZE", STRIPE_SIZE);
-    PyModule_AddIntConstant(m, "SLOT_HEADER", 16);
-    PyModule_AddIntConstant(m, "MAX_KEY_SIZE", KLEN_MASK);
+    if (add_format_constants(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
