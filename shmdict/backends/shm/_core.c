@@ -81,13 +81,53 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
            | ((klen & KLEN_MASK) << KLEN_SHIFT) | (high << TAG_SHIFT);
 }
 
-/* Return codes of the lock and value primitives, mirrored in _core.pyi. */
+/* ------------------------------------------------------------------------ */
+/* Result codes and errors                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* One error channel: every function here that returns int or a pointer
+ * returns -1 or NULL exactly when a Python exception is set, and nothing
+ * else.  What a primitive did is a non-negative result code; the public
+ * ones are exported (OK, RECOVERED, ...) and are the values of
+ * shmdict.layouts.Outcome, which the Redis backend shares. */
+#define RC_ERROR         -1  /* an exception is set                          */
 #define RC_OK            0
 #define RC_RECOVERED     1   /* acquired, but the previous owner had died   */
-#define RC_TIMEOUT      -1   /* not acquired within the timeout             */
-#define RC_STALE        -2   /* the slot no longer holds the caller's key   */
-#define RC_NOT_OWNER    -3   /* release of a lock this process doesn't hold */
-#define RC_BUSY         -4   /* delete refused: the lock is held            */
+#define RC_TIMEOUT       2   /* not acquired within the timeout             */
+#define RC_STALE         3   /* the slot no longer holds the caller's key   */
+#define RC_NOT_OWNER     4   /* release of a lock this process doesn't hold */
+#define RC_BUSY          5   /* delete refused: the lock is held            */
+#define RC_FULL          6   /* internal: the live count reached capacity   */
+#define RC_NO_FREE_SLOT  7   /* internal: no free slot below capacity       */
+
+/* The exceptions the core raises besides Python's own, kept in the module's
+ * state (as msgspec does): shmdict.errors' TableFull and CorruptSegment,
+ * imported at init, and two classes of this module.  CorruptGeometry is
+ * the Core() constructor's "this header cannot be right": a CorruptSegment
+ * that is also a ValueError, which it raised before.  TornRecord is private:
+ * a record's sequence stayed odd (its writer died mid-copy), which the
+ * Python layer repairs under the record lock. */
+typedef struct {
+    PyObject *TableFull;
+    PyObject *CorruptSegment;
+    PyObject *CorruptGeometry;
+    PyObject *TornRecord;
+} CoreState;
+
+static struct PyModuleDef coremodule;
+
+/* The module's state, or NULL with an exception set (the module is gone:
+ * only possible during interpreter shutdown). */
+static CoreState *
+core_state(void)
+{
+    PyObject *m = PyState_FindModule(&coremodule);
+    if (m == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "shmdict's core module is not loaded");
+        return NULL;
+    }
+    return (CoreState *)PyModule_GetState(m);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Atomics                                                                  */
@@ -252,13 +292,15 @@ typedef struct {
     struct shmdict_stripe *stripes;
     char *slots;
     uint16_t *reach;         /* nslots entries, see the header comment      */
-    int64_t init_word0;      /* default of word0 for a new key             */
-    PyObject *init_extra;    /* bytes: default of the extra value area     */
-    PyObject *cache;         /* dict: key object -> (slot, state)          */
-    PyObject *resolver;      /* callable(key, create) -> (slot, state)|None */
-    PyObject *hash_fn;       /* resolver.xxh3: xxhash.xxh3_64_intdigest      */
-    PyObject *seed;          /* resolver.seed: the table's hash seed (int)   */
-    PyObject *inserter;      /* resolver.insert_encoded(bytes, hash, create) */
+    int64_t default_word0;   /* word0 of a new key                          */
+    PyObject *default_extra; /* bytes: the extra value area of a new key    */
+    PyObject *name;          /* str: the table's name, for messages         */
+    PyObject *cache;         /* dict: key object -> (slot, state)           */
+    PyObject *hash_fn;       /* hash_function(bytes, seed) -> int           */
+    PyObject *seed;          /* int: the table's hash seed                  */
+    PyObject *resolve_fn;    /* resolve(key, create) -> (slot, state, ...) | None */
+    PyObject *insert_fn;     /* insert(encoded, hash) -> (slot, state, created) */
+    PyObject *insert_with_fn; /* insert_with(key, word0) -> bool (created)  */
     Py_ssize_t cache_limit;
 } Core;
 
@@ -302,23 +344,48 @@ static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
 
 static void Core_release_view(Core *self);
 
+/* Core(buffer, *, name, ...): see CORE_DOC below for every argument.  All
+ * but the buffer are keyword-only and required, so a caller cannot pass
+ * them in the wrong order. */
+static char *core_kwlist[] = {
+    "buffer", "name", "nslots", "slot_size", "key_size", "extra_size", "nstripes",
+    "capacity", "stripes_offset", "data_offset", "default_word0", "default_extra",
+    "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit", NULL};
+
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "nslots", "slot_size", "key_size",
-                             "extra_size", "nstripes", "capacity",
-                             "stripes_offset", "data_offset", "init_word0",
-                             "init_extra", "resolver", "cache_limit", NULL};
-    PyObject *buffer, *resolver, *init_extra;
+    PyObject *buffer, *name, *default_extra, *hash_fn, *seed, *resolve_fn, *insert_fn;
+    PyObject *insert_with_fn;
     unsigned long long nslots, slot_size, key_size, extra_size, nstripes;
     unsigned long long capacity, stripes_offset, data_offset;
-    long long init_word0;
+    long long default_word0;
     Py_ssize_t cache_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKKKLSOn", kwlist,
-            &buffer, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
-            &capacity, &stripes_offset, &data_offset, &init_word0,
-            &init_extra, &resolver, &cache_limit))
+    /* PyArg_ParseTupleAndKeywords makes keyword-only arguments optional:
+     * require each here, naming the first one missing. */
+    for (char **kw = core_kwlist + 1; *kw; kw++) {
+        PyObject *given = kwds ? PyDict_GetItemString(kwds, *kw) : NULL;
+        if (given == NULL && PyTuple_GET_SIZE(args) <= 1) {
+            PyErr_Format(PyExc_TypeError,
+                         "Core() missing required keyword-only argument: '%s'", *kw);
+            return -1;
+        }
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOn", core_kwlist,
+            &buffer, &name, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
+            &capacity, &stripes_offset, &data_offset, &default_word0, &default_extra,
+            &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit))
         return -1;
+    if (!PyCallable_Check(hash_fn) || !PyCallable_Check(resolve_fn)
+            || !PyCallable_Check(insert_fn) || !PyCallable_Check(insert_with_fn)) {
+        PyErr_SetString(PyExc_TypeError, "Core(): hash_function, resolve, insert and "
+                        "insert_with must be callable");
+        return -1;
+    }
+    if (!PyLong_Check(seed)) {
+        PyErr_SetString(PyExc_TypeError, "Core(): seed must be an int");
+        return -1;
+    }
     if (self->has_view) {
         PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
         return -1;
@@ -342,13 +409,15 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
         bad = "slot count, slot size or offsets do not follow the format";
     else if (size < g.size)
         bad = "the segment is smaller than its geometry";
-    else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size)
+    else if ((uint64_t)PyBytes_GET_SIZE(default_extra) != extra_size)
         bad = "default value has the wrong size";
     if (bad) {
         /* Give the buffer back: a Core left with has_view set but no base
          * would dereference NULL on its next call. */
         Core_release_view(self);
-        PyErr_Format(PyExc_ValueError, "corrupt table geometry: %s", bad);
+        CoreState *st = core_state();
+        if (st != NULL)
+            PyErr_Format(st->CorruptGeometry, "corrupt table geometry: %s", bad);
         return -1;
     }
     self->base = self->view.buf;
@@ -365,23 +434,16 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->stripes = (struct shmdict_stripe *)(self->base + stripes_offset);
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
-    self->init_word0 = init_word0;
+    self->default_word0 = default_word0;
     /* XSETREF: __init__ may run again on a closed Core. */
-    Py_INCREF(init_extra);
-    Py_XSETREF(self->init_extra, init_extra);
-    Py_INCREF(resolver);
-    Py_XSETREF(self->resolver, resolver);
-    /* The fast path of resolve() (keys encoded in C) needs these three;
-     * a resolver without them just means every miss goes through it. */
-    Py_XSETREF(self->hash_fn, PyObject_GetAttrString(resolver, "xxh3"));
-    Py_XSETREF(self->seed, PyObject_GetAttrString(resolver, "seed"));
-    Py_XSETREF(self->inserter, PyObject_GetAttrString(resolver, "insert_encoded"));
-    if (!self->hash_fn || !self->seed || !self->inserter) {
-        PyErr_Clear();
-        Py_CLEAR(self->hash_fn);
-        Py_CLEAR(self->seed);
-        Py_CLEAR(self->inserter);
-    }
+    Py_INCREF(default_extra);
+    Py_XSETREF(self->default_extra, default_extra);
+    Py_XSETREF(self->name, Py_NewRef(name));
+    Py_XSETREF(self->hash_fn, Py_NewRef(hash_fn));
+    Py_XSETREF(self->seed, Py_NewRef(seed));
+    Py_XSETREF(self->resolve_fn, Py_NewRef(resolve_fn));
+    Py_XSETREF(self->insert_fn, Py_NewRef(insert_fn));
+    Py_XSETREF(self->insert_with_fn, Py_NewRef(insert_with_fn));
     Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
     if (self->cache == NULL) {
@@ -401,18 +463,20 @@ Core_release_view(Core *self)
     }
 }
 
-/* The Core is GC-tracked: the resolver refers back to the Table that owns
+/* The Core is GC-tracked: its callables refer back to the Table that owns
  * the Core, and a cycle through an untracked object is never collected (a
  * Table dropped without close() would keep its mapping forever). */
 static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->init_extra);
+    Py_VISIT(self->default_extra);
     Py_VISIT(self->cache);
-    Py_VISIT(self->resolver);
+    Py_VISIT(self->name);
     Py_VISIT(self->hash_fn);
     Py_VISIT(self->seed);
-    Py_VISIT(self->inserter);
+    Py_VISIT(self->resolve_fn);
+    Py_VISIT(self->insert_fn);
+    Py_VISIT(self->insert_with_fn);
     return 0;
 }
 
@@ -420,12 +484,14 @@ static int
 Core_clear(Core *self)
 {
     Core_release_view(self);        /* every method then says "closed" */
-    Py_CLEAR(self->init_extra);
+    Py_CLEAR(self->default_extra);
     Py_CLEAR(self->cache);
-    Py_CLEAR(self->resolver);
+    Py_CLEAR(self->name);
     Py_CLEAR(self->hash_fn);
     Py_CLEAR(self->seed);
-    Py_CLEAR(self->inserter);
+    Py_CLEAR(self->resolve_fn);
+    Py_CLEAR(self->insert_fn);
+    Py_CLEAR(self->insert_with_fn);
     return 0;
 }
 
@@ -434,12 +500,14 @@ Core_dealloc(Core *self)
 {
     PyObject_GC_UnTrack(self);
     Core_release_view(self);
-    Py_XDECREF(self->init_extra);
+    Py_XDECREF(self->default_extra);
     Py_XDECREF(self->cache);
-    Py_XDECREF(self->resolver);
+    Py_XDECREF(self->name);
     Py_XDECREF(self->hash_fn);
     Py_XDECREF(self->seed);
-    Py_XDECREF(self->inserter);
+    Py_XDECREF(self->resolve_fn);
+    Py_XDECREF(self->insert_fn);
+    Py_XDECREF(self->insert_with_fn);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -478,12 +546,13 @@ parse_slot(Core *self, unsigned long long slot)
 /* Lookup (lock-free)                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* Find the published slot holding key[0:klen] with hash h.  Returns the slot
- * index and its state word, or -1 when the key is absent.  The key bytes of a
+/* Find the published slot holding key[0:klen] with hash h.  Returns 1 with
+ * the slot index and its state word filled in, or 0 when the key is absent.  The key bytes of a
  * published slot can change only after its state word changes, so a match is
  * confirmed by re-reading the state word after comparing the bytes. */
-static int64_t
-find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_out)
+static int
+find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
+          uint64_t *slot_out, uint64_t *state_out)
 {
     uint64_t high = h >> TAG_SHIFT;
     uint64_t home = home_of(c, h);
@@ -503,13 +572,14 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
             uint64_t s = load_acq(slot);
             unsigned kind = st_kind(s);
             if (kind == KIND_EMPTY)
-                return -1;
+                return 0;
             if (kind == KIND_PUBLISHED && st_high(s) == high && st_klen(s) == klen
                     && memcmp(slot_key(slot), key, klen) == 0) {
                 __atomic_thread_fence(__ATOMIC_ACQUIRE);
                 if (load_acq(slot) == s) {
+                    *slot_out = i;
                     *state_out = s;
-                    return (int64_t)i;
+                    return 1;
                 }
                 changed = 1;    /* the slot changed while we compared */
                 break;
@@ -517,10 +587,10 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
             i = (i + 1 == c->nslots) ? 0 : i + 1;
         }
         if (!changed)
-            return -1;
+            return 0;
         /* Look again from the home slot, with the whole probe budget. */
     }
-    return -1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -618,15 +688,16 @@ admit_adjust(Core *c, uint64_t stripe, int64_t delta)
 /* Insert and delete (caller holds the key's stripe)                        */
 /* ------------------------------------------------------------------------ */
 
-/* Insert a key known to be absent.  Returns the slot, -1 when the table is
- * full, -2 when no free slot was found (only possible in a corrupt table). */
-static int64_t
+/* Insert a key known to be absent.  Returns RC_OK with the slot and its
+ * state filled in, RC_FULL when the table is full, RC_NO_FREE_SLOT when no
+ * free slot was found (only possible in a corrupt table). */
+static int
 insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-            int64_t word0, const char *extra, uint64_t *state_out)
+            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
 {
     uint64_t stripe = stripe_of(c, h);
     if (!admit_reserve(c, stripe))
-        return -1;
+        return RC_FULL;
     uint64_t home = home_of(c, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < c->nslots; probes++) {
@@ -647,15 +718,16 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
                 store_rel(slot, published);
+                *slot_out = i;
                 *state_out = published;
-                return (int64_t)i;
+                return RC_OK;
             }
             continue;  /* lost the slot to another stripe's insert: retry it */
         }
         i = (i + 1 == c->nslots) ? 0 : i + 1;
     }
     admit_adjust(c, stripe, -1);
-    return -2;
+    return RC_NO_FREE_SLOT;
 }
 
 /* Turn a published slot into a tombstone if (state, word0) still match. */
@@ -679,7 +751,7 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
 
 /* Keys that may be looked up in the per-process cache: exact str, bytes,
  * int (bool included) and tuples of those.  Anything else (float, a str
- * subclass with its own __eq__, ...) goes through the resolver, which encodes
+ * subclass with its own __eq__, ...) goes through the Python resolve callable, which encodes
  * it canonically or raises TypeError: a dict lookup would wrongly find 1 for
  * 1.0. */
 static int
@@ -794,16 +866,12 @@ mod_encode_key(PyObject *m, PyObject *args)
     return PyBytes_FromStringAndSize(buf, n);
 }
 
-/* The key hash: xxhash's own xxh3_64 with the table's seed (resolver.xxh3,
- * resolver.seed), called on the encoded key.  Returns -1 with an exception
+/* The key hash: Core(hash_function=...), xxhash's own xxh3_64, called on
+ * the encoded key with the table's seed.  Returns -1 with an exception
  * set, also when the table was closed during the call. */
 static int
 hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
 {
-    if (c->hash_fn == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the resolver gives no hash function");
-        return -1;
-    }
     PyObject *kb = PyBytes_FromStringAndSize(encoded, n);
     if (kb == NULL)
         return -1;
@@ -816,18 +884,16 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     return 0;
 }
 
-/* The resolver's work done in C, for keys encode_key_c takes: encode, hash
+/* The resolve callable's work done in C, for keys encode_key_c takes: encode, hash
  * (xxhash's own function, with the table's seed), probe, and only for a new
  * key call back into Python to insert it under the stripe lock.  Returns a
  * new (slot, state, ...) tuple, Py_None (absent, not created), or NULL with
- * an exception; sets *handled to 0 when the key needs the Python resolver. */
+ * an exception; sets *handled to 0 when the key needs the Python resolve callable. */
 static PyObject *
 resolve_in_c(Core *c, PyObject *key, int create, int *handled)
 {
     char buf[KLEN_MASK + 1];
     *handled = 0;
-    if (c->hash_fn == NULL)
-        return NULL;
     Py_ssize_t n = encode_key_c(key, buf, (Py_ssize_t)c->key_size, 0);
     if (n < 0)
         return NULL;
@@ -835,17 +901,16 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled)
     unsigned long long h;
     if (hash_key(c, buf, n, &h) < 0)
         return NULL;
-    uint64_t s;
-    int64_t i = find_slot(c, buf, (uint64_t)n, h, &s);
-    if (i >= 0)
+    uint64_t i, s;
+    if (find_slot(c, buf, (uint64_t)n, h, &i, &s))
         return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
     if (!create)
         Py_RETURN_NONE;
-    return PyObject_CallFunction(c->inserter, "y#K", buf, n, h);
+    return PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
 }
 
 /* Look a key up: from the cache when its entry is still current, else
- * through the Python resolver (which encodes, hashes, probes and, when
+ * through the Python resolve callable (which encodes, hashes, probes and, when
  * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
  * 0 when absent (create false), -1 with an exception set. */
 static int
@@ -871,12 +936,12 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
             return -1;
         }
     }
-    /* Common keys are resolved in C; others by the Python resolver.  Both
+    /* Common keys are resolved in C; others by the Python resolve callable.  Both
      * give (slot, state, ...) or None. */
     int handled = 0;
     PyObject *res = cacheable ? resolve_in_c(c, key, create, &handled) : NULL;
     if (!handled)
-        res = PyObject_CallFunctionObjArgs(c->resolver, key,
+        res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
                                            create ? Py_True : Py_False, NULL);
     if (res == NULL)
         return -1;
@@ -890,7 +955,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     }
     if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
         Py_DECREF(res);
-        PyErr_SetString(PyExc_TypeError, "resolver must return (slot, state) or None");
+        PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
         return -1;
     }
     *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
@@ -898,7 +963,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     if (PyErr_Occurred() || *slot >= c->nslots) {
         Py_DECREF(res);
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_IndexError, "resolver returned a bad slot");
+            PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
         return -1;
     }
     if (cacheable) {
@@ -931,7 +996,7 @@ read_pair(char *slot, uint64_t state, int64_t *value)
 
 /* The read-modify-write verbs share one loop: resolve, then CAS (state,
  * word0) until it lands; a changed state means the key moved or was deleted,
- * so it is resolved again (bounded: the resolver waits on the stripe). */
+ * so it is resolved again (bounded: the insert waits on the stripe). */
 enum rmw { RMW_ADD, RMW_SET, RMW_EXCHANGE, RMW_GET };
 
 static PyObject *
@@ -1085,8 +1150,7 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             if (!set_missing)
                 Py_RETURN_FALSE;
             /* Ask the Python layer to insert the key with `new`. */
-            PyObject *res = PyObject_CallMethod(self->resolver, "insert_with",
-                                                "OL", key, new);
+            PyObject *res = PyObject_CallFunction(self->insert_with_fn, "OL", key, new);
             if (res == NULL)
                 return NULL;
             int created = PyObject_IsTrue(res);
@@ -1300,7 +1364,7 @@ Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* locate(key, create) -> (slot, state) | None: a key object to its slot,
  * through the per-process cache (validated against the slot's state word) or
- * the resolver.  What every layout's handle calls before its C verb. */
+ * Core(resolve=...).  What every layout's handle calls before its C verb. */
 static PyObject *
 Core_locate(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1342,17 +1406,31 @@ Core_find(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, self->has_view ? "key too long" : "table is closed");
         return NULL;
     }
-    uint64_t s;
-    int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
+    uint64_t i, s;
+    int found = find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s);
     PyBuffer_Release(&key);
-    if (i < 0)
+    if (!found)
         Py_RETURN_NONE;
-    return Py_BuildValue("(LK)", (long long)i, (unsigned long long)s);
+    return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
 }
 
-/* insert(key_bytes, hash, word0, extra) -> (slot, state, created) | None when
- * full.  The caller holds the key's stripe, so "absent" stays true between
- * the lookup and the insert. */
+/* Raise shmdict.errors.TableFull with the message shmdict has always given. */
+static void
+raise_table_full(Core *c)
+{
+    CoreState *st = core_state();
+    if (st == NULL)
+        return;
+    PyErr_Format(st->TableFull,
+                 "table %R is full: %lld of %llu keys in use; delete keys or open a "
+                 "table with a larger capacity",
+                 c->name, (long long)load_acq(&c->header->live),
+                 (unsigned long long)c->capacity);
+}
+
+/* insert(key_bytes, hash, word0, extra) -> (slot, state, created); raises
+ * TableFull when the table is full.  The caller holds the key's stripe, so
+ * "absent" stays true between the lookup and the insert. */
 static PyObject *
 Core_insert(Core *self, PyObject *args)
 {
@@ -1362,29 +1440,29 @@ Core_insert(Core *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*KLy*", &key, &h, &word0, &extra))
         return NULL;
     PyObject *result = NULL;
+    uint64_t i, s;
     if (!self->has_view) {
         PyErr_SetString(PyExc_ValueError, "table is closed");
     } else if ((uint64_t)key.len > self->key_size) {
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
+    } else if (find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s)) {
+        result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s, Py_False);
     } else {
-        uint64_t s;
-        int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
-        if (i >= 0) {
-            result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_False);
+        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &i, &s);
+        if (rc == RC_OK) {
+            result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
+                                   Py_True);
+        } else if (rc == RC_FULL) {
+            raise_table_full(self);
         } else {
-            i = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &s);
-            if (i == -1) {
-                Py_INCREF(Py_None);
-                result = Py_None;
-            } else if (i == -2) {
-                PyErr_SetString(PyExc_RuntimeError,
-                                "no free slot although the live count is below capacity "
-                                "(corrupt table: run `shmdict check`)");
-            } else {
-                result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_True);
-            }
+            CoreState *st = core_state();
+            if (st != NULL)
+                PyErr_Format(st->CorruptSegment,
+                             "table %R: no free slot although the live count is below "
+                             "capacity (corrupt table: run `shmdict check %U`)",
+                             self->name, self->name);
         }
     }
     PyBuffer_Release(&key);
@@ -1618,17 +1696,17 @@ Core_repair_stripe(Core *self, PyObject *arg)
  * acquisition is a CAS of (state, 0) -> (state, me) for word0, so that it
  * fails if the slot was deleted meanwhile.  Waits sleep on the futex (low
  * 32 bits) in slices of at most 50 ms, checking between slices whether the
- * owner is still alive and whether a signal (Ctrl-C) arrived. */
+ * owner is still alive and whether a signal (Ctrl-C) arrived.  Returns
+ * RC_OK, RC_RECOVERED, RC_TIMEOUT or RC_STALE; RC_ERROR with the exception
+ * set when a signal handler raised or the table was closed meanwhile. */
 static int
-owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
-              int *interrupted)
+owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
 {
     char *slot = slot_at(c, i);
     uint64_t *word = word0_of(slot);
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
     int recovered = 0;
-    *interrupted = 0;
     for (;;) {
         uint64_t cur;
         if (load_acq(slot) != s)
@@ -1665,10 +1743,8 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
         Py_BEGIN_ALLOW_THREADS
         futex_wait(word, (uint32_t)cur, slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1705,9 +1781,8 @@ Core_lock_acquire(Core *self, PyObject *args)
     REQUIRE_OPEN(self);
     if (parse_slot(self, i) < 0)
         return NULL;
-    int interrupted;
-    int r = owner_acquire(self, i, s, blocking, timeout, &interrupted);
-    if (interrupted)
+    int r = owner_acquire(self, i, s, blocking, timeout);
+    if (r == RC_ERROR)
         return NULL;
     return PyLong_FromLong(r);
 }
@@ -1751,9 +1826,10 @@ Core_lock_owner(Core *self, PyObject *args)
  * for the reader cells to empty.  Dead readers' cells are cleared by whoever
  * waits on them. */
 
+/* Take a reader cell: RC_OK or RC_RECOVERED (a dead writer was cleared),
+ * RC_TIMEOUT, RC_STALE, or RC_ERROR with an exception set. */
 static int
-reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
-               int *interrupted, int *recovered)
+reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
 {
     char *slot = slot_at(c, i);
     uint64_t *writer = word0_of(slot);
@@ -1761,8 +1837,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
     uint64_t ncells = c->extra_size / 8;
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-    *interrupted = 0;
-    *recovered = 0;
+    int recovered = 0;
     for (;;) {
         if (load_acq(slot) != s)
             return RC_STALE;
@@ -1771,7 +1846,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
             /* The writer died mid-write: clear it; what it guarded may be
              * half-written, so the reader is told. */
             if (cas_pair(slot, s, w, s, w & WAITERS_BIT, NULL))
-                *recovered = 1;
+                recovered = 1;
             continue;
         }
         if (id_pid(w) == 0) {
@@ -1781,7 +1856,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
                     __atomic_thread_fence(__ATOMIC_SEQ_CST);
                     uint64_t w2 = load_acq(writer);
                     if (id_pid(w2) == 0 && load_acq(slot) == s)
-                        return *recovered ? RC_RECOVERED : RC_OK;
+                        return recovered ? RC_RECOVERED : RC_OK;
                     store_rel(&cells[k], 0);   /* a writer came: back off */
                     break;
                 }
@@ -1814,10 +1889,8 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
         else
             sleep_seconds(slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1839,14 +1912,13 @@ reader_release(Core *c, uint64_t i, uint64_t s)
 }
 
 /* Wait until no live reader holds the lock (the caller holds the writer
- * word).  Returns RC_OK, RC_TIMEOUT, or RC_STALE. */
+ * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set. */
 static int
-wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interrupted)
+wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline)
 {
     char *slot = slot_at(c, i);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
     uint64_t ncells = c->extra_size / 8;
-    *interrupted = 0;
     for (unsigned long round = 0;; round++) {
         int busy = 0;
         for (uint64_t k = 0; k < ncells; k++) {
@@ -1869,10 +1941,8 @@ wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interru
         else
             sleep_seconds(0.0005);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1929,22 +1999,21 @@ Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
         int r = resolve(self, args[0], 1, attempt == 0, &i, &s);
         if (r < 0)
             return NULL;
-        int interrupted = 0, recovered = 0, code;
+        int code;
         if (rw && shared) {
-            code = reader_acquire(self, i, s, blocking, timeout, &interrupted, &recovered);
+            code = reader_acquire(self, i, s, blocking, timeout);
         } else {
             double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-            code = owner_acquire(self, i, s, blocking, timeout, &interrupted);
-            if (rw && code >= 0 && !interrupted) {
-                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic(),
-                                           &interrupted);
+            code = owner_acquire(self, i, s, blocking, timeout);
+            if (rw && (code == RC_OK || code == RC_RECOVERED)) {
+                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic());
                 if (c2 != RC_OK) {
                     owner_release(self, i, s);
                     code = c2;
                 }
             }
         }
-        if (interrupted)
+        if (code == RC_ERROR)
             return NULL;
         if (code != RC_STALE)
             return PyLong_FromLong(code);
@@ -1980,14 +2049,12 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 /* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
 /* ------------------------------------------------------------------------ */
 
-#define RC_TORN -9   /* internal: the sequence stayed odd (a dead writer?) */
-
 /* Copy slot i's record into a new bytes object.  A seqlock read: the
  * sequence is odd while a writer is copying, and a copy is kept only if the
  * sequence was even and unchanged around it; `force` copies whatever is
  * there (the caller holds the record lock).  Returns RC_OK (*out set),
- * RC_STALE (the slot changed), RC_TORN (odd for too long: a writer died
- * mid-copy), or -1 with an exception set. */
+ * RC_STALE (the slot changed), or RC_ERROR with an exception set: TornRecord
+ * when the sequence stayed odd for too long (a writer died mid-copy). */
 static int
 record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
@@ -2019,7 +2086,10 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
         }
     }
     Py_DECREF(bytes);
-    return RC_TORN;
+    CoreState *st = core_state();
+    if (st != NULL)
+        PyErr_SetString(st->TornRecord, "record is being written (or its writer died)");
+    return RC_ERROR;
 }
 
 /* Write a record into slot i: sequence odd, copy, sequence even.  The caller
@@ -2061,15 +2131,8 @@ require_records(Core *self)
     return 0;
 }
 
-static PyObject *
-torn_error(void)
-{
-    PyErr_SetString(PyExc_BlockingIOError, "record is being written");
-    return NULL;
-}
-
 /* record_read(slot, state, force=False) -> bytes | None (slot changed).
- * Raises BlockingIOError when the sequence stays odd, so the Python layer
+ * Raises TornRecord when the sequence stays odd, so the Python layer
  * can take the record lock (which recovers it) and read with force=True. */
 static PyObject *
 Core_record_read(Core *self, PyObject *args)
@@ -2086,7 +2149,7 @@ Core_record_read(Core *self, PyObject *args)
         return out;
     if (r == RC_STALE)
         Py_RETURN_NONE;
-    return r == RC_TORN ? torn_error() : NULL;
+    return NULL;
 }
 
 /* record_get(key) -> bytes | None (no such key): read() by key, through the
@@ -2107,9 +2170,7 @@ Core_record_get(Core *self, PyObject *key)
         r = record_copy(self, i, s, 0, &out);
         if (r == RC_OK)
             return out;
-        if (r == RC_TORN)
-            return torn_error();
-        if (r < 0)
+        if (r == RC_ERROR)
             return NULL;
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
@@ -2131,9 +2192,8 @@ Core_record_begin(Core *self, PyObject *key)
         int r = resolve(self, key, 1, attempt == 0, &i, &s);
         if (r < 0)
             return NULL;
-        int interrupted = 0;
-        int code = owner_acquire(self, i, s, 1, -1.0, &interrupted);
-        if (interrupted)
+        int code = owner_acquire(self, i, s, 1, -1.0);
+        if (code == RC_ERROR)
             return NULL;
         if (code == RC_STALE)
             continue;
@@ -2144,7 +2204,7 @@ Core_record_begin(Core *self, PyObject *key)
         if (r != RC_OK) {
             Py_XDECREF(data);
             owner_release(self, i, s);
-            if (r < 0 && r != RC_STALE && r != RC_NOT_OWNER)
+            if (r == RC_ERROR)
                 return NULL;
             continue;
         }
@@ -2318,12 +2378,34 @@ static PyMethodDef Core_methods[] = {
     {NULL}
 };
 
+PyDoc_STRVAR(CORE_DOC,
+"Core(buffer, *, name, nslots, slot_size, key_size, extra_size, nstripes, capacity, "
+"stripes_offset, data_offset, default_word0, default_extra, hash_function, seed, "
+"resolve, insert, insert_with, cache_limit)\n--\n\n"
+"The hash table inside one mapped segment (one per attached table and process).\n\n"
+"buffer: the writable, 64-byte aligned mapping of the whole segment.\n"
+"name: the table's name (str), for error messages.\n"
+"nslots, slot_size, key_size, extra_size, nstripes, capacity, stripes_offset,\n"
+"  data_offset: the header's geometry; it must follow geometry() and fit the\n"
+"  buffer, else CorruptGeometry (a CorruptSegment and a ValueError).\n"
+"default_word0: int64 word0 of a new key; default_extra: bytes of its extra\n"
+"  area (extra_size bytes).\n"
+"hash_function(encoded: bytes, seed: int) -> int: the key hash\n"
+"  (xxhash.xxh3_64_intdigest); seed: the table's seed from its header.\n"
+"resolve(key, create: bool) -> (slot, state, ...) or None: the slow path for\n"
+"  keys the C encoder does not take (encode, hash, probe, insert if create).\n"
+"insert(encoded: bytes, hash: int) -> (slot, state, created): insert a key\n"
+"  the core found absent, under its stripe lock (raises TableFull).\n"
+"insert_with(key, word0: int) -> bool: create key holding word0 if absent;\n"
+"  True if this call created it (cas(..., set_on_not_exists=True)).\n"
+"cache_limit: entries of the per-process key -> slot cache before it is cleared.");
+
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmdict._core.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The hash table inside one mapped segment.",
+    .tp_doc = CORE_DOC,
     .tp_traverse = (traverseproc)Core_traverse,
     .tp_clear = (inquiry)Core_clear,
     .tp_new = PyType_GenericNew,
@@ -2536,11 +2618,73 @@ static PyMethodDef module_methods[] = {
     {NULL}
 };
 
+static int
+core_module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    Py_VISIT(st->TableFull);
+    Py_VISIT(st->CorruptSegment);
+    Py_VISIT(st->CorruptGeometry);
+    Py_VISIT(st->TornRecord);
+    return 0;
+}
+
+static int
+core_module_clear(PyObject *m)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    Py_CLEAR(st->TableFull);
+    Py_CLEAR(st->CorruptSegment);
+    Py_CLEAR(st->CorruptGeometry);
+    Py_CLEAR(st->TornRecord);
+    return 0;
+}
+
+static void
+core_module_free(void *m)
+{
+    core_module_clear((PyObject *)m);
+}
+
 static struct PyModuleDef coremodule = {
     PyModuleDef_HEAD_INIT, "shmdict._core",
-    "The atomic core of shmdict: probe loop, slot atomics, locks.", -1,
-    module_methods,
+    "The atomic core of shmdict: probe loop, slot atomics, locks.",
+    sizeof(CoreState), module_methods, NULL,
+    core_module_traverse, core_module_clear, core_module_free,
 };
+
+/* Fill the module state: shmdict.errors' classes and this module's own. */
+static int
+init_exceptions(PyObject *m)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    PyObject *errors = PyImport_ImportModule("shmdict.errors");
+    if (errors == NULL)
+        return -1;
+    st->TableFull = PyObject_GetAttrString(errors, "TableFull");
+    st->CorruptSegment = PyObject_GetAttrString(errors, "CorruptSegment");
+    Py_DECREF(errors);
+    if (st->TableFull == NULL || st->CorruptSegment == NULL)
+        return -1;
+    PyObject *bases = PyTuple_Pack(2, st->CorruptSegment, PyExc_ValueError);
+    if (bases == NULL)
+        return -1;
+    st->CorruptGeometry = PyErr_NewExceptionWithDoc(
+        "shmdict.backends.shm._core.CorruptGeometry",
+        "Core() was given a geometry that cannot be right for its mapping (a "
+        "corrupt header): a CorruptSegment, and a ValueError as before.", bases, NULL);
+    Py_DECREF(bases);
+    st->TornRecord = PyErr_NewExceptionWithDoc(
+        "shmdict.backends.shm._core.TornRecord",
+        "Private: a record's sequence word stayed odd (its writer died mid-copy); "
+        "the Python layer repairs it under the record lock.", NULL, NULL);
+    if (st->CorruptGeometry == NULL || st->TornRecord == NULL)
+        return -1;
+    if (module_add(m, "CorruptGeometry", Py_NewRef(st->CorruptGeometry)) < 0
+            || module_add(m, "TornRecord", Py_NewRef(st->TornRecord)) < 0)
+        return -1;
+    return 0;
+}
 
 PyMODINIT_FUNC
 PyInit__core(void)
@@ -2557,13 +2701,16 @@ PyInit__core(void)
         return NULL;
     }
     pthread_atfork(NULL, NULL, reset_id_after_fork);
-    PyModule_AddIntConstant(m, "OK", RC_OK);
-    PyModule_AddIntConstant(m, "RECOVERED", RC_RECOVERED);
-    PyModule_AddIntConstant(m, "TIMEOUT", RC_TIMEOUT);
-    PyModule_AddIntConstant(m, "STALE", RC_STALE);
-    PyModule_AddIntConstant(m, "NOT_OWNER", RC_NOT_OWNER);
-    PyModule_AddIntConstant(m, "BUSY", RC_BUSY);
-    if (add_format_constants(m) < 0) {
+    struct { const char *name; long value; } codes[] = {
+        {"OK", RC_OK}, {"RECOVERED", RC_RECOVERED}, {"TIMEOUT", RC_TIMEOUT},
+        {"STALE", RC_STALE}, {"NOT_OWNER", RC_NOT_OWNER}, {"BUSY", RC_BUSY}};
+    for (size_t k = 0; k < sizeof codes / sizeof codes[0]; k++) {
+        if (PyModule_AddIntConstant(m, codes[k].name, codes[k].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    if (add_format_constants(m) < 0 || init_exceptions(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
