@@ -26,6 +26,7 @@ setup(
         Extension(
             "shmdict.backends.shm._core",
             sources=["shmdict/backends/shm/_core.c"],
+            depends=["shmdict/backends/shm/format.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

@@ -34,14 +34,19 @@ READER_CELLS = 8
 
 
 class Outcome(enum.IntEnum):
-    """What a backend's lock primitive did (the values are the C core's codes)."""
+    """What a backend's lock primitive did.
+
+    The values are the C core's result codes (``_core.OK`` ...), which are
+    non-negative because the core keeps -1 for "an exception is set"; a test
+    checks they agree.  Spelled out here so the Redis backend needs no C.
+    """
 
     OK = 0            #: done
     RECOVERED = 1     #: acquired, but the previous owner had died holding it
-    TIMEOUT = -1      #: not acquired within the timeout (or not blocking)
-    STALE = -2        #: the slot no longer holds the caller's key: look it up again
-    NOT_OWNER = -3    #: release of a lock this process does not hold
-    BUSY = -4         #: delete refused: the lock is held
+    TIMEOUT = 2       #: not acquired within the timeout (or not blocking)
+    STALE = 3         #: the slot no longer holds the caller's key: look it up again
+    NOT_OWNER = 4     #: release of a lock this process does not hold
+    BUSY = 5          #: delete refused: the lock is held
 
 
 class Layout:

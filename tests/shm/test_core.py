@@ -50,7 +50,10 @@ def test_failed_init_leaves_a_closed_core_not_a_null_one():
         m = mmap.mmap(-1, 4096)
         c = _core.Core.__new__(_core.Core)
         try:
-            c.__init__(m, 1, 16, 8, 0, 1, 1, 64, 128, 0, b"", None, 10)
+            c.__init__(m, name="t", nslots=1, slot_size=16, key_size=8, extra_size=0,
+                       nstripes=1, capacity=1, stripes_offset=64, data_offset=128,
+                       default_word0=0, default_extra=b"", hash_function=hash, seed=0,
+                       resolve=print, insert=print, insert_with=print, cache_limit=10)
         except ValueError:
             pass
         else:
@@ -140,6 +143,7 @@ def test_resolver_closing_the_table_does_not_crash(name):
     table.close()
     run_child("""
         import mmap, os, sys
+        import xxhash
         import shmdict
         from shmdict.backends.shm import _core
         t = shmdict.open(sys.argv[1], shmdict.Counter(), capacity=10)
@@ -152,9 +156,13 @@ def test_resolver_closing_the_table_does_not_crash(name):
             core.close()
             mm.close()          # unmapped: the Core must not touch it now
             return (slot, state)
-        core = _core.Core(mm, h["nslots"], h["slot_size"], h["key_size"],
-                          h["extra_size"], h["nstripes"], h["capacity"],
-                          h["stripes_offset"], h["data_offset"], 0, b"", resolver, 10)
+        core = _core.Core(mm, name=t.name, nslots=h["nslots"], slot_size=h["slot_size"],
+                          key_size=h["key_size"], extra_size=h["extra_size"],
+                          nstripes=h["nstripes"], capacity=h["capacity"],
+                          stripes_offset=h["stripes_offset"], data_offset=h["data_offset"],
+                          default_word0=0, default_extra=b"", hash_function=xxhash.xxh3_64_intdigest,
+                          seed=h["seed"], resolve=resolver, insert=t._insert,
+                          insert_with=t._insert_with, cache_limit=10)
         try:
             core.add(1.5)       # not cacheable: always asks the resolver
         except ValueError:

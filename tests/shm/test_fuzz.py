@@ -23,6 +23,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 import shmdict
+from shmdict.backends.shm import _core
 
 CASES = int(os.environ.get("SHMDICT_FUZZ_CASES", "40"))
 #: Corrupted tables one child process goes through, and the seconds it may take.
@@ -240,23 +241,28 @@ def _set(mm: mmap.mmap, offset: int, fmt_size: int, value: int) -> None:
     mm[offset:offset + fmt_size] = value.to_bytes(fmt_size, "little")
 
 
+def _at(field: str) -> int:
+    """Offset of a header field (the core's format.h)."""
+    return _core.HEADER_FIELDS[field][0]
+
+
 HEADER_DAMAGE: List[Tuple[str, Callable[[mmap.mmap], None]]] = [
-    ("magic", lambda mm: _set(mm, 0, 8, 0x4242)),
-    ("version", lambda mm: _set(mm, 8, 4, 99)),
-    ("fingerprint", lambda mm: _set(mm, 16, 8, 12345)),
-    ("capacity-zero", lambda mm: _set(mm, 24, 8, 0)),
-    ("capacity-huge", lambda mm: _set(mm, 24, 8, 1 << 40)),
-    ("capacity-other", lambda mm: _set(mm, 24, 8, 4000)),
-    ("slots", lambda mm: _set(mm, 32, 8, (1 << 64) - 1)),
-    ("slot-size", lambda mm: _set(mm, 40, 8, 8)),
-    ("key-size", lambda mm: _set(mm, 48, 8, 4000)),
-    ("extra-size", lambda mm: _set(mm, 56, 8, 1 << 20)),
-    ("stripes-zero", lambda mm: _set(mm, 64, 8, 0)),
-    ("stripes-huge", lambda mm: _set(mm, 64, 8, 1 << 33)),
-    ("stripes-offset", lambda mm: _set(mm, 104, 8, (1 << 64) - 64)),
-    ("data-offset", lambda mm: _set(mm, 112, 8, 1 << 62)),
-    ("spec-length", lambda mm: _set(mm, 128, 2, 0xFFFF)),
-    ("spec-bytes", lambda mm: _set(mm, 131, 8, 0x7B7B7B7B7B7B7B7B)),
+    ("magic", lambda mm: _set(mm, _at("magic"), 8, 0x4242)),
+    ("version", lambda mm: _set(mm, _at("version"), 4, 99)),
+    ("fingerprint", lambda mm: _set(mm, _at("fingerprint"), 8, 12345)),
+    ("capacity-zero", lambda mm: _set(mm, _at("capacity"), 8, 0)),
+    ("capacity-huge", lambda mm: _set(mm, _at("capacity"), 8, 1 << 40)),
+    ("capacity-other", lambda mm: _set(mm, _at("capacity"), 8, 4000)),
+    ("slots", lambda mm: _set(mm, _at("nslots"), 8, (1 << 64) - 1)),
+    ("slot-size", lambda mm: _set(mm, _at("slot_size"), 8, 8)),
+    ("key-size", lambda mm: _set(mm, _at("key_size"), 8, 4000)),
+    ("extra-size", lambda mm: _set(mm, _at("extra_size"), 8, 1 << 20)),
+    ("stripes-zero", lambda mm: _set(mm, _at("nstripes"), 8, 0)),
+    ("stripes-huge", lambda mm: _set(mm, _at("nstripes"), 8, 1 << 33)),
+    ("stripes-offset", lambda mm: _set(mm, _at("stripes_offset"), 8, (1 << 64) - 64)),
+    ("data-offset", lambda mm: _set(mm, _at("data_offset"), 8, 1 << 62)),
+    ("spec-length", lambda mm: _set(mm, _at("spec_length"), 2, 0xFFFF)),
+    ("spec-bytes", lambda mm: _set(mm, _at("spec") + 1, 8, 0x7B7B7B7B7B7B7B7B)),
 ]
 
 
@@ -306,7 +312,7 @@ STRAY_BYTES = textwrap.dedent('''
     assert recs.read("r")[0].n == 2
     counters = shmdict.open(name + ".c", shmdict.Counter(), capacity=10)
     mm = counters._segment.mm
-    _core.store_u64(mm, _core.HDR_ADMIT, 1)                            # admission lock
+    _core.store_u64(mm, _core.HEADER_FIELDS["admit"][0], 1)            # admission lock
     stripe = counters._encode("new")[1] %% counters._nstripes
     h = counters._segment.header
     _core.store_u64(mm, h["stripes_offset"] + stripe * _core.STRIPE_SIZE, 1)  # holder

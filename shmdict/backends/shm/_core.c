@@ -12,28 +12,16 @@
  *   - the small "admission" spinlock that keeps the live count exact;
  *   - repairing a stripe after its holder died.
  *
- * Segment geometry (all offsets in bytes, all little-endian native words):
- *
- *   header       see HDR_* below; written by Python, magic published last
- *   stripe table nstripes records of STRIPE_SIZE bytes: holder id, live count
- *   slot array   nslots slots of slot_size bytes, 16-byte aligned:
- *                  [ state u64 | word0 i64 | key bytes (key_area) | extra ]
- *   reach array  nslots u16: reach[h] is the farthest any key whose probe
- *                sequence starts at slot h was ever placed from h
+ * The segment's format (header, stripe records, slots, reach array, the
+ * state-word and lock-word bits, the geometry rule and the format version)
+ * is defined once, in format.h; see there.  The module exports every offset
+ * and constant Python needs from it (HEADER_FIELDS, MAGIC, ...).
  *
  * Lookups stop at an empty slot or past reach[home], whichever comes first.
  * Deleted slots become tombstones, never empty again (a lock-free reader
  * could otherwise stop short of a key), so under churn the empty slots run
  * out; reach keeps a miss short all the same: it only grows to the worst
  * clustering the table ever had, which at load 0.75 is a few dozen slots.
- *
- * The state word of a slot packs, from the low bits up:
- *
- *   bits  0..1   kind: EMPTY, CLAIMED, PUBLISHED, TOMBSTONE
- *   bits  2..19  generation, bumped on every publish (defeats ABA on reuse)
- *   bits 20..31  key length in bytes
- *   bits 32..63  for PUBLISHED: the high 32 bits of the key's hash
- *                for CLAIMED:   the index of the stripe whose holder claimed it
  *
  * "word0" is the first 8 bytes of the value area and sits right after the
  * state word, so the pair (state, word0) can be changed by one 16-byte
@@ -64,28 +52,24 @@
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
-/* Layout constants shared with shmdict/segment.py                          */
+/* The segment format (format.h owns it; short names for this file)         */
 /* ------------------------------------------------------------------------ */
 
-#define HDR_LIVE        80   /* i64: reserved + published keys (admission)  */
-#define HDR_TOMBSTONES  88   /* i64: tombstoned slots                       */
-#define HDR_ADMIT       96   /* u64: admission spinlock holder id           */
-#define STRIPE_SIZE     64   /* one cache line per stripe                   */
-#define STRIPE_HOLDER    0   /* u64: id of the process holding the stripe   */
-#define STRIPE_LIVE      8   /* i64: published keys whose hash is in stripe */
+#include "format.h"
 
-#define KIND_EMPTY      0u
-#define KIND_CLAIMED    1u
-#define KIND_PUBLISHED  2u
-#define KIND_TOMBSTONE  3u
+#define KIND_EMPTY      SHMDICT_KIND_EMPTY
+#define KIND_CLAIMED    SHMDICT_KIND_CLAIMED
+#define KIND_PUBLISHED  SHMDICT_KIND_PUBLISHED
+#define KIND_TOMBSTONE  SHMDICT_KIND_TOMBSTONE
+#define GEN_SHIFT       SHMDICT_GEN_SHIFT
+#define GEN_MASK        SHMDICT_GEN_MASK
+#define KLEN_SHIFT      SHMDICT_KLEN_SHIFT
+#define KLEN_MASK       SHMDICT_KLEN_MASK
+#define TAG_SHIFT       SHMDICT_TAG_SHIFT
+#define PID_MASK        SHMDICT_PID_MASK
+#define WAITERS_BIT     SHMDICT_WAITERS_BIT
 
-#define GEN_SHIFT       2
-#define GEN_MASK        0x3ffffu
-#define KLEN_SHIFT      20
-#define KLEN_MASK       0xfffu
-#define TAG_SHIFT       32
-
-static inline unsigned st_kind(uint64_t s) { return (unsigned)(s & 3u); }
+static inline unsigned st_kind(uint64_t s) { return (unsigned)(s & SHMDICT_KIND_MASK); }
 static inline uint64_t st_gen(uint64_t s) { return (s >> GEN_SHIFT) & GEN_MASK; }
 static inline uint64_t st_klen(uint64_t s) { return (s >> KLEN_SHIFT) & KLEN_MASK; }
 static inline uint64_t st_high(uint64_t s) { return s >> TAG_SHIFT; }
@@ -97,21 +81,53 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
            | ((klen & KLEN_MASK) << KLEN_SHIFT) | (high << TAG_SHIFT);
 }
 
-/* Lock words (Lock layout and the Struct record lock) hold an owner id:
- * pid in the low 30 bits, a "waiters" flag in bit 30 (so the futex word, the
- * low 32 bits, changes whenever it matters), the low 32 bits of the owner's
- * start time in the high 32 bits (so a reused pid is not taken for the
- * owner).  Linux pids are below 2^22, so 30 bits are plenty. */
-#define PID_MASK        0x3fffffffull
-#define WAITERS_BIT     0x40000000ull
+/* ------------------------------------------------------------------------ */
+/* Result codes and errors                                                  */
+/* ------------------------------------------------------------------------ */
 
-/* Return codes of the lock and value primitives, mirrored in _core.pyi. */
+/* One error channel: every function here that returns int or a pointer
+ * returns -1 or NULL exactly when a Python exception is set, and nothing
+ * else.  What a primitive did is a non-negative result code; the public
+ * ones are exported (OK, RECOVERED, ...) and are the values of
+ * shmdict.layouts.Outcome, which the Redis backend shares. */
+#define RC_ERROR         -1  /* an exception is set                          */
 #define RC_OK            0
 #define RC_RECOVERED     1   /* acquired, but the previous owner had died   */
-#define RC_TIMEOUT      -1   /* not acquired within the timeout             */
-#define RC_STALE        -2   /* the slot no longer holds the caller's key   */
-#define RC_NOT_OWNER    -3   /* release of a lock this process doesn't hold */
-#define RC_BUSY         -4   /* delete refused: the lock is held            */
+#define RC_TIMEOUT       2   /* not acquired within the timeout             */
+#define RC_STALE         3   /* the slot no longer holds the caller's key   */
+#define RC_NOT_OWNER     4   /* release of a lock this process doesn't hold */
+#define RC_BUSY          5   /* delete refused: the lock is held            */
+#define RC_FULL          6   /* internal: the live count reached capacity   */
+#define RC_NO_FREE_SLOT  7   /* internal: no free slot below capacity       */
+
+/* The exceptions the core raises besides Python's own, kept in the module's
+ * state (as msgspec does): shmdict.errors' TableFull and CorruptSegment,
+ * imported at init, and two classes of this module.  CorruptGeometry is
+ * the Core() constructor's "this header cannot be right": a CorruptSegment
+ * that is also a ValueError, which it raised before.  TornRecord is private:
+ * a record's sequence stayed odd (its writer died mid-copy), which the
+ * Python layer repairs under the record lock. */
+typedef struct {
+    PyObject *TableFull;
+    PyObject *CorruptSegment;
+    PyObject *CorruptGeometry;
+    PyObject *TornRecord;
+} CoreState;
+
+static struct PyModuleDef coremodule;
+
+/* The module's state, or NULL with an exception set (the module is gone:
+ * only possible during interpreter shutdown). */
+static CoreState *
+core_state(void)
+{
+    PyObject *m = PyState_FindModule(&coremodule);
+    if (m == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "shmdict's core module is not loaded");
+        return NULL;
+    }
+    return (CoreState *)PyModule_GetState(m);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Atomics                                                                  */
@@ -272,25 +288,31 @@ typedef struct {
     char *base;
     uint64_t nslots, slot_size, key_size, key_area, extra_size;
     uint64_t nstripes, capacity, stripes_offset, data_offset;
-    char *stripes;
+    struct shmdict_header *header;
+    struct shmdict_stripe *stripes;
     char *slots;
     uint16_t *reach;         /* nslots entries, see the header comment      */
-    int64_t init_word0;      /* default of word0 for a new key             */
-    PyObject *init_extra;    /* bytes: default of the extra value area     */
-    PyObject *cache;         /* dict: key object -> (slot, state)          */
-    PyObject *resolver;      /* callable(key, create) -> (slot, state)|None */
-    PyObject *hash_fn;       /* resolver.xxh3: xxhash.xxh3_64_intdigest      */
-    PyObject *seed;          /* resolver.seed: the table's hash seed (int)   */
-    PyObject *inserter;      /* resolver.insert_encoded(bytes, hash, create) */
+    int64_t default_word0;   /* word0 of a new key                          */
+    PyObject *default_extra; /* bytes: the extra value area of a new key    */
+    PyObject *name;          /* str: the table's name, for messages         */
+    PyObject *cache;         /* dict: key object -> (slot, state)           */
+    PyObject *hash_fn;       /* hash_function(bytes, seed) -> int           */
+    PyObject *seed;          /* int: the table's hash seed                  */
+    PyObject *resolve_fn;    /* resolve(key, create) -> (slot, state, ...) | None */
+    PyObject *insert_fn;     /* insert(encoded, hash) -> (slot, state, created) */
+    PyObject *insert_with_fn; /* insert_with(key, word0) -> bool (created)  */
     Py_ssize_t cache_limit;
 } Core;
 
 static inline char *slot_at(Core *c, uint64_t i) { return c->slots + i * c->slot_size; }
-static inline char *slot_key(char *slot) { return slot + 16; }
-static inline char *slot_extra(Core *c, char *slot) { return slot + 16 + c->key_area; }
-static inline int64_t *word0_of(char *slot) { return (int64_t *)(slot + 8); }
-static inline char *stripe_at(Core *c, uint64_t i) { return c->stripes + i * STRIPE_SIZE; }
-static inline int64_t *hdr_i64(Core *c, size_t off) { return (int64_t *)(c->base + off); }
+static inline char *slot_key(char *slot)
+{ return slot + offsetof(struct shmdict_slot, key); }
+static inline char *slot_extra(Core *c, char *slot)
+{ return slot_key(slot) + c->key_area; }
+static inline uint64_t *word0_of(char *slot)
+{ return (uint64_t *)(slot + offsetof(struct shmdict_slot, word0)); }
+static inline struct shmdict_stripe *stripe_at(Core *c, uint64_t i)
+{ return &c->stripes[i]; }
 
 /* Which stripe serialises inserts and deletes of a hash. */
 static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; }
@@ -300,13 +322,11 @@ static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; 
 static inline uint64_t home_of(Core *c, uint64_t h)
 { return (uint64_t)(((u128)h * c->nslots) >> 64); }
 
-#define REACH_UNBOUNDED 0xffffu
-
 /* How many slots past `home` a lookup must probe (bounded by the table). */
 static inline uint64_t reach_limit(Core *c, uint64_t home)
 {
     uint16_t r = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
-    return (r == REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
+    return (r == SHMDICT_REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
 }
 
 /* Record that a key with this home now sits `distance` slots past it.  The
@@ -314,7 +334,7 @@ static inline uint64_t reach_limit(Core *c, uint64_t home)
  * sees the key also sees a reach that covers it. */
 static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
 {
-    uint16_t want = distance >= REACH_UNBOUNDED ? REACH_UNBOUNDED : (uint16_t)distance;
+    uint16_t want = distance >= SHMDICT_REACH_UNBOUNDED ? SHMDICT_REACH_UNBOUNDED : (uint16_t)distance;
     uint16_t cur = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
     while (cur < want &&
            !__atomic_compare_exchange_n(&c->reach[home], &cur, want, 0,
@@ -324,23 +344,48 @@ static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
 
 static void Core_release_view(Core *self);
 
+/* Core(buffer, *, name, ...): see CORE_DOC below for every argument.  All
+ * but the buffer are keyword-only and required, so a caller cannot pass
+ * them in the wrong order. */
+static char *core_kwlist[] = {
+    "buffer", "name", "nslots", "slot_size", "key_size", "extra_size", "nstripes",
+    "capacity", "stripes_offset", "data_offset", "default_word0", "default_extra",
+    "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit", NULL};
+
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "nslots", "slot_size", "key_size",
-                             "extra_size", "nstripes", "capacity",
-                             "stripes_offset", "data_offset", "init_word0",
-                             "init_extra", "resolver", "cache_limit", NULL};
-    PyObject *buffer, *resolver, *init_extra;
+    PyObject *buffer, *name, *default_extra, *hash_fn, *seed, *resolve_fn, *insert_fn;
+    PyObject *insert_with_fn;
     unsigned long long nslots, slot_size, key_size, extra_size, nstripes;
     unsigned long long capacity, stripes_offset, data_offset;
-    long long init_word0;
+    long long default_word0;
     Py_ssize_t cache_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKKKLSOn", kwlist,
-            &buffer, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
-            &capacity, &stripes_offset, &data_offset, &init_word0,
-            &init_extra, &resolver, &cache_limit))
+    /* PyArg_ParseTupleAndKeywords makes keyword-only arguments optional:
+     * require each here, naming the first one missing. */
+    for (char **kw = core_kwlist + 1; *kw; kw++) {
+        PyObject *given = kwds ? PyDict_GetItemString(kwds, *kw) : NULL;
+        if (given == NULL && PyTuple_GET_SIZE(args) <= 1) {
+            PyErr_Format(PyExc_TypeError,
+                         "Core() missing required keyword-only argument: '%s'", *kw);
+            return -1;
+        }
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOn", core_kwlist,
+            &buffer, &name, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
+            &capacity, &stripes_offset, &data_offset, &default_word0, &default_extra,
+            &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit))
         return -1;
+    if (!PyCallable_Check(hash_fn) || !PyCallable_Check(resolve_fn)
+            || !PyCallable_Check(insert_fn) || !PyCallable_Check(insert_with_fn)) {
+        PyErr_SetString(PyExc_TypeError, "Core(): hash_function, resolve, insert and "
+                        "insert_with must be callable");
+        return -1;
+    }
+    if (!PyLong_Check(seed)) {
+        PyErr_SetString(PyExc_TypeError, "Core(): seed must be an int");
+        return -1;
+    }
     if (self->has_view) {
         PyErr_SetString(PyExc_RuntimeError, "Core is already initialised");
         return -1;
@@ -349,30 +394,30 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
         return -1;
     self->has_view = 1;
 
-    /* Check the geometry against the mapping, so that no index computed
-     * below can ever leave it. */
-    uint64_t key_area = (key_size + 7) & ~7ull;
+    /* Check the geometry against the format (format.h's one rule) and the
+     * mapping, so that no index computed below can ever leave it. */
+    uint64_t key_area = shmdict_round_up(key_size, SHMDICT_AREA_ALIGN);
     uint64_t size = (uint64_t)self->view.len;
+    struct shmdict_geometry g;
     const char *bad = NULL;
-    if (((uintptr_t)self->view.buf & 63) != 0) bad = "mapping is not 64-byte aligned";
-    else if (nslots == 0 || nslots > (1ull << 40)) bad = "slot count out of range";
-    else if (key_size == 0 || key_size > KLEN_MASK) bad = "key size out of range";
-    else if (extra_size % 8 != 0 || extra_size > (1u << 20)) bad = "value size out of range";
-    else if (slot_size % 16 != 0 || slot_size < 16 + key_area + extra_size) bad = "slot size too small";
-    else if (nstripes == 0 || nstripes > 65536) bad = "stripe count out of range";
-    else if (capacity == 0 || capacity > nslots) bad = "capacity out of range";
-    else if (stripes_offset < 128 || stripes_offset % 64 != 0) bad = "stripe table misplaced";
-    else if (stripes_offset > size || nstripes * STRIPE_SIZE > size - stripes_offset)
-        bad = "stripe table exceeds the mapping";  /* before the sum below can wrap */
-    else if (stripes_offset + nstripes * STRIPE_SIZE > data_offset) bad = "stripe table overlaps slots";
-    else if (data_offset % 64 != 0) bad = "slot array misaligned";
-    else if (data_offset > size || nslots > (size - data_offset) / (slot_size + 2)) bad = "slot array exceeds the mapping";
-    else if ((uint64_t)PyBytes_GET_SIZE(init_extra) != extra_size) bad = "default value has the wrong size";
+    if (((uintptr_t)self->view.buf & (SHMDICT_DATA_ALIGN - 1)) != 0)
+        bad = "mapping is not 64-byte aligned";
+    else if (!shmdict_geometry(capacity, key_size, extra_size, nstripes, &g))
+        bad = "capacity, key size, value size or stripe count out of range";
+    else if (nslots != g.nslots || slot_size != g.slot_size
+             || stripes_offset != g.stripes_offset || data_offset != g.data_offset)
+        bad = "slot count, slot size or offsets do not follow the format";
+    else if (size < g.size)
+        bad = "the segment is smaller than its geometry";
+    else if ((uint64_t)PyBytes_GET_SIZE(default_extra) != extra_size)
+        bad = "default value has the wrong size";
     if (bad) {
         /* Give the buffer back: a Core left with has_view set but no base
          * would dereference NULL on its next call. */
         Core_release_view(self);
-        PyErr_Format(PyExc_ValueError, "corrupt table geometry: %s", bad);
+        CoreState *st = core_state();
+        if (st != NULL)
+            PyErr_Format(st->CorruptGeometry, "corrupt table geometry: %s", bad);
         return -1;
     }
     self->base = self->view.buf;
@@ -385,26 +430,20 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->capacity = capacity;
     self->stripes_offset = stripes_offset;
     self->data_offset = data_offset;
-    self->stripes = self->base + stripes_offset;
+    self->header = (struct shmdict_header *)self->base;
+    self->stripes = (struct shmdict_stripe *)(self->base + stripes_offset);
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
-    self->init_word0 = init_word0;
+    self->default_word0 = default_word0;
     /* XSETREF: __init__ may run again on a closed Core. */
-    Py_INCREF(init_extra);
-    Py_XSETREF(self->init_extra, init_extra);
-    Py_INCREF(resolver);
-    Py_XSETREF(self->resolver, resolver);
-    /* The fast path of resolve() (keys encoded in C) needs these three;
-     * a resolver without them just means every miss goes through it. */
-    Py_XSETREF(self->hash_fn, PyObject_GetAttrString(resolver, "xxh3"));
-    Py_XSETREF(self->seed, PyObject_GetAttrString(resolver, "seed"));
-    Py_XSETREF(self->inserter, PyObject_GetAttrString(resolver, "insert_encoded"));
-    if (!self->hash_fn || !self->seed || !self->inserter) {
-        PyErr_Clear();
-        Py_CLEAR(self->hash_fn);
-        Py_CLEAR(self->seed);
-        Py_CLEAR(self->inserter);
-    }
+    Py_INCREF(default_extra);
+    Py_XSETREF(self->default_extra, default_extra);
+    Py_XSETREF(self->name, Py_NewRef(name));
+    Py_XSETREF(self->hash_fn, Py_NewRef(hash_fn));
+    Py_XSETREF(self->seed, Py_NewRef(seed));
+    Py_XSETREF(self->resolve_fn, Py_NewRef(resolve_fn));
+    Py_XSETREF(self->insert_fn, Py_NewRef(insert_fn));
+    Py_XSETREF(self->insert_with_fn, Py_NewRef(insert_with_fn));
     Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
     if (self->cache == NULL) {
@@ -424,18 +463,20 @@ Core_release_view(Core *self)
     }
 }
 
-/* The Core is GC-tracked: the resolver refers back to the Table that owns
+/* The Core is GC-tracked: its callables refer back to the Table that owns
  * the Core, and a cycle through an untracked object is never collected (a
  * Table dropped without close() would keep its mapping forever). */
 static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->init_extra);
+    Py_VISIT(self->default_extra);
     Py_VISIT(self->cache);
-    Py_VISIT(self->resolver);
+    Py_VISIT(self->name);
     Py_VISIT(self->hash_fn);
     Py_VISIT(self->seed);
-    Py_VISIT(self->inserter);
+    Py_VISIT(self->resolve_fn);
+    Py_VISIT(self->insert_fn);
+    Py_VISIT(self->insert_with_fn);
     return 0;
 }
 
@@ -443,12 +484,14 @@ static int
 Core_clear(Core *self)
 {
     Core_release_view(self);        /* every method then says "closed" */
-    Py_CLEAR(self->init_extra);
+    Py_CLEAR(self->default_extra);
     Py_CLEAR(self->cache);
-    Py_CLEAR(self->resolver);
+    Py_CLEAR(self->name);
     Py_CLEAR(self->hash_fn);
     Py_CLEAR(self->seed);
-    Py_CLEAR(self->inserter);
+    Py_CLEAR(self->resolve_fn);
+    Py_CLEAR(self->insert_fn);
+    Py_CLEAR(self->insert_with_fn);
     return 0;
 }
 
@@ -457,12 +500,14 @@ Core_dealloc(Core *self)
 {
     PyObject_GC_UnTrack(self);
     Core_release_view(self);
-    Py_XDECREF(self->init_extra);
+    Py_XDECREF(self->default_extra);
     Py_XDECREF(self->cache);
-    Py_XDECREF(self->resolver);
+    Py_XDECREF(self->name);
     Py_XDECREF(self->hash_fn);
     Py_XDECREF(self->seed);
-    Py_XDECREF(self->inserter);
+    Py_XDECREF(self->resolve_fn);
+    Py_XDECREF(self->insert_fn);
+    Py_XDECREF(self->insert_with_fn);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -501,12 +546,13 @@ parse_slot(Core *self, unsigned long long slot)
 /* Lookup (lock-free)                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* Find the published slot holding key[0:klen] with hash h.  Returns the slot
- * index and its state word, or -1 when the key is absent.  The key bytes of a
+/* Find the published slot holding key[0:klen] with hash h.  Returns 1 with
+ * the slot index and its state word filled in, or 0 when the key is absent.  The key bytes of a
  * published slot can change only after its state word changes, so a match is
  * confirmed by re-reading the state word after comparing the bytes. */
-static int64_t
-find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_out)
+static int
+find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
+          uint64_t *slot_out, uint64_t *state_out)
 {
     uint64_t high = h >> TAG_SHIFT;
     uint64_t home = home_of(c, h);
@@ -526,13 +572,14 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
             uint64_t s = load_acq(slot);
             unsigned kind = st_kind(s);
             if (kind == KIND_EMPTY)
-                return -1;
+                return 0;
             if (kind == KIND_PUBLISHED && st_high(s) == high && st_klen(s) == klen
                     && memcmp(slot_key(slot), key, klen) == 0) {
                 __atomic_thread_fence(__ATOMIC_ACQUIRE);
                 if (load_acq(slot) == s) {
+                    *slot_out = i;
                     *state_out = s;
-                    return (int64_t)i;
+                    return 1;
                 }
                 changed = 1;    /* the slot changed while we compared */
                 break;
@@ -540,17 +587,17 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h, uint64_t *state_o
             i = (i + 1 == c->nslots) ? 0 : i + 1;
         }
         if (!changed)
-            return -1;
+            return 0;
         /* Look again from the home slot, with the whole probe budget. */
     }
-    return -1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Admission: the exact live count                                          */
 /* ------------------------------------------------------------------------ */
 
-/* The global live count (HDR_LIVE) decides TableFull, so a key must reserve
+/* The global live count (header.live) decides TableFull, so a key must reserve
  * its place before it claims a slot, and concurrent inserts never overshoot.
  * Each stripe also keeps its own live count, changed only by the stripe's
  * holder, so that after a crash the stripe can be recounted exactly.  The two
@@ -569,7 +616,7 @@ static void
 admit_lock(Core *c)
 {
     uint64_t me = my_id();
-    uint64_t *word = (uint64_t *)(c->base + HDR_ADMIT);
+    uint64_t *word = &c->header->admit;
     uint64_t stuck_word = 0;
     double stuck_since = 0;
     for (unsigned long spins = 0;; spins++) {
@@ -590,8 +637,8 @@ admit_lock(Core *c)
                 if (cas64(word, &expected, me)) {
                     int64_t sum = 0;
                     for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(stripe_at(c, s) + STRIPE_LIVE);
-                    store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)sum);
+                        sum += (int64_t)load_acq(&stripe_at(c, s)->live);
+                    store_rel(&c->header->live, (uint64_t)sum);
                     return;
                 }
             }
@@ -603,7 +650,7 @@ admit_lock(Core *c)
 static void
 admit_unlock(Core *c)
 {
-    store_rel(c->base + HDR_ADMIT, 0);
+    store_rel(&c->header->admit, 0);
 }
 
 /* Reserve room for one more key in `stripe`; 0 when the table is full. */
@@ -612,10 +659,10 @@ admit_reserve(Core *c, uint64_t stripe)
 {
     int ok = 0;
     admit_lock(c);
-    int64_t live = (int64_t)load_acq(hdr_i64(c, HDR_LIVE));
+    int64_t live = (int64_t)load_acq(&c->header->live);
     if (live >= 0 && (uint64_t)live < c->capacity) {
-        store_rel(hdr_i64(c, HDR_LIVE), (uint64_t)(live + 1));
-        char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+        store_rel(&c->header->live, (uint64_t)(live + 1));
+        int64_t *sl = &stripe_at(c, stripe)->live;
         store_rel(sl, load_acq(sl) + 1);
         ok = 1;
     }
@@ -630,9 +677,9 @@ admit_adjust(Core *c, uint64_t stripe, int64_t delta)
     if (delta == 0)
         return;
     admit_lock(c);
-    int64_t *live = hdr_i64(c, HDR_LIVE);
+    int64_t *live = &c->header->live;
     store_rel(live, (uint64_t)((int64_t)load_acq(live) + delta));
-    char *sl = stripe_at(c, stripe) + STRIPE_LIVE;
+    int64_t *sl = &stripe_at(c, stripe)->live;
     store_rel(sl, (uint64_t)((int64_t)load_acq(sl) + delta));
     admit_unlock(c);
 }
@@ -641,15 +688,16 @@ admit_adjust(Core *c, uint64_t stripe, int64_t delta)
 /* Insert and delete (caller holds the key's stripe)                        */
 /* ------------------------------------------------------------------------ */
 
-/* Insert a key known to be absent.  Returns the slot, -1 when the table is
- * full, -2 when no free slot was found (only possible in a corrupt table). */
-static int64_t
+/* Insert a key known to be absent.  Returns RC_OK with the slot and its
+ * state filled in, RC_FULL when the table is full, RC_NO_FREE_SLOT when no
+ * free slot was found (only possible in a corrupt table). */
+static int
 insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-            int64_t word0, const char *extra, uint64_t *state_out)
+            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
 {
     uint64_t stripe = stripe_of(c, h);
     if (!admit_reserve(c, stripe))
-        return -1;
+        return RC_FULL;
     uint64_t home = home_of(c, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < c->nslots; probes++) {
@@ -660,25 +708,26 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
             uint64_t claimed = st_make(KIND_CLAIMED, st_gen(s), 0, stripe);
             if (cas64(slot, &s, claimed)) {
                 if (kind == KIND_TOMBSTONE)
-                    __atomic_fetch_sub(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                    __atomic_fetch_sub(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
                 reach_extend(c, home, probes);   /* before the publish below */
                 memcpy(slot_key(slot), key, klen);
                 memset(slot_key(slot) + klen, 0, c->key_area - klen);
                 if (c->extra_size)
                     memcpy(slot_extra(c, slot), extra, c->extra_size);
-                store_rel(slot + 8, (uint64_t)word0);
+                store_rel(word0_of(slot), (uint64_t)word0);
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
                 store_rel(slot, published);
+                *slot_out = i;
                 *state_out = published;
-                return (int64_t)i;
+                return RC_OK;
             }
             continue;  /* lost the slot to another stripe's insert: retry it */
         }
         i = (i + 1 == c->nslots) ? 0 : i + 1;
     }
     admit_adjust(c, stripe, -1);
-    return -2;
+    return RC_NO_FREE_SLOT;
 }
 
 /* Turn a published slot into a tombstone if (state, word0) still match. */
@@ -689,7 +738,7 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
     uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(state), 0, 0);
     if (!cas_pair(slot, state, word0, tomb, 0, NULL))
         return 0;
-    __atomic_fetch_add(hdr_i64(c, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+    __atomic_fetch_add(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
     /* The stripe is that of the key's hash; the slot's state only keeps the
      * high 32 bits of it, so the caller's stripe index is recomputed by the
      * Python layer and passed through `stripe` in Core_delete. */
@@ -702,7 +751,7 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
 
 /* Keys that may be looked up in the per-process cache: exact str, bytes,
  * int (bool included) and tuples of those.  Anything else (float, a str
- * subclass with its own __eq__, ...) goes through the resolver, which encodes
+ * subclass with its own __eq__, ...) goes through the Python resolve callable, which encodes
  * it canonically or raises TypeError: a dict lookup would wrongly find 1 for
  * 1.0. */
 static int
@@ -817,16 +866,12 @@ mod_encode_key(PyObject *m, PyObject *args)
     return PyBytes_FromStringAndSize(buf, n);
 }
 
-/* The key hash: xxhash's own xxh3_64 with the table's seed (resolver.xxh3,
- * resolver.seed), called on the encoded key.  Returns -1 with an exception
+/* The key hash: Core(hash_function=...), xxhash's own xxh3_64, called on
+ * the encoded key with the table's seed.  Returns -1 with an exception
  * set, also when the table was closed during the call. */
 static int
 hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
 {
-    if (c->hash_fn == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the resolver gives no hash function");
-        return -1;
-    }
     PyObject *kb = PyBytes_FromStringAndSize(encoded, n);
     if (kb == NULL)
         return -1;
@@ -839,18 +884,16 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     return 0;
 }
 
-/* The resolver's work done in C, for keys encode_key_c takes: encode, hash
+/* The resolve callable's work done in C, for keys encode_key_c takes: encode, hash
  * (xxhash's own function, with the table's seed), probe, and only for a new
  * key call back into Python to insert it under the stripe lock.  Returns a
  * new (slot, state, ...) tuple, Py_None (absent, not created), or NULL with
- * an exception; sets *handled to 0 when the key needs the Python resolver. */
+ * an exception; sets *handled to 0 when the key needs the Python resolve callable. */
 static PyObject *
 resolve_in_c(Core *c, PyObject *key, int create, int *handled)
 {
     char buf[KLEN_MASK + 1];
     *handled = 0;
-    if (c->hash_fn == NULL)
-        return NULL;
     Py_ssize_t n = encode_key_c(key, buf, (Py_ssize_t)c->key_size, 0);
     if (n < 0)
         return NULL;
@@ -858,17 +901,16 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled)
     unsigned long long h;
     if (hash_key(c, buf, n, &h) < 0)
         return NULL;
-    uint64_t s;
-    int64_t i = find_slot(c, buf, (uint64_t)n, h, &s);
-    if (i >= 0)
+    uint64_t i, s;
+    if (find_slot(c, buf, (uint64_t)n, h, &i, &s))
         return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
     if (!create)
         Py_RETURN_NONE;
-    return PyObject_CallFunction(c->inserter, "y#K", buf, n, h);
+    return PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
 }
 
 /* Look a key up: from the cache when its entry is still current, else
- * through the Python resolver (which encodes, hashes, probes and, when
+ * through the Python resolve callable (which encodes, hashes, probes and, when
  * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
  * 0 when absent (create false), -1 with an exception set. */
 static int
@@ -894,12 +936,12 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
             return -1;
         }
     }
-    /* Common keys are resolved in C; others by the Python resolver.  Both
+    /* Common keys are resolved in C; others by the Python resolve callable.  Both
      * give (slot, state, ...) or None. */
     int handled = 0;
     PyObject *res = cacheable ? resolve_in_c(c, key, create, &handled) : NULL;
     if (!handled)
-        res = PyObject_CallFunctionObjArgs(c->resolver, key,
+        res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
                                            create ? Py_True : Py_False, NULL);
     if (res == NULL)
         return -1;
@@ -913,7 +955,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     }
     if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
         Py_DECREF(res);
-        PyErr_SetString(PyExc_TypeError, "resolver must return (slot, state) or None");
+        PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
         return -1;
     }
     *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
@@ -921,7 +963,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     if (PyErr_Occurred() || *slot >= c->nslots) {
         Py_DECREF(res);
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_IndexError, "resolver returned a bad slot");
+            PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
         return -1;
     }
     if (cacheable) {
@@ -944,7 +986,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
 static inline int
 read_pair(char *slot, uint64_t state, int64_t *value)
 {
-    int64_t v = (int64_t)load_acq(slot + 8);
+    int64_t v = (int64_t)load_acq(word0_of(slot));
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (load_acq(slot) != state)
         return 0;
@@ -954,7 +996,7 @@ read_pair(char *slot, uint64_t state, int64_t *value)
 
 /* The read-modify-write verbs share one loop: resolve, then CAS (state,
  * word0) until it lands; a changed state means the key moved or was deleted,
- * so it is resolved again (bounded: the resolver waits on the stripe). */
+ * so it is resolved again (bounded: the insert waits on the stripe). */
 enum rmw { RMW_ADD, RMW_SET, RMW_EXCHANGE, RMW_GET };
 
 static PyObject *
@@ -1108,8 +1150,7 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             if (!set_missing)
                 Py_RETURN_FALSE;
             /* Ask the Python layer to insert the key with `new`. */
-            PyObject *res = PyObject_CallMethod(self->resolver, "insert_with",
-                                                "OL", key, new);
+            PyObject *res = PyObject_CallFunction(self->insert_with_fn, "OL", key, new);
             if (res == NULL)
                 return NULL;
             int created = PyObject_IsTrue(res);
@@ -1323,7 +1364,7 @@ Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* locate(key, create) -> (slot, state) | None: a key object to its slot,
  * through the per-process cache (validated against the slot's state word) or
- * the resolver.  What every layout's handle calls before its C verb. */
+ * Core(resolve=...).  What every layout's handle calls before its C verb. */
 static PyObject *
 Core_locate(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1365,17 +1406,31 @@ Core_find(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, self->has_view ? "key too long" : "table is closed");
         return NULL;
     }
-    uint64_t s;
-    int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
+    uint64_t i, s;
+    int found = find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s);
     PyBuffer_Release(&key);
-    if (i < 0)
+    if (!found)
         Py_RETURN_NONE;
-    return Py_BuildValue("(LK)", (long long)i, (unsigned long long)s);
+    return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
 }
 
-/* insert(key_bytes, hash, word0, extra) -> (slot, state, created) | None when
- * full.  The caller holds the key's stripe, so "absent" stays true between
- * the lookup and the insert. */
+/* Raise shmdict.errors.TableFull with the message shmdict has always given. */
+static void
+raise_table_full(Core *c)
+{
+    CoreState *st = core_state();
+    if (st == NULL)
+        return;
+    PyErr_Format(st->TableFull,
+                 "table %R is full: %lld of %llu keys in use; delete keys or open a "
+                 "table with a larger capacity",
+                 c->name, (long long)load_acq(&c->header->live),
+                 (unsigned long long)c->capacity);
+}
+
+/* insert(key_bytes, hash, word0, extra) -> (slot, state, created); raises
+ * TableFull when the table is full.  The caller holds the key's stripe, so
+ * "absent" stays true between the lookup and the insert. */
 static PyObject *
 Core_insert(Core *self, PyObject *args)
 {
@@ -1385,29 +1440,29 @@ Core_insert(Core *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*KLy*", &key, &h, &word0, &extra))
         return NULL;
     PyObject *result = NULL;
+    uint64_t i, s;
     if (!self->has_view) {
         PyErr_SetString(PyExc_ValueError, "table is closed");
     } else if ((uint64_t)key.len > self->key_size) {
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
+    } else if (find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s)) {
+        result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s, Py_False);
     } else {
-        uint64_t s;
-        int64_t i = find_slot(self, key.buf, (uint64_t)key.len, h, &s);
-        if (i >= 0) {
-            result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_False);
+        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &i, &s);
+        if (rc == RC_OK) {
+            result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
+                                   Py_True);
+        } else if (rc == RC_FULL) {
+            raise_table_full(self);
         } else {
-            i = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &s);
-            if (i == -1) {
-                Py_INCREF(Py_None);
-                result = Py_None;
-            } else if (i == -2) {
-                PyErr_SetString(PyExc_RuntimeError,
-                                "no free slot although the live count is below capacity "
-                                "(corrupt table: run `shmdict check`)");
-            } else {
-                result = Py_BuildValue("(LKO)", (long long)i, (unsigned long long)s, Py_True);
-            }
+            CoreState *st = core_state();
+            if (st != NULL)
+                PyErr_Format(st->CorruptSegment,
+                             "table %R: no free slot although the live count is below "
+                             "capacity (corrupt table: run `shmdict check %U`)",
+                             self->name, self->name);
         }
     }
     PyBuffer_Release(&key);
@@ -1449,7 +1504,7 @@ Core_delete(Core *self, PyObject *args)
             /* mode 2 released the record lock: wake its waiters, who then
              * see the slot changed (else they sleep out their slice). */
             if (mode != 0 && ((uint64_t)v & WAITERS_BIT))
-                futex_wake_all(slot + 8);
+                futex_wake_all(word0_of(slot));
             admit_adjust(self, stripe, -1);
             return Py_BuildValue("(iL)", RC_OK, (long long)v);
         }
@@ -1554,7 +1609,7 @@ Core_stripe_holder(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong(load_acq(stripe_at(self, i) + STRIPE_HOLDER));
+    return PyLong_FromUnsignedLongLong(load_acq(&stripe_at(self, i)->holder));
 }
 
 /* stripe_cas(i, expected, desired) -> bool.  desired == -1 means "me". */
@@ -1572,7 +1627,7 @@ Core_stripe_cas(Core *self, PyObject *args)
     }
     uint64_t want = desired == -1 ? my_id() : (uint64_t)desired;
     uint64_t e = expected;
-    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, want));
+    return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, want));
 }
 
 /* stripe_release(i) -> bool: clear the holder word if this process holds
@@ -1589,7 +1644,7 @@ Core_stripe_release(Core *self, PyObject *arg)
         return NULL;
     }
     uint64_t e = my_id();
-    return PyBool_FromLong(cas64(stripe_at(self, i) + STRIPE_HOLDER, &e, 0));
+    return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, 0));
 }
 
 /* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
@@ -1614,7 +1669,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
         if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
             uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
             if (cas64(slot, &s, tomb)) {
-                __atomic_fetch_add(hdr_i64(self, HDR_TOMBSTONES), 1, __ATOMIC_ACQ_REL);
+                __atomic_fetch_add(&self->header->tombstones, 1, __ATOMIC_ACQ_REL);
                 dropped++;
             }
         } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
@@ -1626,7 +1681,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
                 counted++;
         }
     }
-    int64_t have = (int64_t)load_acq(stripe_at(self, stripe) + STRIPE_LIVE);
+    int64_t have = (int64_t)load_acq(&stripe_at(self, stripe)->live);
     int64_t delta = counted - have;
     admit_adjust(self, stripe, delta);
     return Py_BuildValue("(LL)", dropped, (long long)delta);
@@ -1641,17 +1696,17 @@ Core_repair_stripe(Core *self, PyObject *arg)
  * acquisition is a CAS of (state, 0) -> (state, me) for word0, so that it
  * fails if the slot was deleted meanwhile.  Waits sleep on the futex (low
  * 32 bits) in slices of at most 50 ms, checking between slices whether the
- * owner is still alive and whether a signal (Ctrl-C) arrived. */
+ * owner is still alive and whether a signal (Ctrl-C) arrived.  Returns
+ * RC_OK, RC_RECOVERED, RC_TIMEOUT or RC_STALE; RC_ERROR with the exception
+ * set when a signal handler raised or the table was closed meanwhile. */
 static int
-owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
-              int *interrupted)
+owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
 {
     char *slot = slot_at(c, i);
-    uint64_t *word = (uint64_t *)(slot + 8);
+    uint64_t *word = word0_of(slot);
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
     int recovered = 0;
-    *interrupted = 0;
     for (;;) {
         uint64_t cur;
         if (load_acq(slot) != s)
@@ -1688,10 +1743,8 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
         Py_BEGIN_ALLOW_THREADS
         futex_wait(word, (uint32_t)cur, slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1701,7 +1754,7 @@ owner_release(Core *c, uint64_t i, uint64_t s)
     if (!c->has_view)       /* closed while we waited: nothing to touch */
         return RC_STALE;
     char *slot = slot_at(c, i);
-    uint64_t *word = (uint64_t *)(slot + 8);
+    uint64_t *word = word0_of(slot);
     for (;;) {
         if (load_acq(slot) != s)
             return RC_STALE;
@@ -1728,9 +1781,8 @@ Core_lock_acquire(Core *self, PyObject *args)
     REQUIRE_OPEN(self);
     if (parse_slot(self, i) < 0)
         return NULL;
-    int interrupted;
-    int r = owner_acquire(self, i, s, blocking, timeout, &interrupted);
-    if (interrupted)
+    int r = owner_acquire(self, i, s, blocking, timeout);
+    if (r == RC_ERROR)
         return NULL;
     return PyLong_FromLong(r);
 }
@@ -1774,18 +1826,18 @@ Core_lock_owner(Core *self, PyObject *args)
  * for the reader cells to empty.  Dead readers' cells are cleared by whoever
  * waits on them. */
 
+/* Take a reader cell: RC_OK or RC_RECOVERED (a dead writer was cleared),
+ * RC_TIMEOUT, RC_STALE, or RC_ERROR with an exception set. */
 static int
-reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
-               int *interrupted, int *recovered)
+reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
 {
     char *slot = slot_at(c, i);
-    uint64_t *writer = (uint64_t *)(slot + 8);
+    uint64_t *writer = word0_of(slot);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
     uint64_t ncells = c->extra_size / 8;
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-    *interrupted = 0;
-    *recovered = 0;
+    int recovered = 0;
     for (;;) {
         if (load_acq(slot) != s)
             return RC_STALE;
@@ -1794,7 +1846,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
             /* The writer died mid-write: clear it; what it guarded may be
              * half-written, so the reader is told. */
             if (cas_pair(slot, s, w, s, w & WAITERS_BIT, NULL))
-                *recovered = 1;
+                recovered = 1;
             continue;
         }
         if (id_pid(w) == 0) {
@@ -1804,7 +1856,7 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
                     __atomic_thread_fence(__ATOMIC_SEQ_CST);
                     uint64_t w2 = load_acq(writer);
                     if (id_pid(w2) == 0 && load_acq(slot) == s)
-                        return *recovered ? RC_RECOVERED : RC_OK;
+                        return recovered ? RC_RECOVERED : RC_OK;
                     store_rel(&cells[k], 0);   /* a writer came: back off */
                     break;
                 }
@@ -1837,10 +1889,8 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout,
         else
             sleep_seconds(slice);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1862,14 +1912,13 @@ reader_release(Core *c, uint64_t i, uint64_t s)
 }
 
 /* Wait until no live reader holds the lock (the caller holds the writer
- * word).  Returns RC_OK, RC_TIMEOUT, or RC_STALE. */
+ * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set. */
 static int
-wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interrupted)
+wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline)
 {
     char *slot = slot_at(c, i);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
     uint64_t ncells = c->extra_size / 8;
-    *interrupted = 0;
     for (unsigned long round = 0;; round++) {
         int busy = 0;
         for (uint64_t k = 0; k < ncells; k++) {
@@ -1892,10 +1941,8 @@ wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline, int *interru
         else
             sleep_seconds(0.0005);
         Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c)) {
-            *interrupted = 1;
-            return RC_TIMEOUT;
-        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
     }
 }
 
@@ -1952,22 +1999,21 @@ Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
         int r = resolve(self, args[0], 1, attempt == 0, &i, &s);
         if (r < 0)
             return NULL;
-        int interrupted = 0, recovered = 0, code;
+        int code;
         if (rw && shared) {
-            code = reader_acquire(self, i, s, blocking, timeout, &interrupted, &recovered);
+            code = reader_acquire(self, i, s, blocking, timeout);
         } else {
             double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-            code = owner_acquire(self, i, s, blocking, timeout, &interrupted);
-            if (rw && code >= 0 && !interrupted) {
-                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic(),
-                                           &interrupted);
+            code = owner_acquire(self, i, s, blocking, timeout);
+            if (rw && (code == RC_OK || code == RC_RECOVERED)) {
+                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic());
                 if (c2 != RC_OK) {
                     owner_release(self, i, s);
                     code = c2;
                 }
             }
         }
-        if (interrupted)
+        if (code == RC_ERROR)
             return NULL;
         if (code != RC_STALE)
             return PyLong_FromLong(code);
@@ -2003,14 +2049,12 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 /* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
 /* ------------------------------------------------------------------------ */
 
-#define RC_TORN -9   /* internal: the sequence stayed odd (a dead writer?) */
-
 /* Copy slot i's record into a new bytes object.  A seqlock read: the
  * sequence is odd while a writer is copying, and a copy is kept only if the
  * sequence was even and unchanged around it; `force` copies whatever is
  * there (the caller holds the record lock).  Returns RC_OK (*out set),
- * RC_STALE (the slot changed), RC_TORN (odd for too long: a writer died
- * mid-copy), or -1 with an exception set. */
+ * RC_STALE (the slot changed), or RC_ERROR with an exception set: TornRecord
+ * when the sequence stayed odd for too long (a writer died mid-copy). */
 static int
 record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
@@ -2042,7 +2086,10 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
         }
     }
     Py_DECREF(bytes);
-    return RC_TORN;
+    CoreState *st = core_state();
+    if (st != NULL)
+        PyErr_SetString(st->TornRecord, "record is being written (or its writer died)");
+    return RC_ERROR;
 }
 
 /* Write a record into slot i: sequence odd, copy, sequence even.  The caller
@@ -2084,15 +2131,8 @@ require_records(Core *self)
     return 0;
 }
 
-static PyObject *
-torn_error(void)
-{
-    PyErr_SetString(PyExc_BlockingIOError, "record is being written");
-    return NULL;
-}
-
 /* record_read(slot, state, force=False) -> bytes | None (slot changed).
- * Raises BlockingIOError when the sequence stays odd, so the Python layer
+ * Raises TornRecord when the sequence stays odd, so the Python layer
  * can take the record lock (which recovers it) and read with force=True. */
 static PyObject *
 Core_record_read(Core *self, PyObject *args)
@@ -2109,7 +2149,7 @@ Core_record_read(Core *self, PyObject *args)
         return out;
     if (r == RC_STALE)
         Py_RETURN_NONE;
-    return r == RC_TORN ? torn_error() : NULL;
+    return NULL;
 }
 
 /* record_get(key) -> bytes | None (no such key): read() by key, through the
@@ -2130,9 +2170,7 @@ Core_record_get(Core *self, PyObject *key)
         r = record_copy(self, i, s, 0, &out);
         if (r == RC_OK)
             return out;
-        if (r == RC_TORN)
-            return torn_error();
-        if (r < 0)
+        if (r == RC_ERROR)
             return NULL;
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
@@ -2154,9 +2192,8 @@ Core_record_begin(Core *self, PyObject *key)
         int r = resolve(self, key, 1, attempt == 0, &i, &s);
         if (r < 0)
             return NULL;
-        int interrupted = 0;
-        int code = owner_acquire(self, i, s, 1, -1.0, &interrupted);
-        if (interrupted)
+        int code = owner_acquire(self, i, s, 1, -1.0);
+        if (code == RC_ERROR)
             return NULL;
         if (code == RC_STALE)
             continue;
@@ -2167,7 +2204,7 @@ Core_record_begin(Core *self, PyObject *key)
         if (r != RC_OK) {
             Py_XDECREF(data);
             owner_release(self, i, s);
-            if (r < 0 && r != RC_STALE && r != RC_NOT_OWNER)
+            if (r == RC_ERROR)
                 return NULL;
             continue;
         }
@@ -2211,8 +2248,27 @@ static PyObject *
 Core_counts(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
-    return Py_BuildValue("(LL)", (long long)load_acq(hdr_i64(self, HDR_LIVE)),
-                         (long long)load_acq(hdr_i64(self, HDR_TOMBSTONES)));
+    return Py_BuildValue("(LL)", (long long)load_acq(&self->header->live),
+                         (long long)load_acq(&self->header->tombstones));
+}
+
+/* correct_tombstones(count) -> the count it replaces.  The tombstone count
+ * is statistics only (a process killed between a slot's CAS and the count's
+ * update leaves it off by one); check() recounts the slots and sets it. */
+static PyObject *
+Core_correct_tombstones(Core *self, PyObject *arg)
+{
+    long long count = PyLong_AsLongLong(arg);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "a tombstone count is >= 0");
+        return NULL;
+    }
+    int64_t old = __atomic_exchange_n(&self->header->tombstones, (int64_t)count,
+                                      __ATOMIC_ACQ_REL);
+    return PyLong_FromLongLong(old);
 }
 
 /* stripe_live(i) -> the stripe's own live count */
@@ -2227,7 +2283,7 @@ Core_stripe_live(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    return PyLong_FromLongLong((long long)load_acq(stripe_at(self, i) + STRIPE_LIVE));
+    return PyLong_FromLongLong((long long)load_acq(&stripe_at(self, i)->live));
 }
 
 static PyObject *
@@ -2311,6 +2367,8 @@ static PyMethodDef Core_methods[] = {
      "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "counts() -> (live, tombstones) from the header."},
+    {"correct_tombstones", (PyCFunction)Core_correct_tombstones, METH_O,
+     "correct_tombstones(count) -> old count: set the header's tombstone count."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
      "stripe_live(i) -> the live count kept by stripe i."},
     {"clear_cache", (PyCFunction)Core_clear_cache, METH_NOARGS,
@@ -2320,12 +2378,34 @@ static PyMethodDef Core_methods[] = {
     {NULL}
 };
 
+PyDoc_STRVAR(CORE_DOC,
+"Core(buffer, *, name, nslots, slot_size, key_size, extra_size, nstripes, capacity, "
+"stripes_offset, data_offset, default_word0, default_extra, hash_function, seed, "
+"resolve, insert, insert_with, cache_limit)\n--\n\n"
+"The hash table inside one mapped segment (one per attached table and process).\n\n"
+"buffer: the writable, 64-byte aligned mapping of the whole segment.\n"
+"name: the table's name (str), for error messages.\n"
+"nslots, slot_size, key_size, extra_size, nstripes, capacity, stripes_offset,\n"
+"  data_offset: the header's geometry; it must follow geometry() and fit the\n"
+"  buffer, else CorruptGeometry (a CorruptSegment and a ValueError).\n"
+"default_word0: int64 word0 of a new key; default_extra: bytes of its extra\n"
+"  area (extra_size bytes).\n"
+"hash_function(encoded: bytes, seed: int) -> int: the key hash\n"
+"  (xxhash.xxh3_64_intdigest); seed: the table's seed from its header.\n"
+"resolve(key, create: bool) -> (slot, state, ...) or None: the slow path for\n"
+"  keys the C encoder does not take (encode, hash, probe, insert if create).\n"
+"insert(encoded: bytes, hash: int) -> (slot, state, created): insert a key\n"
+"  the core found absent, under its stripe lock (raises TableFull).\n"
+"insert_with(key, word0: int) -> bool: create key holding word0 if absent;\n"
+"  True if this call created it (cas(..., set_on_not_exists=True)).\n"
+"cache_limit: entries of the per-process key -> slot cache before it is cleared.");
+
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmdict._core.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The hash table inside one mapped segment.",
+    .tp_doc = CORE_DOC,
     .tp_traverse = (traverseproc)Core_traverse,
     .tp_clear = (inquiry)Core_clear,
     .tp_new = PyType_GenericNew,
@@ -2333,12 +2413,6 @@ static PyTypeObject CoreType = {
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_methods = Core_methods,
 };
-
-static PyObject *
-mod_my_id(PyObject *m, PyObject *Py_UNUSED(ignored))
-{
-    return PyLong_FromUnsignedLongLong(my_id());
-}
 
 static PyObject *
 mod_id_pid(PyObject *m, PyObject *arg)
@@ -2402,15 +2476,141 @@ mod_store_u64(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------ */
+/* The format, as Python sees it                                            */
+/* ------------------------------------------------------------------------ */
+
+/* geometry(capacity, key_size, extra_size, nstripes) -> {nslots, slot_size,
+ * stripes_offset, data_offset, size}: format.h's geometry rule, the one
+ * place a table's shape is computed (the creator's header and the
+ * attacher's check both come from it, and Core() checks against it). */
+static PyObject *
+mod_geometry(PyObject *m, PyObject *args)
+{
+    unsigned long long capacity, key_size, extra_size, nstripes;
+    if (!PyArg_ParseTuple(args, "KKKK", &capacity, &key_size, &extra_size, &nstripes))
+        return NULL;
+    struct shmdict_geometry g;
+    if (!shmdict_geometry(capacity, key_size, extra_size, nstripes, &g)) {
+        PyErr_Format(PyExc_ValueError,
+                     "no table has capacity %llu, key size %llu, value size %llu "
+                     "and %llu stripes (each must be in range)",
+                     capacity, key_size, extra_size, nstripes);
+        return NULL;
+    }
+    return Py_BuildValue("{sKsKsKsKsK}",
+                         "nslots", (unsigned long long)g.nslots,
+                         "slot_size", (unsigned long long)g.slot_size,
+                         "stripes_offset", (unsigned long long)g.stripes_offset,
+                         "data_offset", (unsigned long long)g.data_offset,
+                         "size", (unsigned long long)g.size);
+}
+
+/* A field of a format.h struct: its name, offset and `struct` module code. */
+struct field_desc {
+    const char *name;
+    size_t offset;
+    const char *code;
+};
+
+#define HEADER_FIELD(f, code) {#f, offsetof(struct shmdict_header, f), code}
+#define STRIPE_FIELD(f, code) {#f, offsetof(struct shmdict_stripe, f), code}
+#define SLOT_FIELD(f, code)   {#f, offsetof(struct shmdict_slot, f), code}
+
+_Static_assert(SHMDICT_SPEC_MAX == 894, "the spec field's struct code below");
+static const struct field_desc header_fields[] = {
+    HEADER_FIELD(magic, "Q"), HEADER_FIELD(version, "I"), HEADER_FIELD(header_size, "I"),
+    HEADER_FIELD(fingerprint, "Q"), HEADER_FIELD(capacity, "Q"), HEADER_FIELD(nslots, "Q"),
+    HEADER_FIELD(slot_size, "Q"), HEADER_FIELD(key_size, "Q"), HEADER_FIELD(extra_size, "Q"),
+    HEADER_FIELD(nstripes, "Q"), HEADER_FIELD(seed, "Q"), HEADER_FIELD(live, "q"),
+    HEADER_FIELD(tombstones, "q"), HEADER_FIELD(admit, "Q"),
+    HEADER_FIELD(stripes_offset, "Q"), HEADER_FIELD(data_offset, "Q"),
+    HEADER_FIELD(created, "Q"), HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "894s"),
+    {NULL, 0, NULL}};
+static const struct field_desc stripe_fields[] = {
+    STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};
+static const struct field_desc slot_fields[] = {
+    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), {NULL, 0, NULL}};
+
+/* {name: (offset, struct code)} for one of the tables above. */
+static PyObject *
+fields_dict(const struct field_desc *fields)
+{
+    PyObject *d = PyDict_New();
+    for (const struct field_desc *f = fields; d && f->name; f++) {
+        PyObject *v = Py_BuildValue("(ns)", (Py_ssize_t)f->offset, f->code);
+        if (v == NULL || PyDict_SetItemString(d, f->name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+/* PyModule_AddObject that takes `obj` in every case (NULL: already failed),
+ * as Python 3.13's PyModule_Add does. */
+static int
+module_add(PyObject *m, const char *name, PyObject *obj)
+{
+    if (obj == NULL)
+        return -1;
+    if (PyModule_AddObject(m, name, obj) < 0) {
+        Py_DECREF(obj);
+        return -1;
+    }
+    return 0;
+}
+
+/* Add the format's constants to the module; -1 with an exception set. */
+static int
+add_format_constants(PyObject *m)
+{
+    PyObject *kinds = Py_BuildValue("{isisisis}", KIND_EMPTY, "empty",
+                                    KIND_CLAIMED, "claimed", KIND_PUBLISHED, "published",
+                                    KIND_TOMBSTONE, "tombstone");
+    if (module_add(m, "KIND_NAMES", kinds) < 0
+            || module_add(m, "HEADER_FIELDS", fields_dict(header_fields)) < 0
+            || module_add(m, "STRIPE_FIELDS", fields_dict(stripe_fields)) < 0
+            || module_add(m, "SLOT_FIELDS", fields_dict(slot_fields)) < 0
+            || module_add(m, "MAGIC", PyLong_FromUnsignedLongLong(SHMDICT_MAGIC)) < 0
+            || module_add(m, "PID_MASK", PyLong_FromUnsignedLongLong(PID_MASK)) < 0
+            || module_add(m, "WAITERS_BIT", PyLong_FromUnsignedLongLong(WAITERS_BIT)) < 0)
+        return -1;
+    struct { const char *name; long value; } ints[] = {
+        {"FORMAT_VERSION", SHMDICT_FORMAT_VERSION},
+        {"HEADER_SIZE", SHMDICT_HEADER_SIZE},
+        {"SPEC_MAX", SHMDICT_SPEC_MAX},
+        {"HDR_LIVE", offsetof(struct shmdict_header, live)},
+        {"HDR_TOMBSTONES", offsetof(struct shmdict_header, tombstones)},
+        {"STRIPE_SIZE", sizeof(struct shmdict_stripe)},
+        {"SLOT_HEADER", SHMDICT_SLOT_HEADER},
+        {"MAX_STRIPES", SHMDICT_MAX_STRIPES},
+        {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
+        {"READER_CELLS", SHMDICT_READER_CELLS},
+        {"KIND_EMPTY", KIND_EMPTY},
+        {"KIND_CLAIMED", KIND_CLAIMED},
+        {"KIND_PUBLISHED", KIND_PUBLISHED},
+        {"KIND_TOMBSTONE", KIND_TOMBSTONE},
+        {"GEN_SHIFT", GEN_SHIFT},
+        {"GEN_MASK", GEN_MASK},
+        {"KLEN_SHIFT", KLEN_SHIFT},
+        {"KLEN_MASK", KLEN_MASK},
+        {"TAG_SHIFT", TAG_SHIFT},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        if (PyModule_AddIntConstant(m, ints[k].name, ints[k].value) < 0)
+            return -1;
+    return 0;
+}
+
 static PyMethodDef module_methods[] = {
+    {"geometry", mod_geometry, METH_VARARGS,
+     "geometry(capacity, key_size, extra_size, nstripes) -> dict: the table's shape."},
     {"encode_key", mod_encode_key, METH_VARARGS,
      "encode_key(key, cap) -> bytes or None: the C key encoder (None: not its case)."},
     {"load_u64", mod_load_u64, METH_VARARGS,
      "load_u64(buffer, offset) -> int: an acquire load of an aligned word."},
     {"store_u64", mod_store_u64, METH_VARARGS,
      "store_u64(buffer, offset, value): a release store of an aligned word."},
-    {"my_id", mod_my_id, METH_NOARGS,
-     "my_id() -> this process's owner id (pid | start time << 32)."},
     {"id_pid", mod_id_pid, METH_O,
      "id_pid(id) -> the pid an owner id (or lock word) names; 0 when free."},
     {"id_alive", mod_id_alive, METH_O,
@@ -2418,11 +2618,73 @@ static PyMethodDef module_methods[] = {
     {NULL}
 };
 
+static int
+core_module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    Py_VISIT(st->TableFull);
+    Py_VISIT(st->CorruptSegment);
+    Py_VISIT(st->CorruptGeometry);
+    Py_VISIT(st->TornRecord);
+    return 0;
+}
+
+static int
+core_module_clear(PyObject *m)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    Py_CLEAR(st->TableFull);
+    Py_CLEAR(st->CorruptSegment);
+    Py_CLEAR(st->CorruptGeometry);
+    Py_CLEAR(st->TornRecord);
+    return 0;
+}
+
+static void
+core_module_free(void *m)
+{
+    core_module_clear((PyObject *)m);
+}
+
 static struct PyModuleDef coremodule = {
     PyModuleDef_HEAD_INIT, "shmdict._core",
-    "The atomic core of shmdict: probe loop, slot atomics, locks.", -1,
-    module_methods,
+    "The atomic core of shmdict: probe loop, slot atomics, locks.",
+    sizeof(CoreState), module_methods, NULL,
+    core_module_traverse, core_module_clear, core_module_free,
 };
+
+/* Fill the module state: shmdict.errors' classes and this module's own. */
+static int
+init_exceptions(PyObject *m)
+{
+    CoreState *st = (CoreState *)PyModule_GetState(m);
+    PyObject *errors = PyImport_ImportModule("shmdict.errors");
+    if (errors == NULL)
+        return -1;
+    st->TableFull = PyObject_GetAttrString(errors, "TableFull");
+    st->CorruptSegment = PyObject_GetAttrString(errors, "CorruptSegment");
+    Py_DECREF(errors);
+    if (st->TableFull == NULL || st->CorruptSegment == NULL)
+        return -1;
+    PyObject *bases = PyTuple_Pack(2, st->CorruptSegment, PyExc_ValueError);
+    if (bases == NULL)
+        return -1;
+    st->CorruptGeometry = PyErr_NewExceptionWithDoc(
+        "shmdict.backends.shm._core.CorruptGeometry",
+        "Core() was given a geometry that cannot be right for its mapping (a "
+        "corrupt header): a CorruptSegment, and a ValueError as before.", bases, NULL);
+    Py_DECREF(bases);
+    st->TornRecord = PyErr_NewExceptionWithDoc(
+        "shmdict.backends.shm._core.TornRecord",
+        "Private: a record's sequence word stayed odd (its writer died mid-copy); "
+        "the Python layer repairs it under the record lock.", NULL, NULL);
+    if (st->CorruptGeometry == NULL || st->TornRecord == NULL)
+        return -1;
+    if (module_add(m, "CorruptGeometry", Py_NewRef(st->CorruptGeometry)) < 0
+            || module_add(m, "TornRecord", Py_NewRef(st->TornRecord)) < 0)
+        return -1;
+    return 0;
+}
 
 PyMODINIT_FUNC
 PyInit__core(void)
@@ -2439,17 +2701,18 @@ PyInit__core(void)
         return NULL;
     }
     pthread_atfork(NULL, NULL, reset_id_after_fork);
-    PyModule_AddIntConstant(m, "OK", RC_OK);
-    PyModule_AddIntConstant(m, "RECOVERED", RC_RECOVERED);
-    PyModule_AddIntConstant(m, "TIMEOUT", RC_TIMEOUT);
-    PyModule_AddIntConstant(m, "STALE", RC_STALE);
-    PyModule_AddIntConstant(m, "NOT_OWNER", RC_NOT_OWNER);
-    PyModule_AddIntConstant(m, "BUSY", RC_BUSY);
-    PyModule_AddIntConstant(m, "HDR_LIVE", HDR_LIVE);
-    PyModule_AddIntConstant(m, "HDR_TOMBSTONES", HDR_TOMBSTONES);
-    PyModule_AddIntConstant(m, "HDR_ADMIT", HDR_ADMIT);
-    PyModule_AddIntConstant(m, "STRIPE_SIZE", STRIPE_SIZE);
-    PyModule_AddIntConstant(m, "SLOT_HEADER", 16);
-    PyModule_AddIntConstant(m, "MAX_KEY_SIZE", KLEN_MASK);
+    struct { const char *name; long value; } codes[] = {
+        {"OK", RC_OK}, {"RECOVERED", RC_RECOVERED}, {"TIMEOUT", RC_TIMEOUT},
+        {"STALE", RC_STALE}, {"NOT_OWNER", RC_NOT_OWNER}, {"BUSY", RC_BUSY}};
+    for (size_t k = 0; k < sizeof codes / sizeof codes[0]; k++) {
+        if (PyModule_AddIntConstant(m, codes[k].name, codes[k].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    if (add_format_constants(m) < 0 || init_exceptions(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -28,7 +28,12 @@ from ...keys import decode_key
 from ...report import Report
 from . import _core
 
-KIND_NAMES = {0: "empty", 1: "claimed", 2: "published", 3: "tombstone"}
+KIND_NAMES = _core.KIND_NAMES
+
+
+def _key_length(state: int) -> int:
+    """The key length a slot's state word records."""
+    return (state >> _core.KLEN_SHIFT) & _core.KLEN_MASK
 
 
 def check_table(table: Any) -> Report:
@@ -67,13 +72,13 @@ def check_table(table: Any) -> Report:
     for i in range(nslots):
         kind, state, encoded = core.slot_info(i)
         counted[KIND_NAMES[kind]] += 1
-        if kind == 1:
+        if kind == _core.KIND_CLAIMED:
             report.problems.append(f"slot {i}: claimed but never published")
             continue
-        if kind != 2:
+        if kind != _core.KIND_PUBLISHED:
             continue
         if encoded is None:
-            report.problems.append(f"slot {i}: key length {(state >> 20) & 0xFFF} "
+            report.problems.append(f"slot {i}: key length {_key_length(state)} "
                                    f"exceeds key_size {key_size}")
             continue
         try:
@@ -81,7 +86,7 @@ def check_table(table: Any) -> Report:
         except (ValueError, RecursionError) as exc:
             report.problems.append(f"slot {i}: undecodable key ({exc})")
         h = xxhash.xxh3_64_intdigest(encoded, table._seed)
-        if (h >> 32) != (state >> 32):
+        if (h >> _core.TAG_SHIFT) != (state >> _core.TAG_SHIFT):
             report.problems.append(f"slot {i}: stored hash tag does not match its key")
             continue
         if encoded in seen:
@@ -100,7 +105,7 @@ def check_table(table: Any) -> Report:
     if not 0 <= report.live <= table.capacity:
         report.problems.append(f"live count {report.live} outside 0..{table.capacity}")
     if report.tombstones != counted["tombstone"]:
-        _core.store_u64(table._segment.mm, _core.HDR_TOMBSTONES, counted["tombstone"])
+        core.correct_tombstones(counted["tombstone"])
         report.repaired.append(f"tombstone count {report.tombstones} corrected to "
                                f"{counted['tombstone']}")
         report.tombstones = counted["tombstone"]

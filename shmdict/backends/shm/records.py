@@ -20,6 +20,7 @@ from ...keys import Key
 from ...layouts import Outcome, Struct
 from ...records import MutableRecord, make_record, record_class
 from ...verbs import StructVerbs
+from . import _core
 from .table import _STALE, DELETE_IF_MINE, Table
 
 _new_tuple = tuple.__new__     # a named tuple from values, without _make's checks
@@ -40,7 +41,7 @@ class StructTable(StructVerbs, Table):
         """``(record, exists)``: a consistent snapshot; never creates the key."""
         try:
             data = self._core.record_get(key)
-        except BlockingIOError:          # a writer died mid-copy: the slow path repairs
+        except _core.TornRecord:         # a writer died mid-copy: the slow path repairs
             return self._read_repairing(key)
         if data is None:
             return self._default_record, False
@@ -58,7 +59,7 @@ class StructTable(StructVerbs, Table):
     def _snapshot_at(self, slot: int, state: int) -> Any:
         try:
             data = self._core.record_read(slot, state)
-        except BlockingIOError:
+        except _core.TornRecord:
             # The sequence stayed odd: a writer died mid-copy (or the word is
             # garbage).  Under the record lock no writer can be copying, so
             # write back what it holds, which makes it readable again.

@@ -22,7 +22,6 @@ The others attach, waiting (boundedly) for the magic to appear.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import struct
@@ -37,21 +36,35 @@ from ...layouts import Layout, from_spec
 from ...validate import table_shape
 from . import _core
 
-MAGIC = int.from_bytes(b"SHMDICT1", "little")
-VERSION = 1
 PREFIX = "shmdict."
 SHM_DIR = "/dev/shm"
-LOAD_FACTOR = 0.75
 DEFAULT_STRIPES = 16
 
-# Header fields (offsets fixed; 80..103 belong to the C core's counters).
-_HEADER = struct.Struct("<QIIQQQQQQQQ")   # magic .. seed, offsets 0..79
-_OFFSETS = struct.Struct("<QQQ")          # stripes_offset, data_offset, created
-_OFFSETS_AT = 104
-_SPEC_AT = 128                            # u16 length + layout spec JSON
-_SPEC_MAX = 1024 - _SPEC_AT - 2
-STRIPES_AT = 1024
-SLOT_HEADER = 16                          # state word + word0
+# The segment format is the C core's (format.h): every offset, size and
+# constant below comes from it.
+MAGIC: int = _core.MAGIC
+VERSION: int = _core.FORMAT_VERSION
+HEADER_SIZE: int = _core.HEADER_SIZE
+_SPEC_MAX: int = _core.SPEC_MAX
+#: ``struct`` formats of the header fields, at their offsets.
+_FIELDS = {name: (offset, struct.Struct("<" + code))
+           for name, (offset, code) in _core.HEADER_FIELDS.items()}
+_MAGIC_AT = _FIELDS["magic"][0]
+#: The header fields the creator writes (all but the magic, the spec and the
+#: counters the core keeps).
+_WRITTEN = ("version", "header_size", "fingerprint", "capacity", "nslots", "slot_size",
+            "key_size", "extra_size", "nstripes", "seed", "stripes_offset",
+            "data_offset", "created")
+
+
+def _read_field(mm: Any, field: str) -> Any:
+    offset, fmt = _FIELDS[field]
+    return fmt.unpack_from(mm, offset)[0]
+
+
+def _write_field(mm: Any, field: str, value: Any) -> None:
+    offset, fmt = _FIELDS[field]
+    fmt.pack_into(mm, offset, value)
 
 
 def segment_name(name: str) -> str:
@@ -68,25 +81,29 @@ def semaphore_name(name: str, stripe: int) -> str:
 
 
 class Geometry:
-    """The numbers that fix a table's shape, computed or read from a header."""
+    """The numbers that fix a table's shape, computed or read from a header.
+
+    The shape itself (slot count, slot size, offsets, total size) is the C
+    core's ``_core.geometry``, format.h's one rule.
+    """
 
     def __init__(self, layout: Layout, capacity: int, key_size: int,
                  nstripes: int = DEFAULT_STRIPES) -> None:
         table_shape(capacity, key_size)
+        if not 1 <= nstripes <= _core.MAX_STRIPES:
+            raise ValueError(f"stripe count must be between 1 and {_core.MAX_STRIPES}, "
+                             f"got {nstripes}")
         self.layout = layout
         self.capacity = capacity
         self.key_size = key_size
         self.nstripes = nstripes
         self.extra_size = layout.extra_size
-        # Keep the load factor at most 0.75, and one slot always empty so
-        # probes for absent keys end early.
-        self.nslots = max(capacity + 1, math.ceil(capacity / LOAD_FACTOR))
-        key_area = (key_size + 7) // 8 * 8
-        self.slot_size = (SLOT_HEADER + key_area + self.extra_size + 15) // 16 * 16
-        self.stripes_offset = STRIPES_AT
-        self.data_offset = (STRIPES_AT + nstripes * _core.STRIPE_SIZE + 63) // 64 * 64
-        # After the slots: one u16 "reach" per slot (see _core.c).
-        self.size = self.data_offset + self.nslots * self.slot_size + self.nslots * 2
+        shape = _core.geometry(capacity, key_size, self.extra_size, nstripes)
+        self.nslots: int = shape["nslots"]
+        self.slot_size: int = shape["slot_size"]
+        self.stripes_offset: int = shape["stripes_offset"]
+        self.data_offset: int = shape["data_offset"]
+        self.size: int = shape["size"]
 
     def describe(self) -> str:
         return f"{self.layout!r}, capacity={self.capacity}, key_size={self.key_size}"
@@ -96,13 +113,12 @@ class Segment:
     """A mapped table segment plus its stripe semaphores (one per process)."""
 
     def __init__(self, name: str, mm: mmap.mmap, header: Dict[str, Any],
-                 layout: Layout, semaphores: List[posix_ipc.Semaphore], created: bool) -> None:
+                 layout: Layout, semaphores: List[posix_ipc.Semaphore]) -> None:
         self.name = name
         self.mm = mm
         self.header = header
         self.layout = layout
         self.semaphores = semaphores
-        self.created = created
 
     # ----------------------------------------------------------- open/create
     @classmethod
@@ -142,19 +158,23 @@ class Segment:
             if len(spec) > _SPEC_MAX:
                 raise ValueError("layout description too long (too many Struct fields)")
             seed = int.from_bytes(os.urandom(8), "little")
-            mm[0:_HEADER.size] = _HEADER.pack(
-                0, VERSION, STRIPES_AT, _fingerprint(spec), g.capacity, g.nslots,
-                g.slot_size, g.key_size, g.extra_size, g.nstripes, seed)
-            mm[_OFFSETS_AT:_OFFSETS_AT + _OFFSETS.size] = _OFFSETS.pack(
-                g.stripes_offset, g.data_offset, int(time.time()))
-            mm[_SPEC_AT:_SPEC_AT + 2 + len(spec)] = struct.pack("<H", len(spec)) + spec
-            _core.store_u64(mm, 0, MAGIC)    # publish: attachers may now proceed
+            values = {"version": VERSION, "header_size": HEADER_SIZE,
+                      "fingerprint": _fingerprint(spec), "capacity": g.capacity,
+                      "nslots": g.nslots, "slot_size": g.slot_size, "key_size": g.key_size,
+                      "extra_size": g.extra_size, "nstripes": g.nstripes, "seed": seed,
+                      "stripes_offset": g.stripes_offset, "data_offset": g.data_offset,
+                      "created": int(time.time())}
+            for field in _WRITTEN:
+                _write_field(mm, field, values[field])
+            _write_field(mm, "spec_length", len(spec))
+            _write_field(mm, "spec", spec)
+            _core.store_u64(mm, _MAGIC_AT, MAGIC)    # publish: attachers may now proceed
         except BaseException:
             mm.close()
             _destroy(name, g.nstripes)
             raise
         header = read_header(mm, name)
-        return cls(name, mm, header, g.layout, semaphores, created=True)
+        return cls(name, mm, header, g.layout, semaphores)
 
     @classmethod
     def _attach(cls, name: str, wanted: Optional[Geometry], timeout: float) -> "Segment":
@@ -165,9 +185,9 @@ class Segment:
             except posix_ipc.ExistentialError:
                 raise TableNotFound(f"no shmdict table named {name!r} on this host") from None
             try:
-                if shm.size >= STRIPES_AT:
+                if shm.size >= HEADER_SIZE:
                     mm = mmap.mmap(shm.fd, shm.size)
-                    if _core.load_u64(mm, 0) != 0:
+                    if _core.load_u64(mm, _MAGIC_AT) != 0:
                         break
                     mm.close()
             finally:
@@ -200,7 +220,7 @@ class Segment:
         except BaseException:
             mm.close()
             raise
-        return cls(name, mm, header, layout, semaphores, created=False)
+        return cls(name, mm, header, layout, semaphores)
 
     # --------------------------------------------------------------- teardown
     def close(self) -> None:
@@ -213,28 +233,25 @@ class Segment:
         if not self.mm.closed:
             self.mm.close()
 
-    def unlink(self) -> None:
-        destroy(self.name)
-
 
 def read_header(mm: Any, name: str = "?") -> Dict[str, Any]:
     """Parse and check a segment's header; ``CorruptSegment`` if it is wrong."""
     size = len(mm)
-    if size < STRIPES_AT:
+    if size < HEADER_SIZE:
         raise CorruptSegment(f"table {name!r}: segment too small ({size} bytes)")
-    (magic, version, _hdr, fingerprint, capacity, nslots, slot_size, key_size,
-     extra_size, nstripes, seed) = _HEADER.unpack_from(mm, 0)
-    stripes_offset, data_offset, created = _OFFSETS.unpack_from(mm, _OFFSETS_AT)
+    fields = {field: _read_field(mm, field) for field in _FIELDS if field != "spec"}
+    magic, version, fingerprint = fields["magic"], fields["version"], fields["fingerprint"]
+    capacity, key_size, nstripes = fields["capacity"], fields["key_size"], fields["nstripes"]
     if magic != MAGIC:
         raise CorruptSegment(f"table {name!r}: wrong magic {magic:#x}; not a shmdict segment "
                              f"or overwritten. Remove it with `shmdict rm {name}`")
     if version != VERSION:
         raise CorruptSegment(f"table {name!r}: format version {version}, this shmdict "
                              f"reads version {VERSION}")
-    (spec_len,) = struct.unpack_from("<H", mm, _SPEC_AT)
+    spec_len = fields["spec_length"]
     if spec_len > _SPEC_MAX:
         raise CorruptSegment(f"table {name!r}: layout description overruns the header")
-    spec = bytes(mm[_SPEC_AT + 2:_SPEC_AT + 2 + spec_len])
+    spec = _read_field(mm, "spec")[:spec_len]
     if _fingerprint(spec) != fingerprint:
         raise CorruptSegment(f"table {name!r}: layout description does not match its fingerprint")
     try:
@@ -245,16 +262,17 @@ def read_header(mm: Any, name: str = "?") -> Dict[str, Any]:
         g = Geometry(layout, capacity, key_size, nstripes)
     except (ValueError, TypeError) as exc:
         raise CorruptSegment(f"table {name!r}: impossible header ({exc})") from None
-    if (nslots, slot_size, extra_size, stripes_offset, data_offset) != (
-            g.nslots, g.slot_size, g.extra_size, g.stripes_offset, g.data_offset) \
-            or not 1 <= nstripes <= 4096 or size < g.size:
+    shape = ("nslots", "slot_size", "extra_size", "stripes_offset", "data_offset")
+    if any(fields[f] != getattr(g, f) for f in shape) \
+            or fields["header_size"] != HEADER_SIZE or size < g.size:
         raise CorruptSegment(f"table {name!r}: header geometry is inconsistent "
-                             f"(slots {nslots}, slot size {slot_size}, {size} bytes mapped)")
+                             f"(slots {fields['nslots']}, slot size {fields['slot_size']}, "
+                             f"{size} bytes mapped)")
     return {"name": name, "version": version, "fingerprint": fingerprint, "capacity": capacity,
-            "nslots": nslots, "slot_size": slot_size, "key_size": key_size,
-            "extra_size": extra_size, "nstripes": nstripes, "seed": seed,
-            "stripes_offset": stripes_offset, "data_offset": data_offset,
-            "created": created, "layout": layout, "size": g.size}
+            "nslots": g.nslots, "slot_size": g.slot_size, "key_size": key_size,
+            "extra_size": g.extra_size, "nstripes": nstripes, "seed": fields["seed"],
+            "stripes_offset": g.stripes_offset, "data_offset": g.data_offset,
+            "created": fields["created"], "layout": layout, "size": g.size}
 
 
 def _fingerprint(spec: bytes) -> int:
@@ -300,17 +318,17 @@ def destroy(name: str) -> bool:
     try:
         shm = posix_ipc.SharedMemory(segment_name(name))
         try:
-            if shm.size >= STRIPES_AT:
-                mm = mmap.mmap(shm.fd, STRIPES_AT)
+            if shm.size >= HEADER_SIZE:
+                mm = mmap.mmap(shm.fd, HEADER_SIZE)
                 try:
-                    nstripes = struct.unpack_from("<Q", mm, 64)[0]
+                    nstripes = _read_field(mm, "nstripes")
                 finally:
                     mm.close()
         finally:
             shm.close_fd()
     except posix_ipc.ExistentialError:
         existed = False
-    _destroy(name, min(nstripes, 4096) if existed else 0)
+    _destroy(name, min(nstripes, _core.MAX_STRIPES) if existed else 0)
     # Also sweep semaphores whose count the header no longer tells us.
     prefix = f"sem.{PREFIX}{name}.s"
     try:

@@ -4,7 +4,7 @@ Inserts and deletes of keys whose hash falls in stripe ``i`` take semaphore
 ``i``, so a key can never be inserted twice.  A POSIX semaphore has no owner:
 a process SIGKILLed between ``acquire`` and ``release`` would leave it taken
 forever.  So each stripe also has a *holder word* in the segment (the
-holder's pid and start time, see ``_core.my_id``), set by compare-and-swap
+holder's owner id: pid and start time, see format.h), set by compare-and-swap
 right after the semaphore is taken:
 
 * a waiter whose timed wait expires (every ``poll`` seconds) looks at the

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import xxhash
 
-from ...errors import KeyTooLong, LockHeld, TableFull
+from ...errors import KeyTooLong, LockHeld
 from ...keys import Key, decode_key, encode_key
 from ...layouts import Layout, Outcome
 from ...report import Report
@@ -27,35 +27,6 @@ CACHE_LIMIT = 1 << 20
 DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
 
 
-class _Resolver:
-    """Turns key objects into slots for the C core (the slow path).
-
-    The C core keeps a per-process cache of key -> (slot, state) and calls
-    this object on a miss or when the cached slot has changed: it encodes
-    and hashes the key, probes, and, when asked to create, inserts under the
-    key's stripe lock.
-    """
-
-    def __init__(self, table: "Table") -> None:
-        self.table = table
-        self.key_size = table.key_size
-        self.seed = table._seed
-        # For the core's own encoder (common keys): the hash function it
-        # calls with (encoded, seed), and insert_encoded below.
-        self.xxh3 = xxhash.xxh3_64_intdigest
-
-    def __call__(self, key: Any, create: bool) -> Optional[Tuple[int, int, bool]]:
-        return self.table._locate(key, create)   # the core keeps (slot, state)
-
-    def insert_encoded(self, encoded: bytes, h: int) -> Tuple[int, int, bool]:
-        """Insert an already encoded and hashed key the core found absent."""
-        return self.table._insert(encoded, h)
-
-    def insert_with(self, key: Any, word0: int) -> bool:
-        """Insert ``key`` with ``word0`` if absent; True if this call created it."""
-        return self.table._locate(key, True, word0=word0)[2]
-
-
 class Table(BaseTable):
     """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
 
@@ -69,12 +40,20 @@ class Table(BaseTable):
         self.key_size: int = header["key_size"]
         self._segment = segment
         self._seed: int = header["seed"]
-        self._resolver = _Resolver(self)
+        # The C core keeps a per-process cache of key -> (slot, state) and
+        # encodes, hashes and probes common keys itself; on everything else
+        # it calls back here (the slow path): _locate for keys it cannot
+        # encode, _insert for a new key (under the stripe lock) and
+        # _insert_with for cas(..., set_on_not_exists=True).
         self._core = _core.Core(
-            segment.mm, header["nslots"], header["slot_size"], header["key_size"],
-            header["extra_size"], header["nstripes"], header["capacity"],
-            header["stripes_offset"], header["data_offset"], self.layout.default_word0(),
-            self.layout.default_extra(), self._resolver, CACHE_LIMIT)
+            segment.mm, name=self.name, nslots=header["nslots"],
+            slot_size=header["slot_size"], key_size=header["key_size"],
+            extra_size=header["extra_size"], nstripes=header["nstripes"],
+            capacity=header["capacity"], stripes_offset=header["stripes_offset"],
+            data_offset=header["data_offset"], default_word0=self.layout.default_word0(),
+            default_extra=self.layout.default_extra(),
+            hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
+            insert=self._insert, insert_with=self._insert_with, cache_limit=CACHE_LIMIT)
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
@@ -104,12 +83,17 @@ class Table(BaseTable):
             return None
         return self._insert(encoded, h, word0, extra)
 
+    def _insert_with(self, key: Any, word0: int) -> bool:
+        """Insert ``key`` holding ``word0`` if absent; True if this call created it."""
+        return self._locate(key, True, word0=word0)[2]  # type: ignore[index]
+
     def _insert(self, encoded: bytes, h: int, word0: Optional[int] = None,
                 extra: Optional[bytes] = None) -> Tuple[int, int, bool]:
         """Insert an encoded key under its stripe lock: (slot, state, created).
 
         Under the lock the core looks once more, so a key another process
         inserted meanwhile is returned (created False), never inserted twice.
+        A full table raises :class:`~shmdict.TableFull` (from the core).
         """
         if word0 is None:
             word0 = self._default_word0
@@ -118,14 +102,9 @@ class Table(BaseTable):
         stripe = h % self._nstripes
         self._stripes.acquire(stripe)     # try/finally: a context manager costs 1.5 us
         try:
-            result = self._core.insert(encoded, h, word0, extra)
+            return self._core.insert(encoded, h, word0, extra)
         finally:
             self._stripes.release(stripe)
-        if result is None:
-            live, _ = self._core.counts()
-            raise TableFull(f"table {self.name!r} is full: {live} of {self.capacity} keys "
-                            f"in use; delete keys or open a table with a larger capacity")
-        return result
 
     # ------------------------------------------- BaseTable's primitives
     def _create(self, key: Key) -> bool:

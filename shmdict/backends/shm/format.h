@@ -1,0 +1,224 @@
+/*
+ * format.h -- the on-disk (on-/dev/shm) format of a shmdict segment.
+ *
+ * This header is the one owner of the segment format: every offset, size,
+ * bit field and geometry rule of a table's segment is defined here, once.
+ * The C core (_core.c) uses these structs and constants; Python gets every
+ * number it needs from the _core module, which exports them from here
+ * (offsetof, sizeof, the constants below), so no offset is written twice.
+ *
+ * It is plain C11 with no Python: another program (a C reader, a debugger
+ * script) may include it to read a segment.
+ *
+ * A segment, in order (all words little-endian, native, naturally aligned):
+ *
+ *   struct shmdict_header   SHMDICT_HEADER_SIZE bytes at offset 0
+ *   struct shmdict_stripe   nstripes records at header.stripes_offset
+ *   slots                   nslots slots of slot_size bytes at
+ *                           header.data_offset (64-byte aligned, so every
+ *                           slot is 16-byte aligned for the 16-byte CAS)
+ *   reach array             nslots uint16 right after the slots: reach[h]
+ *                           is the farthest any key whose probe sequence
+ *                           starts at slot h was ever placed from h
+ *
+ * Writers: the creator writes the whole header, magic last (a release store
+ * after everything else), and never changes the geometry again; the counters
+ * (live, tombstones, admit) are changed with atomics by every process.
+ *
+ * Compatibility: a change to any struct, constant or geometry rule below
+ * bumps SHMDICT_FORMAT_VERSION; attachers refuse other versions.  (Modelled
+ * on LMDB's lock file: a struct per record, a comment per field, and a
+ * format version and magic beside them.)
+ */
+#ifndef SHMDICT_FORMAT_H
+#define SHMDICT_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Signature                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* "SHMDICT1" read as a little-endian uint64: the first word of a finished
+ * segment (0 while its creator is still writing the header). */
+#define SHMDICT_MAGIC           0x31544349444d4853ull
+/* The version of everything in this file.  1: shmdict 0.1's format. */
+#define SHMDICT_FORMAT_VERSION  1u
+
+/* ------------------------------------------------------------------------ */
+/* The header (offset 0)                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define SHMDICT_HEADER_SIZE     1024u   /* header bytes, stripes follow       */
+#define SHMDICT_SPEC_MAX        894u    /* bytes of layout JSON that fit      */
+
+struct shmdict_header {
+    uint64_t magic;          /* SHMDICT_MAGIC, stored last by the creator   */
+    uint32_t version;        /* SHMDICT_FORMAT_VERSION                      */
+    uint32_t header_size;    /* SHMDICT_HEADER_SIZE                         */
+    uint64_t fingerprint;    /* xxh3_64 of spec[0:spec_length] (unseeded)   */
+    uint64_t capacity;       /* keys guaranteed to fit (TableFull beyond)   */
+    uint64_t nslots;         /* slots in the slot array, > capacity         */
+    uint64_t slot_size;      /* bytes per slot, a multiple of 16            */
+    uint64_t key_size;       /* max encoded key bytes, <= SHMDICT_MAX_KEY_SIZE */
+    uint64_t extra_size;     /* bytes of a slot's extra value area (8n)     */
+    uint64_t nstripes;       /* stripe records and semaphores, 1..MAX       */
+    uint64_t seed;           /* the table's xxh3_64 hash seed (random)      */
+    int64_t  live;           /* reserved + published keys (admission)       */
+    int64_t  tombstones;     /* tombstoned slots (statistics only)          */
+    uint64_t admit;          /* owner id holding the admission spinlock     */
+    uint64_t stripes_offset; /* where the stripe records start              */
+    uint64_t data_offset;    /* where the slot array starts                 */
+    uint64_t created;        /* creation time, Unix seconds                 */
+    uint16_t spec_length;    /* bytes of spec that are used                 */
+    char     spec[SHMDICT_SPEC_MAX]; /* the layout, as compact JSON         */
+};
+
+_Static_assert(offsetof(struct shmdict_header, magic) == 0, "header.magic");
+_Static_assert(offsetof(struct shmdict_header, version) == 8, "header.version");
+_Static_assert(offsetof(struct shmdict_header, header_size) == 12, "header.header_size");
+_Static_assert(offsetof(struct shmdict_header, fingerprint) == 16, "header.fingerprint");
+_Static_assert(offsetof(struct shmdict_header, capacity) == 24, "header.capacity");
+_Static_assert(offsetof(struct shmdict_header, nslots) == 32, "header.nslots");
+_Static_assert(offsetof(struct shmdict_header, slot_size) == 40, "header.slot_size");
+_Static_assert(offsetof(struct shmdict_header, key_size) == 48, "header.key_size");
+_Static_assert(offsetof(struct shmdict_header, extra_size) == 56, "header.extra_size");
+_Static_assert(offsetof(struct shmdict_header, nstripes) == 64, "header.nstripes");
+_Static_assert(offsetof(struct shmdict_header, seed) == 72, "header.seed");
+_Static_assert(offsetof(struct shmdict_header, live) == 80, "header.live");
+_Static_assert(offsetof(struct shmdict_header, tombstones) == 88, "header.tombstones");
+_Static_assert(offsetof(struct shmdict_header, admit) == 96, "header.admit");
+_Static_assert(offsetof(struct shmdict_header, stripes_offset) == 104, "header.stripes_offset");
+_Static_assert(offsetof(struct shmdict_header, data_offset) == 112, "header.data_offset");
+_Static_assert(offsetof(struct shmdict_header, created) == 120, "header.created");
+_Static_assert(offsetof(struct shmdict_header, spec_length) == 128, "header.spec_length");
+_Static_assert(offsetof(struct shmdict_header, spec) == 130, "header.spec");
+_Static_assert(sizeof(struct shmdict_header) == SHMDICT_HEADER_SIZE, "header size");
+
+/* ------------------------------------------------------------------------ */
+/* A stripe record (one cache line each, at header.stripes_offset)          */
+/* ------------------------------------------------------------------------ */
+
+struct shmdict_stripe {
+    uint64_t holder;         /* owner id of the process holding the stripe,
+                                0: none (set by CAS right after sem_wait)   */
+    int64_t  live;           /* published keys whose hash is in the stripe,
+                                changed only by the holder, under admit     */
+    uint64_t reserved[6];    /* padding to a cache line (zero)              */
+};
+
+_Static_assert(offsetof(struct shmdict_stripe, holder) == 0, "stripe.holder");
+_Static_assert(offsetof(struct shmdict_stripe, live) == 8, "stripe.live");
+_Static_assert(sizeof(struct shmdict_stripe) == 64, "stripe size");
+
+/* At most this many stripes (and semaphores) per table. */
+#define SHMDICT_MAX_STRIPES     4096u
+
+/* ------------------------------------------------------------------------ */
+/* A slot (slot_size bytes, 16-byte aligned)                                */
+/* ------------------------------------------------------------------------ */
+
+/* [ state | word0 | key bytes (key_size rounded up to 8) | extra | pad ].
+ * state and word0 are adjacent and 16-byte aligned so that the pair can be
+ * changed by one 16-byte compare-and-swap. */
+struct shmdict_slot {
+    uint64_t state;          /* the state word, see SHMDICT_STATE_* below   */
+    int64_t  word0;          /* the first value word: a Counter's value, a
+                                Lock's or Struct's lock word (owner id)     */
+    unsigned char key[];     /* the encoded key, zero-padded; then extra    */
+};
+
+_Static_assert(offsetof(struct shmdict_slot, state) == 0, "slot.state");
+_Static_assert(offsetof(struct shmdict_slot, word0) == 8, "slot.word0");
+_Static_assert(offsetof(struct shmdict_slot, key) == 16, "slot.key");
+_Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
+
+#define SHMDICT_SLOT_HEADER     16u     /* bytes before the key             */
+#define SHMDICT_SLOT_ALIGN      16u     /* slot_size is a multiple of this  */
+#define SHMDICT_AREA_ALIGN      8u      /* the key area is rounded to this  */
+#define SHMDICT_DATA_ALIGN      64u     /* data_offset is a multiple of this */
+#define SHMDICT_REACH_SIZE      2u      /* bytes of one reach entry (uint16) */
+#define SHMDICT_REACH_UNBOUNDED 0xffffu /* reach entry: probe the whole table */
+
+/* The state word, from the low bits up:
+ *
+ *   bits  0..1   kind: EMPTY, CLAIMED, PUBLISHED, TOMBSTONE
+ *   bits  2..19  generation, bumped on every publish (defeats ABA on reuse)
+ *   bits 20..31  key length in bytes
+ *   bits 32..63  PUBLISHED: the high 32 bits of the key's hash (its tag)
+ *                CLAIMED:   the index of the stripe whose holder claimed it
+ */
+#define SHMDICT_KIND_MASK       0x3u
+#define SHMDICT_KIND_EMPTY      0u      /* never used: ends every probe     */
+#define SHMDICT_KIND_CLAIMED    1u      /* being written by an inserter     */
+#define SHMDICT_KIND_PUBLISHED  2u      /* holds a key                      */
+#define SHMDICT_KIND_TOMBSTONE  3u      /* held a key; reusable by inserts  */
+#define SHMDICT_GEN_SHIFT       2
+#define SHMDICT_GEN_MASK        0x3ffffu
+#define SHMDICT_KLEN_SHIFT      20
+#define SHMDICT_KLEN_MASK       0xfffu
+#define SHMDICT_TAG_SHIFT       32
+
+/* The longest key a state word can describe. */
+#define SHMDICT_MAX_KEY_SIZE    SHMDICT_KLEN_MASK
+
+/* Owner ids and lock words (stripe holders, header.admit, a Lock's or
+ * Struct's word0, rw reader cells):
+ *
+ *   bits  0..29  pid (Linux pids are below 2^22)
+ *   bit   30     "waiters" (lock words only): someone sleeps on the futex,
+ *                which is the low 32 bits, so it changes whenever it matters
+ *   bits 32..63  the low 32 bits of the owner's start time (clock ticks
+ *                since boot, /proc/PID/stat field 22), so that a reused
+ *                pid is not taken for the owner
+ * 0 means "nobody".  Liveness by pid assumes one PID namespace. */
+#define SHMDICT_PID_MASK        0x3fffffffull
+#define SHMDICT_WAITERS_BIT     0x40000000ull
+#define SHMDICT_START_SHIFT     32
+
+/* An rw Lock's extra area: this many reader cells (owner ids). */
+#define SHMDICT_READER_CELLS    8u
+
+/* ------------------------------------------------------------------------ */
+/* Geometry: a table's shape from its four free parameters                  */
+/* ------------------------------------------------------------------------ */
+
+struct shmdict_geometry {
+    uint64_t nslots;         /* max(capacity + 1, ceil(capacity / 0.75))    */
+    uint64_t slot_size;      /* SLOT_HEADER + key area + extra, to 16       */
+    uint64_t stripes_offset; /* SHMDICT_HEADER_SIZE                         */
+    uint64_t data_offset;    /* after the stripe records, to 64             */
+    uint64_t size;           /* bytes of the whole segment                  */
+};
+
+static inline uint64_t shmdict_round_up(uint64_t n, uint64_t to)
+{ return (n + to - 1) / to * to; }
+
+/* Fill *g for a table of `capacity` keys of at most `key_size` bytes, with
+ * `extra_size` value bytes per slot and `nstripes` stripes.  The load
+ * factor stays at most 0.75, and one slot is always empty, so probes stay
+ * short.  Returns 0 when the parameters are out of range (then *g is
+ * untouched); callers check ranges first and treat 0 as corruption. */
+static inline int
+shmdict_geometry(uint64_t capacity, uint64_t key_size, uint64_t extra_size,
+                 uint64_t nstripes, struct shmdict_geometry *g)
+{
+    if (capacity == 0 || capacity > (1ull << 40) || key_size == 0
+            || key_size > SHMDICT_MAX_KEY_SIZE || extra_size % 8 != 0
+            || extra_size > (1u << 20) || nstripes == 0 || nstripes > SHMDICT_MAX_STRIPES)
+        return 0;
+    uint64_t by_load = (capacity * 4 + 2) / 3;     /* ceil(capacity * 4 / 3) */
+    g->nslots = by_load > capacity + 1 ? by_load : capacity + 1;
+    g->slot_size = shmdict_round_up(SHMDICT_SLOT_HEADER
+                                    + shmdict_round_up(key_size, SHMDICT_AREA_ALIGN)
+                                    + extra_size, SHMDICT_SLOT_ALIGN);
+    g->stripes_offset = SHMDICT_HEADER_SIZE;
+    g->data_offset = shmdict_round_up(SHMDICT_HEADER_SIZE
+                                      + nstripes * sizeof(struct shmdict_stripe),
+                                      SHMDICT_DATA_ALIGN);
+    g->size = g->data_offset + g->nslots * (g->slot_size + SHMDICT_REACH_SIZE);
+    return 1;
+}
+
+#endif /* SHMDICT_FORMAT_H */

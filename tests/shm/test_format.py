@@ -1,0 +1,84 @@
+"""The segment format has one owner, format.h, and Python reads it from ``_core``."""
+from __future__ import annotations
+
+import struct
+
+import shmdict
+from shmdict import validate
+from shmdict.backends.shm import _core, segment
+
+
+def test_max_key_size_is_the_cores():
+    # validate.py bounds key_size before any segment exists; the bound is the
+    # longest key a state word can describe.
+    assert validate.MAX_KEY_SIZE == _core.MAX_KEY_SIZE == _core.KLEN_MASK
+
+
+def test_magic_and_version():
+    assert _core.MAGIC == int.from_bytes(b"SHMDICT1", "little")
+    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 1
+
+
+def test_header_fields_tile_the_header_without_overlap():
+    fields = sorted(_core.HEADER_FIELDS.items(), key=lambda f: f[1][0])
+    assert fields[0] == ("magic", (0, "Q"))
+    end = 0
+    for name, (offset, code) in fields:
+        size = struct.calcsize("<" + code)
+        assert offset >= end, f"{name} overlaps the field before it"
+        assert offset % min(size, 8) == 0 or code.endswith("s"), f"{name} is misaligned"
+        end = offset + size
+    assert end == _core.HEADER_SIZE
+    assert _core.HDR_LIVE == _core.HEADER_FIELDS["live"][0]
+    assert _core.HDR_TOMBSTONES == _core.HEADER_FIELDS["tombstones"][0]
+    assert _core.HEADER_FIELDS["spec"][1] == f"{_core.SPEC_MAX}s"
+    assert _core.STRIPE_FIELDS == {"holder": (0, "Q"), "live": (8, "q")}
+    assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q")}
+    assert _core.SLOT_HEADER == 16 and _core.STRIPE_SIZE == 64
+
+
+def test_state_word_constants():
+    assert _core.KIND_NAMES == {_core.KIND_EMPTY: "empty", _core.KIND_CLAIMED: "claimed",
+                                _core.KIND_PUBLISHED: "published",
+                                _core.KIND_TOMBSTONE: "tombstone"}
+    assert _core.KLEN_SHIFT == 20 and _core.TAG_SHIFT == 32
+    assert _core.PID_MASK & _core.WAITERS_BIT == 0
+
+
+def test_geometry_is_what_the_creator_wrote(name):
+    table = shmdict.open(name, shmdict.Struct(a="q", b="16s"), capacity=1000, key_size=40)
+    try:
+        header = table._segment.header
+        shape = _core.geometry(1000, 40, table.layout.extra_size, header["nstripes"])
+        for field in ("nslots", "slot_size", "stripes_offset", "data_offset", "size"):
+            assert header[field] == shape[field], field
+        assert len(table._segment.mm) >= shape["size"]
+        # The raw bytes at the core's offsets are what the header says.
+        mm = table._segment.mm
+        for field in ("capacity", "nslots", "slot_size", "key_size", "nstripes",
+                      "stripes_offset", "data_offset", "seed"):
+            offset, code = _core.HEADER_FIELDS[field]
+            assert struct.unpack_from("<" + code, mm, offset)[0] == header[field], field
+        assert _core.load_u64(mm, _core.HEADER_FIELDS["magic"][0]) == _core.MAGIC
+    finally:
+        table.close()
+
+
+def test_geometry_rule():
+    # Load factor at most 0.75 and one slot always empty; 16-byte slots.
+    for capacity in (1, 2, 3, 4, 10, 1000, 12345):
+        shape = _core.geometry(capacity, 64, 0, 16)
+        assert shape["nslots"] >= capacity + 1
+        assert capacity / shape["nslots"] <= 0.75
+        assert shape["nslots"] == max(capacity + 1, -(-capacity * 4 // 3))
+    assert _core.geometry(10, 1, 0, 1)["slot_size"] == 32
+    assert _core.geometry(10, 64, 8, 1)["slot_size"] % 16 == 0
+
+
+def test_stripe_count_limit_is_one_number():
+    import pytest
+    assert _core.geometry(10, 8, 0, _core.MAX_STRIPES)
+    with pytest.raises(ValueError):
+        _core.geometry(10, 8, 0, _core.MAX_STRIPES + 1)
+    with pytest.raises(ValueError, match="stripe count"):
+        segment.Geometry(shmdict.Counter(), 10, 8, nstripes=_core.MAX_STRIPES + 1)
