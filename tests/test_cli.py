@@ -168,7 +168,7 @@ def test_check_ok_and_inconsistent(name, tables):
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.count(": OK") == 3
     assert json.loads(run("check", name, "--json").stdout)["ok"] is True
-    _core.store_u64(counters._segment.mm, _core.HDR_LIVE, 99)
+    _core.store_u64(counters._segment.mm, _core.HEADER_FIELDS["live"][0], 99)
     bad = run("check", name)
     assert bad.returncode == 1
     assert "INCONSISTENT" in bad.stdout and "live count 99" in bad.stdout

@@ -35,7 +35,7 @@ def test_consistent_table_reports_ok(name):
 def test_wrong_live_count_is_reported(name):
     table = filled(name)
     try:
-        _core.store_u64(table._segment.mm, _core.HDR_LIVE, 7)
+        _core.store_u64(table._segment.mm, _core.HEADER_FIELDS["live"][0], 7)
         report = table.check()
         assert not report
         assert any("live count 7" in p for p in report.problems)
@@ -98,7 +98,7 @@ def test_tombstone_drift_is_corrected_not_failed(name):
     table = filled(name, 5)
     try:
         table.delete(("k", 1))
-        _core.store_u64(table._segment.mm, _core.HDR_TOMBSTONES, 3)
+        _core.store_u64(table._segment.mm, _core.HEADER_FIELDS["tombstones"][0], 3)
         report = table.check()
         assert report, str(report)
         assert any("tombstone count 3 corrected to 1" in r for r in report.repaired)

@@ -162,7 +162,8 @@ def corrupt(name: str, rng: random.Random) -> str:
     with open(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         with mmap.mmap(f.fileno(), size) as mm:
-            data_offset = int.from_bytes(mm[112:120], "little")
+            at = _core.HEADER_FIELDS["data_offset"][0]
+            data_offset = int.from_bytes(mm[at:at + 8], "little")
             data_offset = data_offset if 1024 <= data_offset < size else 2048
             where = rng.choice(["header", "header-fields", "counters", "stripes",
                                 "slots", "slot-words", "everywhere"])

@@ -56,7 +56,7 @@ def _holder(name: str, stripe: int, recorded: bool, claim_slot: int, conn) -> No
         _core.store_u64(mm, offset, 1 | (stripe << 32))
         live_at = header["stripes_offset"] + stripe * _core.STRIPE_SIZE + 8
         _core.store_u64(mm, live_at, _core.load_u64(mm, live_at) + 1)
-        _core.store_u64(mm, _core.HDR_LIVE, _core.load_u64(mm, _core.HDR_LIVE) + 1)
+        _core.store_u64(mm, _core.HEADER_FIELDS["live"][0], _core.load_u64(mm, _core.HEADER_FIELDS["live"][0]) + 1)
     conn.send("holding")
     time.sleep(3600)
 

@@ -2579,8 +2579,6 @@ add_format_constants(PyObject *m)
         {"FORMAT_VERSION", SHMDICT_FORMAT_VERSION},
         {"HEADER_SIZE", SHMDICT_HEADER_SIZE},
         {"SPEC_MAX", SHMDICT_SPEC_MAX},
-        {"HDR_LIVE", offsetof(struct shmdict_header, live)},
-        {"HDR_TOMBSTONES", offsetof(struct shmdict_header, tombstones)},
         {"STRIPE_SIZE", sizeof(struct shmdict_stripe)},
         {"SLOT_HEADER", SHMDICT_SLOT_HEADER},
         {"MAX_STRIPES", SHMDICT_MAX_STRIPES},

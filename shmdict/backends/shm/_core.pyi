@@ -25,8 +25,6 @@ SPEC_MAX: int
 HEADER_FIELDS: Dict[str, Tuple[int, str]]
 STRIPE_FIELDS: Dict[str, Tuple[int, str]]
 SLOT_FIELDS: Dict[str, Tuple[int, str]]
-HDR_LIVE: int
-HDR_TOMBSTONES: int
 STRIPE_SIZE: int
 SLOT_HEADER: int
 MAX_STRIPES: int
