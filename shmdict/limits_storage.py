@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import itertools
 import threading
 import time
 import urllib.parse
@@ -169,7 +170,9 @@ class _Engine:
         self.remote = backend is not None
         self._default = self.table.read(("\x00", "absent"))[0]
         self._mutex = threading.Lock()
-        self._heap: List[Tuple[int, Any]] = []     # (expiry ns, table key) of keys we made
+        # (expiry ns, tie-breaker, table key) of the keys this process made
+        self._heap: List[Tuple[int, int, Any]] = []
+        self._seq = itertools.count()
         self._next_scan = 0
         self._warned = False
         self._moving_warned = False
@@ -208,7 +211,7 @@ class _Engine:
         with self._mutex:
             if len(self._heap) > 2 * self.capacity:
                 self._heap = []         # mostly stale entries: a scan refills it
-            heapq.heappush(self._heap, (_expiry_of(tkey, rec), tkey))
+            heapq.heappush(self._heap, (_expiry_of(tkey, rec), next(self._seq), tkey))
 
     # ------------------------------------------------------ a full table
     def _make_room(self, for_key: Any) -> bool:
@@ -219,7 +222,7 @@ class _Engine:
                 if freed:
                     return True
                 if self._heap and self.on_full == "evict":
-                    _, victim = heapq.heappop(self._heap)
+                    victim = heapq.heappop(self._heap)[2]
                     self.table.delete(victim)
                     self._warn(f"evicting the key closest to expiry ({victim!r}); its "
                                f"window restarts")
@@ -238,7 +241,7 @@ class _Engine:
         """Delete expired keys from the top of the heap; re-file renewed ones."""
         heap, now, freed = self._heap, self.clock(), 0
         while heap:
-            expiry, tkey = heap[0]
+            expiry, _, tkey = heap[0]
             rec, exists = self.table.read(tkey)
             if not exists:
                 heapq.heappop(heap)
@@ -246,7 +249,7 @@ class _Engine:
             real = _expiry_of(tkey, rec)
             if real > now:
                 if real != expiry:
-                    heapq.heapreplace(heap, (real, tkey))   # renewed since: file it again
+                    heapq.heapreplace(heap, (real, next(self._seq), tkey))  # renewed: refile
                     continue
                 return freed
             heapq.heappop(heap)
@@ -279,7 +282,7 @@ class _Engine:
             if expiry <= now:
                 self._delete_expired(tkey, rec)
             else:
-                heap.append((expiry, tkey))
+                heap.append((expiry, next(self._seq), tkey))
         heapq.heapify(heap)
         self._heap = heap
         self._next_scan = now + NS          # at most one scan a second per process

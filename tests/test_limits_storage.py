@@ -301,3 +301,13 @@ def test_async_scheme_with_aio_strategies(name, clock):
     # the sync storage on the same table sees the same state
     sync = ShmDictStorage(f"shmdict://{name}?capacity=64", clock=clock)
     assert sync.table.name == storage.table.name
+
+
+def test_keys_of_equal_expiry_and_mixed_kinds_in_a_full_table(name, clock):
+    store = ShmDictStorage(f"shmdict://{name}", capacity=6, clock=clock)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FullTableWarning)
+        for i in range(20):              # digests (bytes) and str keys, one instant
+            assert store.acquire_sliding_window_entry("z" * (200 + i % 2) + str(i), 5, 60)
+            assert store.incr(f"k{i}", 60) == 1
