@@ -22,18 +22,20 @@ def client(request: Request) -> str:
     return request.headers.get("x-client", "anon")
 
 
-limiter = Limiter(key_func=client, storage_uri=f"shmdict://{NAME}.slow")
+limiter = Limiter(key_func=client,
+                  storage_uri=os.environ.get("APP_SLOW_URI", f"shmdict://{NAME}.slow"))
 app = FastAPI()
 app.state.limiter = limiter
 app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
-aio_limiter = FixedWindowRateLimiter(storage_from_string(f"async+shmdict://{NAME}.aio"))
-AIO_LIMIT = parse("30/hour")
+aio_limiter = FixedWindowRateLimiter(storage_from_string(
+    os.environ.get("APP_AIO_URI", f"async+shmdict://{NAME}.aio")))
+AIO_LIMIT = parse(os.environ.get("APP_AIO_LIMIT", "30/hour"))
 locks = shmdict.open(f"{NAME}.locks", shmdict.Lock(), capacity=100)
 _held = []
 
 
 @app.get("/slow")
-@limiter.limit("40/hour")
+@limiter.limit(os.environ.get("APP_SLOW_LIMIT", "40/hour"))
 async def slow(request: Request):
     return {"ok": True}
 
