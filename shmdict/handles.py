@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, List, Optional
 
+from . import aio
 from .errors import NotOwner, OwnerDiedWarning
 from .keys import Key
 from .layouts import Outcome
@@ -88,7 +89,7 @@ class LockHandle:
     ``_release_lock(key, shared)`` one of OK or NOT_OWNER.
     """
 
-    __slots__ = ("_table", "_key", "_shared", "recovered", "_holding")
+    __slots__ = ("_table", "_key", "_shared", "recovered", "_holding", "_gate")
 
     def __init__(self, table: Any, key: Key, shared: bool = False) -> None:
         self._table = table
@@ -97,6 +98,7 @@ class LockHandle:
         #: True when the last acquire inherited the lock from a dead owner.
         self.recovered = False
         self._holding = False       # acquired through this handle, not released
+        self._gate: Any = None      # the asyncio gate held, after acquire_async
 
     @property
     def key(self) -> Key:
@@ -104,13 +106,11 @@ class LockHandle:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
-        if timeout != -1:
-            if not blocking:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            if timeout < 0:
-                raise ValueError("timeout value must be a non-negative number or -1")
-        code = self._table._acquire_lock(self._key, blocking, timeout, self._shared)
-        if code == Outcome.TIMEOUT:
+        _check_timeout(blocking, timeout)
+        return self._took(self._table._acquire_lock(self._key, blocking, timeout, self._shared))
+
+    def _took(self, code: Any) -> bool:
+        if code is None or code == Outcome.TIMEOUT:
             return False
         self._holding = True
         if code == Outcome.OK:
@@ -120,13 +120,37 @@ class LockHandle:
         warnings.warn(OwnerDiedWarning(
             f"lock {self._key!r} in table {self._table.name!r} was inherited from "
             f"{self._table._inherited_from}; what it guarded may be half-written"),
-            stacklevel=2)
+            stacklevel=3)
         return True
+
+    async def acquire_async(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """``acquire`` for a coroutine: never blocks the event loop.
+
+        Excludes this process's other coroutines as well as other processes
+        (see :mod:`shmdict.aio`); release with ``release()`` on this handle,
+        or use ``async with d[key]:``.
+        """
+        _check_timeout(blocking, timeout)
+        if self._gate is not None:
+            raise RuntimeError(f"this handle of lock {self._key!r} already holds it; "
+                               f"use one handle per holder (d[key] gives a new one)")
+        return self._took(await aio.acquire_lock(self, blocking, timeout))
+
+    async def __aenter__(self) -> "LockHandle":
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
 
     def release(self) -> None:
         """Release; ``RuntimeError`` (``shmdict.NotOwner``) if this process doesn't hold it."""
         self._holding = False
-        if self._table._release_lock(self._key, self._shared) != Outcome.OK:
+        if self._gate is not None:
+            code = aio.release_lock(self)
+        else:
+            code = self._table._release_lock(self._key, self._shared)
+        if code != Outcome.OK:
             raise NotOwner(f"release of lock {self._key!r}, which this process does not hold"
                            f"{self._table._not_held_because}")
 
@@ -185,6 +209,14 @@ class LockHandle:
         return f"<lock {self._key!r} {state}>"
 
 
+def _check_timeout(blocking: bool, timeout: float) -> None:
+    if timeout != -1:
+        if not blocking:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0:
+            raise ValueError("timeout value must be a non-negative number or -1")
+
+
 class StructHandle:
     """A key's record: ``h.read()``, ``h.set(...)``, ``with h.update() as rec``, ``h.tokens``."""
 
@@ -211,6 +243,10 @@ class StructHandle:
 
     def update(self) -> Any:
         return self._table.update(self._key)
+
+    def update_async(self) -> Any:
+        """``async with h.update_async() as rec``: see ``d.update_async(key)``."""
+        return self._table.update_async(self._key)
 
     def add(self, field: str, n: int = 1) -> int:
         return self._table.add(self._key, field, n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .aio import AsyncUpdate
 from .handles import CounterHandle, LockHandle, StructHandle
 from .keys import Key
 from .layouts import Struct
@@ -73,6 +74,12 @@ class StructVerbs:
             value = getattr(rec, field) + n
             setattr(rec, field, value)
         return value
+
+    def update_async(self, key: Key) -> AsyncUpdate:
+        """``async with d.update_async(key) as rec: rec.tokens -= 1``: ``update()``
+        for a coroutine, never blocking the event loop, exclusive among this
+        process's coroutines as among processes (see :mod:`shmdict.aio`)."""
+        return AsyncUpdate(self, key)
 
     def _handle(self, key: Key) -> StructHandle:
         return StructHandle(self, key)

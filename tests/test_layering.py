@@ -22,6 +22,7 @@ LAYERS: List[List[str]] = [
     ["shmdict.errors", "shmdict.validate"],
     ["shmdict.keys"],
     ["shmdict.layouts"],
+    ["shmdict.aio"],
     ["shmdict.records", "shmdict.handles", "shmdict.report"],
     ["shmdict.verbs", "shmdict.views"],
     ["shmdict.table"],

@@ -11,7 +11,8 @@ from limits import parse, strategies  # noqa: E402
 from limits.storage import storage_from_string  # noqa: E402
 
 import shmdict  # noqa: E402
-from shmdict.limits_storage import ShmDictStorage  # noqa: E402
+from shmdict.limits_storage import (AsyncShmDictStorage, FullTableWarning,  # noqa: E402
+                                    MovingWindowMapped, ShmDictStorage)
 from shmdict.ratelimit import NS, SimulatedClock  # noqa: E402
 
 
@@ -95,13 +96,19 @@ def test_sliding_window_counter(store, clock):
     assert not limiter.hit(item, "u", cost=11)
 
 
-def test_moving_window_is_refused(store):
-    with pytest.raises(NotImplementedError):
-        strategies.MovingWindowRateLimiter(store)
+def test_moving_window_runs_as_the_sliding_window_counter(store, clock):
+    limiter = strategies.MovingWindowRateLimiter(store)   # the app boots
+    item = parse("3/minute")
+    with pytest.warns(MovingWindowMapped, match="sliding window counter"):
+        assert [limiter.hit(item, "ip") for _ in range(4)] == [True] * 3 + [False]
+    stats = limiter.get_window_stats(item, "ip")
+    assert stats.remaining == 0
+    clock.advance(120)
+    assert limiter.hit(item, "ip")
 
 
 def test_expired_keys_make_room(name, clock):
-    store = ShmDictStorage(f"shmdict://{name}", capacity=8, clock=clock)
+    store = ShmDictStorage(f"shmdict://{name}?on_full=raise", capacity=8, clock=clock)
     for i in range(8):
         store.incr(f"k{i}", 60 if i else 600)
     with pytest.raises(shmdict.TableFull):
@@ -168,3 +175,139 @@ def test_processes_with_the_real_clock(name):
     for proc in procs:
         proc.join(30)
     assert total == 25
+
+
+# ------------------------------------------------------------- no ceilings
+def test_fixed_window_counts_past_24_bits(store):
+    """19,000,000/day with hits of cost 9,000,000: the third is refused."""
+    limiter = strategies.FixedWindowRateLimiter(store)
+    item = parse("19000000/day")
+    assert [limiter.hit(item, "big", cost=9_000_000) for _ in range(4)] == \
+        [True, True, False, False]
+    assert store.get(item.key_for("big")) == 36_000_000     # limits counts every hit
+    assert store.incr("huge", 60, amount=(1 << 62)) == 1 << 62
+    assert store.incr("huge", 60, amount=(1 << 62)) == (1 << 63) - 1   # saturates
+
+
+def test_sliding_window_counts_past_20_bits(store, clock):
+    limiter = strategies.SlidingWindowCounterRateLimiter(store)
+    item = parse("2000000/day")
+    day = 86400 * NS
+    clock.advance(ns=day - clock() % day)     # windows align to the clock: start one
+    assert limiter.hit(item, "big", cost=1_999_999)
+    assert limiter.hit(item, "big")
+    assert not limiter.hit(item, "big")
+    assert limiter.get_window_stats(item, "big").remaining == 0
+    clock.advance(86400 * 1.5)          # half of the previous window still weighs
+    assert limiter.hit(item, "big", cost=999_999)
+    assert not limiter.hit(item, "big", cost=2)
+
+
+def test_long_keys_are_digested(store):
+    limiter = strategies.FixedWindowRateLimiter(store)
+    item = parse("2/minute")
+    long_a, long_b = "a" * 200, "a" * 199 + "b"
+    assert [limiter.hit(item, long_a) for _ in range(3)] == [True, True, False]
+    assert limiter.hit(item, long_b)                      # its own state
+    assert limiter.hit(item, "é" * 150)
+    assert all(not isinstance(k[-1], str) or len(k[-1]) < 160 for k in store.table.keys())
+
+
+def test_a_full_table_evicts_the_key_closest_to_expiry(name, clock):
+    store = ShmDictStorage(f"shmdict://{name}", capacity=8, clock=clock)
+    for i in range(8):
+        store.incr(f"k{i}", 60 + i)
+    with pytest.warns(FullTableWarning, match="evicting"):
+        assert store.incr("newcomer", 60) == 1
+    assert store.get("k0") == 0 and store.get("k7") == 1  # k0 ended first
+    for i in range(200):                                   # each new client: no 500
+        assert store.incr(f"n{i}", 60) == 1
+    assert len(store.table) == 8
+
+
+def test_a_full_table_can_fail_open(name, clock):
+    store = ShmDictStorage(f"shmdict://{name}?on_full=allow", capacity=4, clock=clock)
+    limiter = strategies.FixedWindowRateLimiter(store)
+    item = parse("1/minute")
+    for i in range(4):
+        assert limiter.hit(item, f"k{i}")
+    with pytest.warns(FullTableWarning, match="allowing"):
+        assert limiter.hit(item, "newcomer") and limiter.hit(item, "newcomer")
+    assert not limiter.hit(item, "k0")                     # the others still counted
+    clock.advance(61)
+    assert limiter.hit(item, "newcomer") and not limiter.hit(item, "newcomer")
+
+
+def test_new_clients_cost_the_same_on_a_full_table(name):
+    """A full table of 20,000 live keys: each new client costs about what a
+    fill costs, not a sweep of the table (generous bound)."""
+    store = ShmDictStorage(f"shmdict://{name}", capacity=20_000)
+    started = time.perf_counter()
+    for i in range(20_000):
+        store.incr(f"k{i}", 3600)
+    fill = (time.perf_counter() - started) / 20_000
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FullTableWarning)
+        store.incr("first", 3600)          # the first may scan the table once
+        started = time.perf_counter()
+        for i in range(2000):
+            store.incr(f"new{i}", 3600)
+    per_new = (time.perf_counter() - started) / 2000
+    assert per_new < 20 * fill + 0.001, (per_new, fill)
+
+
+def test_backend_in_the_uri(redis_url, name):
+    uri = f"shmdict://{name}?backend={redis_url}&capacity=100"
+    storage = storage_from_string(uri)
+    try:
+        assert storage.table.backend == redis_url
+        limiter = strategies.FixedWindowRateLimiter(storage)
+        assert [limiter.hit(parse("2/minute"), "k") for _ in range(3)] == [True, True, False]
+    finally:
+        storage.table.unlink()
+
+
+def test_a_too_small_key_size_is_refused_at_creation(name):
+    with pytest.raises(ValueError, match="key_size"):
+        ShmDictStorage(f"shmdict://{name}?key_size=30")
+
+
+# --------------------------------------------------------------- limits.aio
+def test_async_scheme_with_aio_strategies(name, clock):
+    import asyncio
+
+    from limits.aio import strategies as aio_strategies
+    from limits.storage import storage_from_string as from_string
+
+    storage = from_string(f"async+shmdict://{name}?capacity=64", clock=clock)
+    assert isinstance(storage, AsyncShmDictStorage)
+
+    async def main():
+        fixed = aio_strategies.FixedWindowRateLimiter(storage)
+        sliding = aio_strategies.SlidingWindowCounterRateLimiter(storage)
+        moving = aio_strategies.MovingWindowRateLimiter(storage)
+        item = parse("3/minute")
+        assert [await fixed.hit(item, "a") for _ in range(4)] == [True] * 3 + [False]
+        assert [await sliding.hit(item, "b") for _ in range(4)] == [True] * 3 + [False]
+        with pytest.warns(MovingWindowMapped):
+            assert [await moving.hit(item, "c") for _ in range(4)] == [True] * 3 + [False]
+        assert (await fixed.get_window_stats(item, "a")).remaining == 0
+        assert await storage.check()
+        await fixed.clear(item, "a")
+        assert await fixed.hit(item, "a")
+        assert await storage.reset() >= 3
+    asyncio.run(main())
+    # the sync storage on the same table sees the same state
+    sync = ShmDictStorage(f"shmdict://{name}?capacity=64", clock=clock)
+    assert sync.table.name == storage.table.name
+
+
+def test_keys_of_equal_expiry_and_mixed_kinds_in_a_full_table(name, clock):
+    store = ShmDictStorage(f"shmdict://{name}", capacity=6, clock=clock)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FullTableWarning)
+        for i in range(20):              # digests (bytes) and str keys, one instant
+            assert store.acquire_sliding_window_entry("z" * (200 + i % 2) + str(i), 5, 60)
+            assert store.incr(f"k{i}", 60) == 1

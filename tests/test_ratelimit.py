@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmdict
+from shmdict.ratelimit.limiters import SETTINGS_KEY
 from shmdict import ratelimit
 from shmdict.ratelimit import (
     NS,
@@ -133,13 +134,13 @@ def test_bad_arguments(name):
 def test_state_is_a_counter_table_named_name(name, clock):
     limiter = RateLimiter(name, rate=1, clock=clock)
     limiter.hit("k")
-    table = shmdict.open(name, shmdict.Counter(), capacity=10_000)
+    table = shmdict.open(name, shmdict.Counter(), capacity=10_001)  # + the settings' slot
     assert table.read("k") == (clock() + limiter.emission_interval_ns, True)
     table.close()
     limiter.close()
     assert shmdict.unlink(name)
     fresh = RateLimiter(name, rate=1, clock=clock)
-    assert len(fresh.table) == 0
+    assert list(fresh.keys()) == []
 
 
 def test_interval_is_rounded_up_never_down():
@@ -239,7 +240,11 @@ class _RemoteTable:
     def add(self, key, n=1):
         raise AssertionError("the limiter must not run its local loop")
 
-    cas = read = add
+    read = add
+
+    def cas(self, key, old, new, set_on_not_exists=False):
+        assert key == SETTINGS_KEY, "the limiter must not run its local loop"
+        return True                     # its settings, recorded once at creation
 
 
 def test_a_table_with_gcra_runs_the_step_remotely(monkeypatch):
@@ -253,7 +258,7 @@ def test_a_table_with_gcra_runs_the_step_remotely(monkeypatch):
     monkeypatch.setattr(shmdict.api, "open", fake_open)
     limiter = RateLimiter("remote.limits", rate=10, burst=5, capacity=500, key_size=32,
                           backend="redis://somewhere/0")
-    assert opened == [("remote.limits", shmdict.Counter(), 500, 32, "redis://somewhere/0")]
+    assert opened == [("remote.limits", shmdict.Counter(), 501, 32, "redis://somewhere/0")]
     assert limiter.hit("k") == RateLimitResult(True, 5, 4, 0.0, 0.5)
     assert limiter.hit("k", cost=2) == RateLimitResult(False, 5, 4, 2.0, 0.5)
     assert limiter.allow("k") is True
@@ -277,7 +282,7 @@ def test_full_table_sweeps_idle_keys(name, clock):
     clock.advance(0.6)                             # the others are idle now
     assert limiter.hit("newcomer")
     assert "client-0" in limiter.table and "client-1" not in limiter.table
-    assert len(limiter.table) == 2
+    assert sorted(limiter.keys()) == ["client-0", "newcomer"]
     # client-0's history survived the sweep: its burst is not back yet.
     assert limiter.peek("client-0").remaining == 1
 
@@ -444,3 +449,27 @@ def test_on_redis_the_server_runs_the_step(name, redis_url):
     finally:
         limiter.close()
         shmdict.unlink(name, backend=redis_url)
+
+
+def test_the_rate_is_part_of_the_tables_identity(name, clock):
+    """Two processes opening one name with different rates: the second is refused."""
+    first = RateLimiter(name, rate=10, period=1.0, clock=clock)
+    same = RateLimiter(name, rate=10, period=1.0, clock=clock)   # same settings: fine
+    with pytest.raises(shmdict.LayoutMismatch, match="other settings"):
+        RateLimiter(name, rate=20, period=1.0, clock=clock)
+    with pytest.raises(shmdict.LayoutMismatch):
+        RateLimiter(name, rate=10, period=1.0, burst=3, clock=clock)
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_open_with_rate, args=(name, 5))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 3
+    first.hit("k")
+    assert list(same.keys()) == ["k"]
+
+
+def _open_with_rate(name, rate):
+    try:
+        RateLimiter(name, rate=rate)
+    except shmdict.LayoutMismatch:
+        raise SystemExit(3)

@@ -57,7 +57,7 @@ window starting at a key's first hit) and :class:`SlidingWindowLimiter` (the
 "sliding window counter": the previous window's count, weighted by how much
 of it still overlaps the last ``period``, plus the current one) pack their
 whole state into the key's one int64 too, so they are also one CAS per hit.
-The ``limits`` storage (``shmdict.limits_storage``) uses the same encodings.
+(The ``limits`` storage, ``shmdict.limits_storage``, keeps records of three int64s instead, so its counts have no 24 or 20-bit ceiling.)
 
 **Expiry.**  A table has a fixed capacity and keys often come from the
 network (client addresses, API keys), so a key whose state is back to "no

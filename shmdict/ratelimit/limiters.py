@@ -10,7 +10,7 @@ import math
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
 
-from ..errors import TableFull
+from ..errors import LayoutMismatch, TableFull
 from ..keys import Key
 from ..layouts import Counter
 from .rules import (
@@ -32,6 +32,10 @@ from .rules import (
 
 #: A clock: a callable returning integer nanoseconds, shared by the processes.
 Clock = Callable[[], int]
+
+#: The key of a limiter's table that holds its settings' fingerprint (the
+#: table is opened with one slot more than ``capacity`` for it).
+SETTINGS_KEY = b"\x00shmdict.limiter.settings"
 
 
 def monotonic_clock() -> int:
@@ -106,6 +110,8 @@ def sweep_table(table: Any, is_idle: Callable[[Key, int, int], bool],
     removed = 0
     now = clock()
     for key, value in table.items():
+        if key == SETTINGS_KEY:
+            continue
         if value != 0 and not is_idle(key, value, now):
             continue
         if value != 0 and not table.cas(key, value, 0):
@@ -154,7 +160,34 @@ class _Limiter:
             raise TypeError("clock must be a callable returning nanoseconds")
         self.name = name
         self.clock: Clock = clock if clock is not None else time.monotonic_ns
-        self.table = open_table(name, Counter(), capacity, key_size, backend=backend)
+        self.table = open_table(name, Counter(), capacity + 1, key_size, backend=backend)
+        self._claim_settings()
+
+    def _settings(self) -> Tuple[Any, ...]:
+        """What makes two limiters on one table the same limiter."""
+        raise NotImplementedError
+
+    def _claim_settings(self) -> None:
+        """Record this limiter's settings in its table, or refuse other ones.
+
+        The rate is part of the table's identity: two processes opening one
+        name with different rates would otherwise each enforce their own
+        reading of the same state.
+        """
+        import hashlib
+        digest = hashlib.blake2b(repr(self._settings()).encode(), digest_size=8).digest()
+        mine = int.from_bytes(digest, "big") >> 1 or 1
+        if self.table.cas(SETTINGS_KEY, 0, mine, True):
+            return
+        theirs = self.table.read(SETTINGS_KEY)[0]
+        if theirs == mine:
+            return
+        if theirs == 0 and self.table.cas(SETTINGS_KEY, 0, mine):
+            return
+        self.table.close()
+        raise LayoutMismatch(f"rate limiter {self.name!r} exists with other settings than "
+                             f"{self!r}; open it with the settings it was created with, or "
+                             f"shmdict.unlink({self.name!r}) first")
 
     # An encoding's idea of an idle value, and how to merge two values.
     def _is_idle(self, key: Key, value: int, now: int) -> bool:
@@ -188,7 +221,7 @@ class _Limiter:
         self.table.delete(key)
 
     def keys(self) -> Iterable[Key]:
-        return self.table.keys()
+        return [key for key in self.table.keys() if key != SETTINGS_KEY]
 
     def close(self) -> None:
         """Detach from the table (the shared state stays)."""
@@ -244,6 +277,9 @@ class RateLimiter(_Limiter):
                 self.hit = self.table._gcra_hit(  # type: ignore[method-assign]
                     self.emission_interval_ns, self.tolerance_ns, self.burst,
                     RateLimitResult, (TableFull, self._hit_after_sweep))
+
+    def _settings(self) -> Tuple[Any, ...]:
+        return ("gcra", self.emission_interval_ns, self.tolerance_ns)
 
     def _hit_after_sweep(self, key: Key, cost: int) -> "RateLimitResult":
         """The C hit found the table full: the Python path sweeps and retries."""
@@ -324,6 +360,9 @@ class _WindowLimiter(_Limiter):
         self.period = _positive("period", period)
         self.period_ns = max(1, round(self.period * NS))
         super().__init__(name, capacity, key_size, backend, clock)
+
+    def _settings(self) -> Tuple[Any, ...]:
+        return (type(self).__name__, self.limit, self.period_ns)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.limit}/{self.period:g}s>"
