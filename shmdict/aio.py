@@ -306,8 +306,10 @@ def deadline_of(timeout: float) -> Optional[float]:
 _TAKEN = (Outcome.OK, Outcome.RECOVERED)
 
 
-async def acquire_lock(handle: Any, blocking: bool, timeout: float) -> Optional[int]:
-    """The async acquisition of a LockHandle: the outcome (OK, RECOVERED) or None.
+async def acquire_lock(handle: Any, blocking: bool,
+                       timeout: float) -> Optional[Tuple[int, int]]:
+    """The async acquisition of a LockHandle: ``(outcome, fence)`` as the
+    table's ``_acquire_lock`` gives it (OK or RECOVERED), or None.
 
     On success the handle is given the gate it holds (``handle._gate``), and
     its ``release()`` gives both back.
@@ -320,13 +322,13 @@ async def acquire_lock(handle: Any, blocking: bool, timeout: float) -> Optional[
         return None
     if role == _JOIN:
         handle._gate = gate
-        return Outcome.OK
+        return Outcome.OK, 0          # joined this process's shared hold
     try:
         code = await _process_acquire(table, key, shared, blocking, deadline)
     except BaseException:
         gate.undo(shared, role)
         raise
-    if code not in _TAKEN:
+    if code[0] not in _TAKEN:
         gate.undo(shared, role)
         return None
     if shared:
@@ -336,16 +338,16 @@ async def acquire_lock(handle: Any, blocking: bool, timeout: float) -> Optional[
 
 
 async def _process_acquire(table: Any, key: Any, shared: bool, blocking: bool,
-                           deadline: Optional[float]) -> int:
+                           deadline: Optional[float]) -> Tuple[int, int]:
     native = getattr(table, "_acquire_lock_async", None)
     if native is not None:                  # a backend with an asyncio client
         return await native(key, blocking, deadline, shared)
     code = table._acquire_lock(key, False, -1, shared)     # one C call, no thread
-    if code in _TAKEN or not blocking:
+    if code[0] in _TAKEN or not blocking:
         return code
     return await wait_in_thread(
         lambda t: table._acquire_lock(key, True, t, shared),
-        lambda code: code in _TAKEN,
+        lambda code: code[0] in _TAKEN,
         lambda code: table._release_lock(key, shared),
         deadline)
 

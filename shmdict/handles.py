@@ -84,12 +84,13 @@ class CounterHandle:
 class LockHandle:
     """One key's lock, with the ``threading.Lock`` interface.
 
-    The table's ``_acquire_lock(key, blocking, timeout, shared)`` returns an
-    :class:`~shmdict.layouts.Outcome` (OK, RECOVERED or TIMEOUT) and
-    ``_release_lock(key, shared)`` one of OK or NOT_OWNER.
+    The table's ``_acquire_lock(key, blocking, timeout, shared)`` returns
+    ``(outcome, fence)``: an :class:`~shmdict.layouts.Outcome` (OK, RECOVERED
+    or TIMEOUT) and the fencing token of an exclusive acquire (else 0);
+    ``_release_lock(key, shared)`` returns OK or NOT_OWNER.
     """
 
-    __slots__ = ("_table", "_key", "_shared", "recovered", "_holding", "_gate")
+    __slots__ = ("_table", "_key", "_shared", "recovered", "fence", "_holding", "_gate")
 
     def __init__(self, table: Any, key: Key, shared: bool = False) -> None:
         self._table = table
@@ -97,6 +98,12 @@ class LockHandle:
         self._shared = shared
         #: True when the last acquire inherited the lock from a dead owner.
         self.recovered = False
+        #: The fencing token of the last exclusive acquire through this
+        #: handle (0 before it, and for the shared side): every acquire of
+        #: the key gets a larger one than all before it, so a resource the
+        #: lock protects can refuse a write that carries a smaller token than
+        #: one it has seen (a stale holder whose lock passed on).
+        self.fence = 0
         self._holding = False       # acquired through this handle, not released
         self._gate: Any = None      # the asyncio gate held, after acquire_async
 
@@ -109,10 +116,15 @@ class LockHandle:
         _check_timeout(blocking, timeout)
         return self._took(self._table._acquire_lock(self._key, blocking, timeout, self._shared))
 
-    def _took(self, code: Any) -> bool:
-        if code is None or code == Outcome.TIMEOUT:
+    def _took(self, acquired: Any) -> bool:
+        """Record what ``_acquire_lock`` gave: ``(outcome, fence)``, or None."""
+        if acquired is None:
+            return False
+        code, fence = acquired
+        if code == Outcome.TIMEOUT:
             return False
         self._holding = True
+        self.fence = fence
         if code == Outcome.OK:
             self.recovered = False
             return True

@@ -270,6 +270,49 @@ def _hold_lock_forever(table, key, ready):
     time.sleep(600)
 
 
+def _fenced_holder(kind, url, name, rounds, out):
+    locks = _reopen(kind, url, name, shmdict.Lock(rw=True))
+    fences = []
+    for _ in range(rounds):
+        with locks["row"] as h:
+            fences.append(h.fence)
+    out.put(fences)
+    locks.close()
+
+
+def _reopen(kind, url, name, layout):
+    if url is None:
+        return shmdict.open(name, layout, 1000, 64)
+    return shmdict.open(name, layout, 1000, 64, backend=url, lease=LEASE)
+
+
+def test_fences_increase_with_every_exclusive_acquire(open_table, backend, name):
+    """Every acquire of a key gets a larger token than all before it, across
+    processes, and across a delete and re-creation of the key."""
+    kind, url = backend
+    locks = open_table(shmdict.Lock(rw=True))
+    with locks["row"] as first:
+        assert first.fence > 0
+    out = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_fenced_holder, args=(kind, url, name, 30, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    seen = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    every = sorted(seen[0] + seen[1])
+    assert len(set(every)) == 60 and every[0] > first.fence      # all distinct
+    assert seen[0] == sorted(seen[0]) and seen[1] == sorted(seen[1])
+    locks.delete("row")
+    with locks["row"] as again:
+        assert again.fence > every[-1]
+    with locks["row"].read() as reading:
+        assert reading.fence == 0               # the shared side carries none
+    assert again.fence > 0                      # kept after the release
+
+
 def test_lock_ownership_questions(open_table):
     locks = open_table(shmdict.Lock(rw=True))
     h = locks["row"]

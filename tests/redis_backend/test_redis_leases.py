@@ -172,3 +172,57 @@ def test_ownership_compares_the_whole_token(redis_url, name):
         assert handle.locked()
     finally:
         locks.unlink()
+
+
+def fenced_write(resource, fence: int, value: int) -> bool:
+    """What a resource guarded by a lock does with fencing tokens: keep the
+    largest token it has seen, and refuse a write that carries a smaller one."""
+    while True:
+        seen, _ = resource.read("fence")
+        if fence < seen:
+            return False
+        if resource.cas("fence", seen, fence, set_on_not_exists=True):
+            resource.set("value", value)
+            return True
+
+
+def _paused_fenced_writer(url, name, ready, outcome):
+    locks = shmdict.open(name, shmdict.Lock(), backend=url, lease=LEASE)
+    resource = shmdict.open(name + ".res", shmdict.Counter(), backend=url)
+    try:
+        handle = locks["row"]
+        handle.acquire()
+        ready.set()
+        time.sleep(4 * LEASE)            # SIGSTOPped in here: the lock passes on
+        outcome.put((handle.fence, fenced_write(resource, handle.fence, 1)))
+    finally:
+        locks.close()
+        resource.close()
+
+
+def test_the_fence_rejects_a_paused_holders_write(redis_url, name):
+    locks = shmdict.open(name, shmdict.Lock(), backend=redis_url, lease=LEASE)
+    resource = shmdict.open(name + ".res", shmdict.Counter(), backend=redis_url)
+    ctx = mp.get_context("spawn")
+    ready, outcome = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_paused_fenced_writer, args=(redis_url, name, ready, outcome))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        os.kill(proc.pid, signal.SIGSTOP)
+        handle = locks["row"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", shmdict.OwnerDiedWarning)
+            assert handle.acquire(timeout=10)
+        assert fenced_write(resource, handle.fence, 2)
+        os.kill(proc.pid, signal.SIGCONT)
+        stale_fence, accepted = outcome.get(timeout=30)
+        assert stale_fence < handle.fence and not accepted
+        assert resource.read("value") == (2, True)
+        handle.release()
+        proc.join(30)
+    finally:
+        _resume(proc)
+        proc.join(5)
+        locks.unlink()
+        resource.unlink()

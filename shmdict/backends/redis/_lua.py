@@ -6,7 +6,9 @@ so they live in one Redis Cluster slot:
 * ``KEYS[1]`` meta:  a hash: layout spec, capacity, key_size, created;
 * ``KEYS[2]`` data:  a hash: encoded key -> value (the table's keys);
 * ``KEYS[3]`` rlock: a hash: encoded key -> lease state of a Struct
-  record being updated.
+  record being updated;
+* ``KEYS[4]`` fence: an integer, the last fencing token an exclusive lock
+  acquire was given (``INCR`` in the acquiring script).
 
 Values in ``data``: a Counter is a decimal int64 (so ``HINCRBY`` applies); a
 Lock is its lease state; a Struct record is its packed bytes.  Lua numbers
@@ -29,7 +31,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 _PRELUDE = r"""
-local META, DATA, RLOCK = KEYS[1], KEYS[2], KEYS[3]
+local META, DATA, RLOCK, FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- 'existed' or 'created' (field now holds `default`), else 'notable' or 'full'.
 -- (A key present in DATA proves the table exists: meta and data are only
@@ -178,7 +180,7 @@ return {2, cur[1], cur[2], cur[3]}
 
 UNLINK = _script("unlink", r"""
 local existed = redis.call('EXISTS', META)
-redis.call('UNLINK', META, DATA, RLOCK)
+redis.call('UNLINK', META, DATA, RLOCK, FENCE)
 return existed
 """)
 
@@ -261,10 +263,21 @@ return {1, math.floor((tau - ahead) / T), 0, ahead}
 """)
 
 # ------------------------------------------------------------------ Lock
-# ARGV: field, token, lease_ms, shared ('1'/'0').  {1, died} or {0, wait_ms}.
+# ARGV: field, token, lease_ms, shared ('1'/'0').  {1, died, fence} or
+# {0, wait_ms}.  An exclusive acquire takes the next fencing token in the
+# same step (as a decimal string: exact past 2^53); a shared one gets '0'.
 LOCK_ACQUIRE = _script("lock_acquire", r"""
 ensured(ARGV[1], '')
-return lease_take(DATA, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1')
+local got = lease_take(DATA, ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1')
+if got[1] == 1 then
+  if ARGV[4] == '1' then
+    got[3] = '0'
+  else
+    redis.call('INCR', FENCE)
+    got[3] = redis.call('GET', FENCE)
+  end
+end
+return got
 """)
 
 # ARGV: field, token, shared.  1 if released, 0 if `token` did not hold it.

@@ -9,6 +9,7 @@ Storage (see :mod:`shmdict.backends._lua` for the scripts)::
     shmdict:{NAME}:meta    hash: layout spec, capacity, key_size, created
     shmdict:{NAME}:data    hash: canonical key encoding -> value
     shmdict:{NAME}:rlock   hash: key -> lease of a Struct record being updated
+    shmdict:{NAME}:fence   integer: the last fencing token of an exclusive lock
 
 One Redis hash per table keeps ``len`` O(1) (``HLEN``), lets the capacity be
 enforced atomically in the same script that inserts, and lets iteration use
@@ -235,7 +236,7 @@ class RedisTable(BaseTable):
         self._conn = conn
         self._r = conn.client
         prefix = f"shmdict:{{{name}}}:"
-        self._keys = (prefix + "meta", prefix + "data", prefix + "rlock")
+        self._keys = (prefix + "meta", prefix + "data", prefix + "rlock", prefix + "fence")
         self._data = self._keys[1]
         self._closed = False
         self._keeper = _LeaseKeeper(self)
@@ -249,9 +250,9 @@ class RedisTable(BaseTable):
             if self._conn.wait_replicas:
                 return self._eval_and_wait(script, args)
             try:
-                return self._r.execute_command("EVALSHA", script.sha, 3, *self._keys, *args)
+                return self._r.execute_command("EVALSHA", script.sha, 4, *self._keys, *args)
             except NoScriptError:   # a new or restarted server: send the source
-                return self._r.execute_command("EVAL", script.source, 3, *self._keys, *args)
+                return self._r.execute_command("EVAL", script.source, 4, *self._keys, *args)
         except (RedisError, RedisClusterException) as exc:
             raise self._error(exc) from None
 
@@ -266,7 +267,7 @@ class RedisTable(BaseTable):
                 node_client = self._r.get_redis_connection(
                     self._r.get_node_from_key(self._keys[0]))
             pipe = node_client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", script.sha, 3, *self._keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, 4, *self._keys, *args)
             pipe.execute_command("WAIT", conn.wait_replicas, conn.wait_timeout_ms)
             try:
                 reply, acked = pipe.execute(raise_on_error=False)
@@ -689,20 +690,23 @@ class RedisLockTable(LockVerbs, RedisTable):
     _inherited_from = "a holder whose lease expired (it died or lost the server)"
     _not_held_because = " (never taken, or its lease expired and was taken over)"
 
-    def _acquire_lock(self, key: Key, blocking: bool, timeout: float, shared: bool) -> int:
-        """Take ``key``'s lease (creating the key): OK, RECOVERED or TIMEOUT."""
+    def _acquire_lock(self, key: Key, blocking: bool, timeout: float,
+                      shared: bool) -> Tuple[int, int]:
+        """Take ``key``'s lease (creating the key): ``(outcome, fence)``, the
+        outcome OK, RECOVERED or TIMEOUT, the fence the table's next token
+        for an exclusive acquire (0 otherwise)."""
         field = self._field(key)
         args = (field, process_token(), self._conn.lease_ms, int(shared))
 
         def attempt() -> Tuple[bool, Any]:
             reply = self._eval(_lua.LOCK_ACQUIRE, *args)
-            return reply[0] == 1, reply[1]
+            return reply[0] == 1, reply
 
-        got, died = self._wait(attempt, blocking, timeout)
+        got, reply = self._wait(attempt, blocking, timeout)
         if not got:
-            return Outcome.TIMEOUT
+            return Outcome.TIMEOUT, 0
         self._keeper.hold("d", field, shared)
-        return Outcome.RECOVERED if died == 1 else Outcome.OK
+        return (Outcome.RECOVERED if reply[1] == 1 else Outcome.OK), int(reply[2])
 
     def _release_lock(self, key: Key, shared: bool) -> int:
         """Release ``key``'s lease: OK, or NOT_OWNER (never taken, or taken over)."""

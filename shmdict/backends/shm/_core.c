@@ -1977,9 +1977,11 @@ Core_rw_readers(Core *self, PyObject *args)
 /* Row locks by key (the LockHandle hot path)                               */
 /* ------------------------------------------------------------------------ */
 
-/* key_acquire(key, blocking, timeout, shared) -> code: resolve the key
- * through the cache (creating it), take its lock (rw tables: the shared or
- * the exclusive side), and look again if the slot changed meanwhile. */
+/* key_acquire(key, blocking, timeout, shared) -> (code, fence): resolve the
+ * key through the cache (creating it), take its lock (rw tables: the shared
+ * or the exclusive side), and look again if the slot changed meanwhile.
+ * `fence` is the exclusive holder's fencing token (0 when not taken, or for
+ * the shared side). */
 static PyObject *
 Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2015,8 +2017,15 @@ Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (code == RC_ERROR)
             return NULL;
-        if (code != RC_STALE)
-            return PyLong_FromLong(code);
+        if (code != RC_STALE) {
+            /* A fencing token for the new exclusive holder: the table's
+             * counter, taken while holding the lock, so each holder of a key
+             * gets a larger one than every holder before it. */
+            uint64_t fence = 0;
+            if ((code == RC_OK || code == RC_RECOVERED) && !(rw && shared))
+                fence = __atomic_add_fetch(&self->header->fence, 1, __ATOMIC_ACQ_REL);
+            return Py_BuildValue("(iK)", code, (unsigned long long)fence);
+        }
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
     return NULL;
@@ -2352,7 +2361,7 @@ static PyMethodDef Core_methods[] = {
     {"lock_owner", (PyCFunction)Core_lock_owner, METH_VARARGS,
      "lock_owner(slot, state) -> pid (0 free, -1 slot changed)."},
     {"key_acquire", (PyCFunction)(void (*)(void))Core_key_acquire, METH_FASTCALL,
-     "key_acquire(key, blocking, timeout, shared) -> code: a Lock table's row lock."},
+     "key_acquire(key, blocking, timeout, shared) -> (code, fence): a Lock table's row lock."},
     {"key_release", (PyCFunction)(void (*)(void))Core_key_release, METH_FASTCALL,
      "key_release(key, shared) -> code."},
     {"rw_readers", (PyCFunction)Core_rw_readers, METH_VARARGS,
@@ -2517,7 +2526,7 @@ struct field_desc {
 #define STRIPE_FIELD(f, code) {#f, offsetof(struct shmdict_stripe, f), code}
 #define SLOT_FIELD(f, code)   {#f, offsetof(struct shmdict_slot, f), code}
 
-_Static_assert(SHMDICT_SPEC_MAX == 894, "the spec field's struct code below");
+_Static_assert(SHMDICT_SPEC_MAX == 830, "the spec field's struct code below");
 static const struct field_desc header_fields[] = {
     HEADER_FIELD(magic, "Q"), HEADER_FIELD(version, "I"), HEADER_FIELD(header_size, "I"),
     HEADER_FIELD(fingerprint, "Q"), HEADER_FIELD(capacity, "Q"), HEADER_FIELD(nslots, "Q"),
@@ -2525,7 +2534,8 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(nstripes, "Q"), HEADER_FIELD(seed, "Q"), HEADER_FIELD(live, "q"),
     HEADER_FIELD(tombstones, "q"), HEADER_FIELD(admit, "Q"),
     HEADER_FIELD(stripes_offset, "Q"), HEADER_FIELD(data_offset, "Q"),
-    HEADER_FIELD(created, "Q"), HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "894s"),
+    HEADER_FIELD(created, "Q"), HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "830s"),
+    HEADER_FIELD(fence, "Q"), HEADER_FIELD(reserved, "56s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
     STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};

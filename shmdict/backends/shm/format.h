@@ -44,14 +44,14 @@
  * segment (0 while its creator is still writing the header). */
 #define SHMDICT_MAGIC           0x31544349444d4853ull
 /* The version of everything in this file.  1: shmdict 0.1's format. */
-#define SHMDICT_FORMAT_VERSION  1u
+#define SHMDICT_FORMAT_VERSION  2u
 
 /* ------------------------------------------------------------------------ */
 /* The header (offset 0)                                                    */
 /* ------------------------------------------------------------------------ */
 
 #define SHMDICT_HEADER_SIZE     1024u   /* header bytes, stripes follow       */
-#define SHMDICT_SPEC_MAX        894u    /* bytes of layout JSON that fit      */
+#define SHMDICT_SPEC_MAX        830u    /* bytes of layout JSON that fit      */
 
 struct shmdict_header {
     uint64_t magic;          /* SHMDICT_MAGIC, stored last by the creator   */
@@ -73,6 +73,10 @@ struct shmdict_header {
     uint64_t created;        /* creation time, Unix seconds                 */
     uint16_t spec_length;    /* bytes of spec that are used                 */
     char     spec[SHMDICT_SPEC_MAX]; /* the layout, as compact JSON         */
+    /* The last cache line, alone: every exclusive lock acquire of the table
+     * takes the next fence, so it must not share a line with the counts. */
+    uint64_t fence;          /* the last fencing token handed out (Lock)    */
+    uint64_t reserved[7];    /* zero                                        */
 };
 
 _Static_assert(offsetof(struct shmdict_header, magic) == 0, "header.magic");
@@ -94,6 +98,7 @@ _Static_assert(offsetof(struct shmdict_header, data_offset) == 112, "header.data
 _Static_assert(offsetof(struct shmdict_header, created) == 120, "header.created");
 _Static_assert(offsetof(struct shmdict_header, spec_length) == 128, "header.spec_length");
 _Static_assert(offsetof(struct shmdict_header, spec) == 130, "header.spec");
+_Static_assert(offsetof(struct shmdict_header, fence) == 960, "header.fence");
 _Static_assert(sizeof(struct shmdict_header) == SHMDICT_HEADER_SIZE, "header size");
 
 /* ------------------------------------------------------------------------ */

@@ -19,7 +19,7 @@ as ``threading.Lock`` does.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from ...keys import Key
 from ...verbs import LockVerbs
@@ -33,10 +33,12 @@ class LockTable(LockVerbs, Table):
 
     #: LockHandle's two hooks are the C core's own methods, bound per table
     #: (no Python frame): ``_acquire_lock(key, blocking, timeout, shared)``
-    #: takes ``key``'s lock (creating the key) and returns Outcome.OK,
-    #: RECOVERED or TIMEOUT; ``_release_lock(key, shared)`` returns OK, or
-    #: NOT_OWNER when this process doesn't hold it.
-    _acquire_lock: Callable[[Key, bool, float, bool], int]
+    #: takes ``key``'s lock (creating the key) and returns ``(outcome,
+    #: fence)``: Outcome.OK, RECOVERED or TIMEOUT, and the fencing token of
+    #: an exclusive acquire (the table's counter, see format.h; else 0);
+    #: ``_release_lock(key, shared)`` returns OK, or NOT_OWNER when this
+    #: process doesn't hold it.
+    _acquire_lock: Callable[[Key, bool, float, bool], Tuple[int, int]]
     _release_lock: Callable[[Key, bool], int]
 
     def __init__(self, segment: Segment) -> None:
