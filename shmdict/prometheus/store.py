@@ -18,7 +18,7 @@ hold float64 bits (the core's ``add_float`` / ``set_float``).  Keys:
 A histogram keeps one counter per bucket, not cumulated: a scrape sums them,
 so ``_count`` is the ``+Inf`` bucket by construction.  A scrape drops (and
 deletes) the series of dead processes in the live gauge modes, and folds
-those of ``max`` / ``min`` into one series, so the table holds one series per
+those of ``sum`` / ``max`` / ``min`` into one series, so the table holds one series per
 live process and label set, however many workers came and went (``all``
 keeps a series per pid ever seen: that is the mode's meaning).
 """
@@ -45,8 +45,8 @@ DEFAULT_KEY_SIZE = 256
 
 LIVE_MODES = frozenset(("liveall", "livesum", "livemax", "livemin", "livemostrecent"))
 #: Gauge modes whose series are per process (the others share one series).
-PER_PROCESS_MODES = frozenset(("all", "liveall", "livesum", "max", "min", "livemax",
-                               "livemin", "livemostrecent"))
+PER_PROCESS_MODES = frozenset(("all", "liveall", "sum", "livesum", "max", "min",
+                               "livemax", "livemin", "livemostrecent"))
 Row = Tuple[tuple, float]
 
 # ---------------------------------------------------------------- identity
@@ -125,7 +125,8 @@ class Store:
 
     def sweep(self, rows: Optional[List[Row]] = None) -> bool:
         """Delete the dead processes' series of live gauges, fold those of
-        ``max`` / ``min`` into the shared series; True if anything changed."""
+        ``sum`` / ``max`` / ``min`` into the shared series (id 0); True if
+        anything changed."""
         decls, series = self.group(self.rows() if rows is None else rows)
         alive: Dict[int, bool] = {}
         changed = False
@@ -150,8 +151,12 @@ class Store:
                 continue
             word, existed = self.table.load_and_delete(key)
             changed = True
-            if existed and mode in ("max", "min") and key[1] == "":
-                self._fold(key[:2] + (0,) + key[3:], float_of_word(word), mode == "max")
+            if existed and key[1] == "" and mode in ("sum", "max", "min"):
+                shared = key[:2] + (0,) + key[3:]
+                if mode == "sum":
+                    self.add(shared, float_of_word(word))
+                else:
+                    self._fold(shared, float_of_word(word), mode == "max")
         return changed
 
     def _fold(self, key: tuple, value: float, larger: bool) -> None:
