@@ -76,7 +76,7 @@ class App:
         self.latency = P.Histogram(f"{impl}_latency_seconds", "Latency", ["route"],
                                    buckets=BUCKETS, registry=None)
         self.hot_ops = P.Counter(f"{impl}_hot_ops", "Hot path", ["route"], registry=None)
-        self.hot_seconds = P.Histogram(f"{impl}_hot_seconds", "Hot path", ["route"],
+        self.hot_seconds = P.Histogram(f"{impl}_hot_observed", "Hot path", ["route"],
                                        buckets=BUCKETS, registry=None)
         self.in_flight = P.Gauge(f"{impl}_in_flight", "In flight", registry=None,
                                  multiprocess_mode="livesum")
