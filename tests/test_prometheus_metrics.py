@@ -88,6 +88,32 @@ def test_add_float_is_exact_and_never_loses_an_increment(name):
     t.close()
 
 
+def test_add_float_never_lands_on_a_deleted_key(name):
+    """Adds racing load_and_delete: what the deletes took plus what remains is
+    all that was added (an add never lands on a slot deleted and reused)."""
+    from shmdict.backends.shm.counter import float_of_word
+    t = sp.configure(name, capacity=100)
+    n = 5_000
+
+    def adder():
+        for _ in range(n):
+            t.add_float("k", 0.5)
+
+    procs = [FORK.Process(target=adder) for _ in range(2)]
+    for p in procs:
+        p.start()
+    taken = 0.0
+    while any(p.is_alive() for p in procs):
+        word, existed = t.load_and_delete("k")
+        if existed:
+            taken += float_of_word(word)
+    for p in procs:
+        p.join(60)
+    word, existed = t.read("k")
+    assert taken + (float_of_word(word) if existed else 0.0) == 2 * n * 0.5
+    t.close()
+
+
 # ------------------------------------------------------------ the interface
 def test_the_prometheus_client_interface(registry):
     c = Counter("app_requests_total", "Requests", ["method", "route"], registry=registry)
