@@ -68,6 +68,20 @@ def test_bench_layouts(capsys):
     assert "threading.Lock" in out and "Struct.update" in out and "nested view" in out
 
 
+def test_bench_prometheus():
+    """In a subprocess: it switches prometheus_client to multiprocess mode."""
+    import subprocess
+    pytest.importorskip("prometheus_client")
+    run = subprocess.run([sys.executable, "bench_prometheus.py", "--series", "150",
+                          "--restarts", "4", "--per-worker", "20", "--repeats", "1",
+                          "--budget", "0.003"], cwd=BENCHMARKS, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Counter.inc(1.5), shmdict.prometheus" in run.stdout
+    assert "scrape, 150 series after 4 restarts" in run.stdout
+    assert "increments lost, shmdict | 0" in run.stdout
+
+
 def test_peers_small_run(tmp_path, capsys):
     peers = load("peers")
     code = peers.main(["--keys", "200", "--repeats", "1", "--budget", "0.003",

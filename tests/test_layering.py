@@ -29,7 +29,7 @@ LAYERS: List[List[str]] = [
     ["shmdict.backends", "shmdict.backends.shm.*", "shmdict.backends.redis.*"],
     ["shmdict.api"],
     ["shmdict.stripes", "shmdict.ratelimit.*", "shmdict.limits_storage",
-     "shmdict.prometheus"],
+     "shmdict.prometheus.*"],
     ["shmdict.bench", "shmdict.demo", "shmdict.cli", "shmdict.__main__", "shmdict"],
 ]
 

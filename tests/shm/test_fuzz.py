@@ -79,6 +79,8 @@ VERBS = textwrap.dedent('''
                 attempt("cas", d.cas, k, 5, 6)
                 attempt("cas_missing", d.cas, ("cas", repr(k)), 0, 1, set_on_not_exists=True)
                 attempt("exchange", d.exchange, k, 1)
+                attempt("add_float", d.add_float, k, 0.5)
+                attempt("set_float", d.set_float, k, -2.25)
                 attempt("handle", lambda: d[k].value)
                 attempt("total", d.total)
             elif kind in ("lock", "rwlock"):

@@ -596,6 +596,19 @@ class RedisCounterTable(CounterVerbs, RedisTable):
         """Atomically add ``n`` (get-or-create at 0); return the new value."""
         return int(self._eval(_lua.COUNTER_ADD, self._field(key), _int64(n, "increment")))
 
+    def add_float(self, key: Key, x: float = 1.0) -> float:
+        """Not on Redis: shared memory's float counters keep float64 bits in an
+        int64 word, which a Redis Counter (a decimal int64) cannot hold."""
+        raise NotImplementedError(
+            "add_float is a shared-memory Counter verb (shmdict.prometheus); "
+            "Redis Counter values are decimal int64s")
+
+    def set_float(self, key: Key, x: float) -> None:
+        """Not on Redis (see :meth:`add_float`)."""
+        raise NotImplementedError(
+            "set_float is a shared-memory Counter verb (shmdict.prometheus); "
+            "Redis Counter values are decimal int64s")
+
     def read(self, key: Key) -> Tuple[int, bool]:
         """``(value, exists)``; a missing key reads ``(0, False)`` and is not created."""
         raw = self._cmd("HGET", self._data, self._field(key))

@@ -1105,6 +1105,73 @@ Core_value(Core *self, PyObject *key)
     return counter_rmw(self, key, RMW_GET, 0);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Float counters: word0 holds the IEEE-754 bits of a float64               */
+/* (shmdict.prometheus; self-contained: resolve, read_pair, cas_pair only)  */
+/* ------------------------------------------------------------------------ */
+
+/* add_float(key, x) -> float: atomically add x to the float64 whose bits are
+ * the key's value word (created at 0, whose bits are 0.0).  A CAS loop on
+ * (state, word0), as counter_rmw: an add never lands on a slot deleted and
+ * reused meanwhile, and concurrent adds never lose one another (a CAS that
+ * fails re-reads and re-adds).  Exact for integers up to 2**53. */
+static PyObject *
+Core_add_float(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    double x = 1.0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "add_float(key, x=1.0)");
+        return NULL;
+    }
+    if (nargs == 2) {
+        x = PyFloat_AsDouble(args[1]);
+        if (x == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, args[0], 1, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        char *slot = slot_at(self, i);
+        for (;;) {
+            int64_t old;
+            if (!read_pair(slot, s, &old))
+                break;                      /* state changed: resolve again */
+            double now;
+            memcpy(&now, &old, sizeof now);
+            now += x;
+            uint64_t new;
+            memcpy(&new, &now, sizeof new);
+            if (cas_pair(slot, s, (uint64_t)old, s, new, NULL))
+                return PyFloat_FromDouble(now);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* set_float(key, x): store the float64 x as the key's value word. */
+static PyObject *
+Core_set_float(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_float(key, x)");
+        return NULL;
+    }
+    double x = PyFloat_AsDouble(args[1]);
+    if (x == -1.0 && PyErr_Occurred())
+        return NULL;
+    int64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    PyObject *r = counter_rmw(self, args[0], RMW_SET, bits);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
 /* read(key) -> (value, exists); never creates. */
 static PyObject *
 Core_read(Core *self, PyObject *key)
@@ -2325,6 +2392,10 @@ static PyMethodDef Core_methods[] = {
      "read(key) -> (value, exists): never creates the key."},
     {"cas", (PyCFunction)(void (*)(void))Core_cas, METH_VARARGS | METH_KEYWORDS,
      "cas(key, old, new, set_on_not_exists=False) -> bool."},
+    {"add_float", (PyCFunction)(void (*)(void))Core_add_float, METH_FASTCALL,
+     "add_float(key, x=1.0) -> float: atomically add x to a float64 value word."},
+    {"set_float", (PyCFunction)(void (*)(void))Core_set_float, METH_FASTCALL,
+     "set_float(key, x): store x as a float64 value word (creating the key)."},
     {"gcra_hit", (PyCFunction)(void (*)(void))Core_gcra_hit, METH_FASTCALL,
      "gcra_hit(emission_ns, tolerance_ns, burst, result_type, fallback, key, cost=1) "
      "-> result_type(allowed, burst, remaining, retry_after_s, reset_after_s)."},

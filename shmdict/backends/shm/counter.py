@@ -9,6 +9,7 @@ exact Python ints in int64 range; an add that would leave it raises
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any, Callable, Tuple
 
 from ...keys import Key
@@ -16,6 +17,19 @@ from ...layouts import Outcome
 from ...verbs import CounterVerbs
 from .segment import Segment
 from .table import _STALE, DELETE_TAKE_VALUE, Table
+
+_WORD = struct.Struct("<q")
+_FLOAT = struct.Struct("<d")
+
+
+def float_of_word(word: int) -> float:
+    """The float64 whose bits a value word of ``add_float`` holds."""
+    return _FLOAT.unpack(_WORD.pack(word))[0]
+
+
+def word_of_float(x: float) -> int:
+    """The value word (a signed int64) holding the bits of ``x``."""
+    return _WORD.unpack(_FLOAT.pack(x))[0]
 
 
 class CounterTable(CounterVerbs, Table):
@@ -32,6 +46,11 @@ class CounterTable(CounterVerbs, Table):
     * ``set(key, value)``, ``exchange(key, value) -> old`` (creating the key);
     * ``cas(key, old, new, set_on_not_exists=False) -> bool``: a missing key
       is set to ``new`` (True) only with ``set_on_not_exists``;
+    * ``add_float(key, x=1.0) -> float`` and ``set_float(key, x)``: the value
+      word read as the IEEE-754 bits of a float64 (a CAS loop: exact for
+      integers up to 2**53, no increment lost across processes); for tables
+      that hold only floats, as :mod:`shmdict.prometheus` does (``read`` and
+      ``items`` then return the bits: decode with :func:`float_of_word`);
     * ``_value(key) -> int``: the handle's value, creating the key at 0;
     * ``_gcra_monotonic(key, emission_ns, tolerance_ns, cost)``: one GCRA
       step on ``CLOCK_MONOTONIC`` (the rate limiters' contract, see
@@ -43,6 +62,8 @@ class CounterTable(CounterVerbs, Table):
     set: Callable[[Key, int], None]
     exchange: Callable[[Key, int], int]
     cas: Callable[..., bool]
+    add_float: Callable[..., float]
+    set_float: Callable[[Key, float], None]
     _value: Callable[[Key], int]
     _gcra_monotonic: Callable[[Key, int, int, int], Tuple[bool, int, int, int]]
 
@@ -54,6 +75,8 @@ class CounterTable(CounterVerbs, Table):
         self.set = core.set
         self.exchange = core.exchange
         self.cas = core.cas
+        self.add_float = core.add_float
+        self.set_float = core.set_float
         self._value = core.value
         self._gcra_monotonic = core.gcra
 

@@ -27,6 +27,10 @@ CACHE_LIMIT = 1 << 20
 DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
 
 
+#: How many decoded keys :meth:`Table._entries` keeps per table and process.
+_DECODED_LIMIT = 100_000
+
+
 class Table(BaseTable):
     """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
 
@@ -146,8 +150,18 @@ class Table(BaseTable):
 
     # ----------------------------------------------------------------- Range
     def _entries(self) -> Iterator[Tuple[Key, int, int]]:
+        # Keys decoded once per process (the Python decoder costs ~10 us a
+        # key; a scrape of 10,000 metric series would spend most of its time
+        # there): encoded bytes -> key, bounded, cleared when full.
+        cache = self.__dict__.setdefault("_decoded", {})
         for slot, state, encoded in self._core.published():
-            yield decode_key(encoded), slot, state
+            key = cache.get(encoded)
+            if key is None:
+                key = decode_key(encoded)
+                if len(cache) >= _DECODED_LIMIT:
+                    cache.clear()
+                cache[encoded] = key
+            yield key, slot, state
 
     def keys(self) -> List[Key]:
         """A snapshot list of the keys (never creates)."""
