@@ -2494,6 +2494,13 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
 };
 
+/* my_id() -> this process's owner id, as the locks record it. */
+static PyObject *
+mod_my_id(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(my_id());
+}
+
 static PyObject *
 mod_id_pid(PyObject *m, PyObject *arg)
 {
@@ -2690,6 +2697,8 @@ static PyMethodDef module_methods[] = {
      "load_u64(buffer, offset) -> int: an acquire load of an aligned word."},
     {"store_u64", mod_store_u64, METH_VARARGS,
      "store_u64(buffer, offset, value): a release store of an aligned word."},
+    {"my_id", mod_my_id, METH_NOARGS,
+     "my_id() -> this process's owner id (pid | start time << 32), as locks record it."},
     {"id_pid", mod_id_pid, METH_O,
      "id_pid(id) -> the pid an owner id (or lock word) names; 0 when free."},
     {"id_alive", mod_id_alive, METH_O,
