@@ -79,6 +79,21 @@ def run(keys: int = 100_000, repeats: int = 5, budget: float = 0.2,
         t_one = timed(shm_one, "add 1 key")
         t_many = timed(loop_over(key_list, many.add), "add many keys")
         t_read = timed(loop_over(key_list, many.read), "read")
+        # The batch verbs: 1,000 keys per call, per key, next to single calls.
+        batch = {key: 1 for key in key_list[:1000]}
+        batch_keys = list(batch)
+        add_many, read_many = many.add_many, many.read_many
+
+        def shm_add_many(n: int) -> None:
+            for _ in range(max(1, n // len(batch))):
+                add_many(batch)
+
+        def shm_read_many(n: int) -> None:
+            for _ in range(max(1, n // len(batch_keys))):
+                read_many(batch_keys)
+
+        t_add_many = timed(shm_add_many, "add_many")
+        t_read_many = timed(shm_read_many, "read_many")
         # A read of the plain dict, for reference (the floor for reads).
         floor_read = timed(loop_over(key_list, plain_many.get), "dict get")
 
@@ -109,6 +124,10 @@ def run(keys: int = 100_000, repeats: int = 5, budget: float = 0.2,
             ns_row(f"add, existing key, {keys:,} keys", t_many, floor_many, target=TARGET_ADD_X_DICT),
             ns_row("insert of a new key (add)", t_insert, floor_insert),
             ns_row(f"read, {keys:,} keys", t_read, floor_many),
+            {"name": "add_many of 1,000 keys, per key", "value": t_add_many, "unit": "ns/op",
+             "ratio": t_add_many / t_many, "ratio_of": "x a single add"},
+            {"name": "read_many of 1,000 keys, per key", "value": t_read_many, "unit": "ns/op",
+             "ratio": t_read_many / t_read, "ratio_of": "x a single read"},
             {"name": f"plain dict .get, {keys:,} keys (reference)", "value": floor_read,
              "unit": "ns/op", "ratio": floor_read / floor_many, "ratio_of": "x plain dict"},
             {"name": "plain dict increment, 1 key (floor)", "value": floor_one, "unit": "ns/op"},

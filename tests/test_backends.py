@@ -75,6 +75,26 @@ def test_counter_verbs(open_table):
     assert d.total() == 58
 
 
+def test_counter_batches(open_table):
+    d = open_table(shmdict.Counter(), capacity=10)
+    assert d.add_many({"a": 1, "b": 2}) == [1, 2]
+    assert d.add_many([("a", 5), ("c", -3), ("a", 1)]) == [6, -3, 7]
+    assert d.add_many({}) == [] and d.read_many([]) == []
+    assert d.read_many(["a", "b", "c", "missing"]) == [(7, True), (2, True), (-3, True),
+                                                       (0, False)]
+    assert "missing" not in d and len(d) == 3
+    with pytest.raises(TypeError):
+        d.add_many(["a"])
+    with pytest.raises(TypeError):
+        d.add_many({"a": 1.5})
+    with pytest.raises(OverflowError):
+        d.add_many([("b", 1), ("a", 2 ** 63 - 1)])
+    assert d.read_many(["a", "b"]) == [(7, True), (3, True)]   # done before the error
+    with pytest.raises(shmdict.TableFull):
+        d.add_many({f"k{i}": 1 for i in range(10)})
+    assert len(d) == 10                          # the adds that fitted were made
+
+
 def test_counter_handles(open_table):
     d = open_table(shmdict.Counter())
     h, existed = d.load("k")

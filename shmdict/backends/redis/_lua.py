@@ -203,6 +203,23 @@ end
 return redis.call('HGET', DATA, ARGV[1])
 """)
 
+# add_many: ARGV pairs (field, increment); the new values as decimal strings,
+# in order.  Each add is checked as COUNTER_ADD's (capacity, overflow); an
+# error stops the batch with the adds before it applied, as on shared memory.
+COUNTER_ADD_MANY = _script("counter_add_many", r"""
+local out = {}
+for i = 1, #ARGV, 2 do
+  local st = ensured(ARGV[i], '0')
+  local r = redis.pcall('HINCRBY', DATA, ARGV[i], ARGV[i + 1])
+  if type(r) == 'table' and r.err then
+    if st == 'created' then redis.call('HDEL', DATA, ARGV[i]) end
+    return redis.error_reply('SHMDICT_OVERFLOW')
+  end
+  out[#out + 1] = redis.call('HGET', DATA, ARGV[i])
+end
+return out
+""")
+
 # Create-or-overwrite; returns the previous value (the default if created).
 COUNTER_EXCHANGE = _script("counter_exchange", r"""
 local old = redis.call('HGET', DATA, ARGV[1]) or '0'

@@ -44,6 +44,7 @@ died after applying it), and one that returned has been applied once.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 import os
 import secrets
 import socket
@@ -613,6 +614,27 @@ class RedisCounterTable(CounterVerbs, RedisTable):
         """``(value, exists)``; a missing key reads ``(0, False)`` and is not created."""
         raw = self._cmd("HGET", self._data, self._field(key))
         return (0, False) if raw is None else (int(raw), True)
+
+    def add_many(self, batch: Any) -> List[int]:
+        """``add`` of each ``key -> n`` of a mapping (or ``(key, n)`` pairs), in
+        order, in one script: one round trip.  Returns the new values."""
+        items = list(batch.items()) if isinstance(batch, Mapping) else list(batch)
+        args: List[Any] = []
+        for pair in items:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise TypeError("add_many() takes a mapping of key -> n, or (key, n) pairs")
+            args += [self._field(pair[0]), _int64(pair[1], "increment")]
+        if not args:
+            return []
+        return [int(v) for v in self._eval(_lua.COUNTER_ADD_MANY, *args)]
+
+    def read_many(self, keys: Any) -> List[Tuple[int, bool]]:
+        """``read`` of each key, in one ``HMGET`` (never creates)."""
+        fields = [self._field(key) for key in keys]
+        if not fields:
+            return []
+        return [(0, False) if raw is None else (int(raw), True)
+                for raw in self._cmd("HMGET", self._data, *fields)]
 
     def set(self, key: Key, value: int) -> None:
         """Store ``value`` (creating the key)."""

@@ -1192,6 +1192,79 @@ Core_read(Core *self, PyObject *key)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Batch verbs: many keys in one call                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The items of a batch as a new list: a mapping's items(), or any iterable
+ * (of pairs, or of keys).  A list of its own, so that Python code the
+ * resolver runs (an insert) cannot change what is being walked. */
+static PyObject *
+batch_items(PyObject *batch)
+{
+    if (PyDict_Check(batch))
+        return PyDict_Items(batch);
+    return PySequence_List(batch);
+}
+
+/* add_many(mapping or (key, n) pairs) -> [new value per pair]: one add per
+ * pair, each atomic as add() is, in order; not a transaction (an error stops
+ * the batch, with the adds before it done). */
+static PyObject *
+Core_add_many(Core *self, PyObject *batch)
+{
+    REQUIRE_OPEN(self);
+    PyObject *items = batch_items(batch);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t k = 0; out != NULL && k < n; k++) {
+        PyObject *pair = PyList_GET_ITEM(items, k);
+        long long amount;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "add_many() takes a mapping of key -> n, "
+                                             "or (key, n) pairs");
+            Py_CLEAR(out);
+            break;
+        }
+        if (value_arg(PyTuple_GET_ITEM(pair, 1), &amount) < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject *v = counter_rmw(self, PyTuple_GET_ITEM(pair, 0), RMW_ADD, amount);
+        if (v == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, v);
+    }
+    Py_DECREF(items);
+    return out;
+}
+
+/* read_many(keys) -> [(value, exists) per key]: read() of each, never creating. */
+static PyObject *
+Core_read_many(Core *self, PyObject *keys)
+{
+    REQUIRE_OPEN(self);
+    PyObject *items = batch_items(keys);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t k = 0; out != NULL && k < n; k++) {
+        PyObject *v = Core_read(self, PyList_GET_ITEM(items, k));
+        if (v == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, v);
+    }
+    Py_DECREF(items);
+    return out;
+}
+
 /* cas(key, old, new, set_on_not_exists=False) -> bool.  A missing key is
  * created holding `new` (in one insert, never visible as the default) only
  * when set_on_not_exists is true. */
@@ -2388,6 +2461,10 @@ static PyMethodDef Core_methods[] = {
      "exchange(key, value) -> old value (creating the key)."},
     {"value", (PyCFunction)Core_value, METH_O,
      "value(key) -> int: the Counter value (creating the key)."},
+    {"add_many", (PyCFunction)Core_add_many, METH_O,
+     "add_many(mapping or (key, n) pairs) -> [new values]: add() of each, in one call."},
+    {"read_many", (PyCFunction)Core_read_many, METH_O,
+     "read_many(keys) -> [(value, exists)]: read() of each, in one call, never creating."},
     {"read", (PyCFunction)Core_read, METH_O,
      "read(key) -> (value, exists): never creates the key."},
     {"cas", (PyCFunction)(void (*)(void))Core_cas, METH_VARARGS | METH_KEYWORDS,

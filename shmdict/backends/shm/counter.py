@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, List, Tuple
 
 from ...keys import Key
 from ...layouts import Outcome
@@ -51,6 +51,9 @@ class CounterTable(CounterVerbs, Table):
       integers up to 2**53, no increment lost across processes); for tables
       that hold only floats, as :mod:`shmdict.prometheus` does (``read`` and
       ``items`` then return the bits: decode with :func:`float_of_word`);
+    * ``add_many({key: n, ...})`` (or ``(key, n)`` pairs) ``-> [new values]``
+      and ``read_many(keys) -> [(value, exists)]``: the batch verbs, one C
+      call for the whole batch;
     * ``_value(key) -> int``: the handle's value, creating the key at 0;
     * ``_gcra_monotonic(key, emission_ns, tolerance_ns, cost)``: one GCRA
       step on ``CLOCK_MONOTONIC`` (the rate limiters' contract, see
@@ -62,6 +65,8 @@ class CounterTable(CounterVerbs, Table):
     set: Callable[[Key, int], None]
     exchange: Callable[[Key, int], int]
     cas: Callable[..., bool]
+    add_many: Callable[[Any], List[int]]
+    read_many: Callable[[Any], List[Tuple[int, bool]]]
     add_float: Callable[..., float]
     set_float: Callable[[Key, float], None]
     _value: Callable[[Key], int]
@@ -75,6 +80,8 @@ class CounterTable(CounterVerbs, Table):
         self.set = core.set
         self.exchange = core.exchange
         self.cas = core.cas
+        self.add_many = core.add_many
+        self.read_many = core.read_many
         self.add_float = core.add_float
         self.set_float = core.set_float
         self._value = core.value
