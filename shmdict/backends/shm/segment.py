@@ -28,6 +28,7 @@ import json
 import mmap
 import os
 import pwd
+import resource
 import stat
 import struct
 import time
@@ -577,10 +578,15 @@ def _os_failure(exc: BaseException, what: str) -> ShmDictError:
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code is None:
-        for num, sym in ((errno.EMFILE, "EMFILE"), (errno.ENFILE, "ENFILE"),
-                         (errno.ENOSPC, "ENOSPC"), (errno.ENOMEM, "ENOMEM")):
-            if os.strerror(num).lower() in text.lower():
+        # posix_ipc raises its own classes, some with only a message.
+        lowered = text.lower()
+        for num, phrases in ((errno.EMFILE, ("maximum number of files open",)),
+                             (errno.ENFILE, ("file table overflow", "system-wide")),
+                             (errno.ENOSPC, ("no space",)),
+                             (errno.ENOMEM, ("memory",))):
+            if os.strerror(num).lower() in lowered or any(p in lowered for p in phrases):
                 code = num
+                break
     if code == errno.EMFILE:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return ResourceLimit(f"{what}: this process is out of file descriptors (limit "
