@@ -186,13 +186,15 @@ def test_a_symlink_planted_by_another_user_is_refused(users, name):
     [own] = b.run(f"""
         report(lambda: shmdict.open({name + '.real'!r}, shmdict.Counter(), capacity=10).add("k"))
     """)
-    assert own["ok"] == 1
-    x.run(f"""os.symlink("/dev/shm/shmdict.{name}.real", "/dev/shm/shmdict.{name}")""")
-    [victim] = b.run(f"""
-        report(lambda: shmdict.open({name!r}, shmdict.Counter(), capacity=10).add("k"))
-    """)
-    assert victim["error"] == "UnsafeSegment" and "symbolic link" in victim["message"]
-    shmdict.unlink(name + ".real")
+    try:
+        assert own["ok"] == 1
+        x.run(f"""os.symlink("/dev/shm/shmdict.{name}.real", "/dev/shm/shmdict.{name}")""")
+        [victim] = b.run(f"""
+            report(lambda: shmdict.open({name!r}, shmdict.Counter(), capacity=10).add("k"))
+        """)
+        assert victim["error"] == "UnsafeSegment" and "symbolic link" in victim["message"]
+    finally:
+        shmdict.unlink(name + ".real")
 
 
 # ------------------------------------------------------------- sharing
