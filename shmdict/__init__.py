@@ -21,9 +21,12 @@ from .errors import (
     LockHeld,
     NotOwner,
     OwnerDiedWarning,
+    PermissionDenied,
+    ResourceLimit,
     ShmDictError,
     TableFull,
     TableNotFound,
+    UnsafeSegment,
 )
 from .layouts import Counter, Layout, Lock, Struct
 
@@ -32,6 +35,7 @@ __all__ = [
     "Layout", "Counter", "Lock", "Struct",
     "ShmDictError", "LayoutMismatch", "CorruptSegment", "TableFull", "KeyTooLong",
     "TableNotFound", "NotOwner", "LockHeld", "BackendError", "OwnerDiedWarning",
+    "PermissionDenied", "UnsafeSegment", "ResourceLimit",
 ]
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from .layouts import Layout
-from .validate import seconds, table_shape, validate_name
+from .validate import seconds, sharing, table_shape, validate_name
 
 DEFAULT_CAPACITY = 10_000
 DEFAULT_KEY_SIZE = 64
@@ -17,7 +17,8 @@ DEFAULT_KEY_SIZE = 64
 
 def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
          key_size: int = DEFAULT_KEY_SIZE, backend: Optional[str] = None, *,
-         create: bool = True, mode: int = 0o600, stripe_poll: Optional[float] = None,
+         create: bool = True, mode: Optional[int] = None, group: Any = None,
+         owner: Any = None, stripe_poll: Optional[float] = None,
          stall_timeout: Optional[float] = None, **backend_options: Any) -> Any:
     """Create table ``name`` or attach to it, from any process, in any order.
 
@@ -25,9 +26,17 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
     ``Struct(**fields)``; ``capacity`` keys are guaranteed to fit; a key's
     encoding may take up to ``key_size`` bytes.  Attaching with another layout,
     capacity or key size raises ``LayoutMismatch``.  ``create=False`` only
-    attaches (``TableNotFound`` if there is none).  ``mode`` sets the
-    permissions of a new segment and its semaphores: 0600 keeps the table to
-    this user; 0660 shares it with the group, deliberately.
+    attaches (``TableNotFound`` if there is none).
+
+    Sharing (shared memory; see the README's "Who may use a table"): by
+    default a table is this user's alone (mode 0o600), and an existing one is
+    used only if this user (or root) owns it and nobody else may write it.
+    ``mode`` sets the permissions of a new segment and its semaphores;
+    ``group`` (a name or gid) gives a new table to that group (mode 0o660
+    unless told otherwise) and lets this process use a table of that group;
+    ``owner`` (a name or uid; creating for another user needs root) creates
+    the table for that user, and lets this process use that user's table.
+    Pass the same ``mode``/``group``/``owner`` in every process.
 
     ``stripe_poll`` and ``stall_timeout`` (seconds, default 0.1 and 2; see
     :mod:`shmdict.stripes`) bound how long a process that died holding a
@@ -42,29 +51,37 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
                         f"not {layout!r}")
     table_shape(capacity, key_size)         # the same bounds on every backend
     _check_recovery(stripe_poll, stall_timeout)
+    shared = sharing(mode, group, owner)
     if backend is not None:
+        if group is not None or owner is not None:
+            raise TypeError("group= and owner= are for shared-memory tables, not a backend")
         return _remote(backend).open_table(backend, name, layout, capacity, key_size,
                                            create=create, **backend_options)
     if backend_options:
         raise TypeError(f"unexpected options {sorted(backend_options)} without a backend")
     from .backends import shm
-    return shm.open_table(name, layout, capacity, key_size, create=create, mode=mode,
+    return shm.open_table(name, layout, capacity, key_size, create=create, sharing=shared,
                           stripe_poll=stripe_poll, stall_timeout=stall_timeout)
 
 
 def attach(name: str, *, stripe_poll: Optional[float] = None,
-           stall_timeout: Optional[float] = None, attach_timeout: float = 5.0) -> Any:
+           stall_timeout: Optional[float] = None, attach_timeout: float = 5.0,
+           mode: Optional[int] = None, group: Any = None, owner: Any = None) -> Any:
     """Attach to an existing shared-memory table whatever its layout (for tools
     such as the CLI).
 
     ``attach_timeout`` bounds the wait for a table whose creator has not
-    finished writing its header (``CorruptSegment`` after it).
+    finished writing its header (``CorruptSegment`` after it).  ``mode``,
+    ``group`` and ``owner`` say which sharing this process accepts, as in
+    :func:`open`.
     """
     validate_name(name)
     _check_recovery(stripe_poll, stall_timeout)
+    shared = sharing(mode, group, owner)
+    seconds(attach_timeout, "attach_timeout")
     from .backends import shm
     return shm.attach_table(name, stripe_poll=stripe_poll, stall_timeout=stall_timeout,
-                            attach_timeout=attach_timeout)
+                            attach_timeout=attach_timeout, sharing=shared)
 
 
 def unlink(name: str, backend: Optional[str] = None) -> bool:

@@ -28,6 +28,7 @@ from . import __version__, api
 from .backends.shm.inspection import (
     entries,
     lock_holders,
+    mapped_by,
     lock_kind,
     recovery,
     segment_size,
@@ -151,6 +152,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         row: Dict[str, Any] = {"name": name, "layout": None, "capacity": None, "used": None,
                                "size": None, "error": None}
         row["size"] = segment_size(name)
+        row["mapped_by"] = [p["pid"] for p in mapped_by(name)]
         try:
             validate_name(name)
             table = attach(name, LS_ATTACH_TIMEOUT)
@@ -175,21 +177,31 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     text_rows = []
     for r in rows:
+        pids = _pid_list(r["mapped_by"])
         if r["error"]:
             layout = "(unreadable: " + r["error"].split(";")[0][:60] + ")"
             text_rows.append((r["name"], layout, "-", "-",
-                              human_bytes(r["size"]) if r["size"] is not None else "-"))
+                              human_bytes(r["size"]) if r["size"] is not None else "-", pids))
         else:
             text_rows.append((r["name"], r["layout"], f"{r['capacity']:,}", f"{r['used']:,}",
-                              human_bytes(r["size"])))
-    print(render_table(("NAME", "LAYOUT", "CAPACITY", "USED", "SIZE"), text_rows,
+                              human_bytes(r["size"]), pids))
+    print(render_table(("NAME", "LAYOUT", "CAPACITY", "USED", "SIZE", "PIDS"), text_rows,
                        right=(2, 3, 4)))
     return 0
+
+
+def _pid_list(pids: List[int], most: int = 6) -> str:
+    """``'pid 12, 34 (+3)'`` or ``'-'``."""
+    if not pids:
+        return "-"
+    text = ", ".join(map(str, pids[:most]))
+    return text + (f" (+{len(pids) - most})" if len(pids) > most else "")
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
     table = attach(args.name)
     try:
+        users = mapped_by(args.name)
         stats = table.stats()
         stripes = stripe_table(table)
         locks = lock_holders(table)
@@ -199,7 +211,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
     if args.json:
         out = dict(stats)
         out["stripe_holders"] = {str(k): v for k, v in stats["stripe_holders"].items()}
-        out.update(stripe_table=stripes, recovery=settings,
+        out.update(stripe_table=stripes, recovery=settings, mapped_by=users,
                    lock_holders=[dict(h, key=jsonable(h["key"])) for h in locks])
         print_json(out)
         return 0
@@ -216,6 +228,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
         ("size", f"{human_bytes(stats['bytes'])} ({stats['slots']:,} slots of "
                  f"{stats['slot_size']} bytes)"),
         ("created", created),
+        ("mapped by", ", ".join(f"pid {p['pid']} ({p['command'][:40]})" for p in users)
+                      or "no other process"),
         ("stripes", f"{stats['stripes']}, {len(held)} held"),
         ("recovery", f"a dead stripe holder stalls others <= {settings['stripe_poll']:g} s, "
                      f"<= {settings['bound']:g} s if it died unrecorded"),
@@ -314,10 +328,24 @@ def cmd_rm(args: argparse.Namespace) -> int:
     status = 0
     for name in args.names:
         try:
-            existed = api.unlink(name)
+            validate_name(name)
         except (ValueError, TypeError) as exc:
             print(f"shmdict: {exc}", file=sys.stderr)
             status = 2
+            continue
+        users = mapped_by(name)
+        if users and not args.force:
+            print(f"shmdict: table {name!r} is in use by "
+                  f"{', '.join('pid ' + str(p['pid']) for p in users)}: "
+                  f"they would go on with the removed table while new processes create a "
+                  f"fresh one. Stop them first, or pass --force", file=sys.stderr)
+            status = max(status, 1)
+            continue
+        try:
+            existed = api.unlink(name)
+        except ShmDictError as exc:
+            print(f"shmdict: {exc}", file=sys.stderr)
+            status = max(status, 1)
             continue
         if existed:
             print(f"removed {name}")
@@ -390,11 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
 
     p = verb("rm", cmd_rm, "remove tables (segment and semaphores)",
-             "Remove tables: the shared-memory segment and all its semaphores.  Processes "
-             "still attached keep their mapping until they close it.")
+             "Remove tables: the shared-memory segment and all its semaphores.  A table "
+             "that running processes have mapped (see `shmdict stat`) is refused without "
+             "--force: they would keep the removed table while new processes create a "
+             "fresh one.")
     p.add_argument("names", nargs="+", metavar="NAME", help="table name(s)")
     p.add_argument("-f", "--force", action="store_true",
-                   help="no error when a table does not exist")
+                   help="remove a table even while processes have it mapped (they keep "
+                        "the removed one), and no error when a table does not exist")
 
     p = verb("demo", cmd_demo, "count requests from several processes into one table",
              "Run several processes counting into one table and check the totals.")

@@ -49,3 +49,22 @@ class OwnerDiedWarning(UserWarning):
 
     The data the lock guarded may be half-written: check it before trusting it.
     """
+
+
+class PermissionDenied(ShmDictError, PermissionError):
+    """This user may not open a table's segment or semaphores (the kernel said
+    no): the message names their owner and mode and what the creator must pass
+    (``owner=``, ``group=``/``mode=``) to share the table with this user."""
+
+
+class UnsafeSegment(PermissionDenied):
+    """shmdict refused a segment or semaphore it could open but does not trust:
+    owned by another user, writable by users the caller did not choose to share
+    with, a symlink or not a regular file.  Such a file may have been planted
+    by another local user to read or change this user's values."""
+
+
+class ResourceLimit(ShmDictError, OSError):
+    """A system limit stopped a table from being created or attached: file
+    descriptors, space or inodes in /dev/shm, memory or address space.  The
+    message names the limit; nothing was left behind."""

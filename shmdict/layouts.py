@@ -31,6 +31,11 @@ from typing import Any, Dict, Tuple
 _FIELD_CODE_CHARS = set("bBhHiIlLqQefd?c")
 _INT_CODES = set("bBhHiIlLqQ")
 READER_CELLS = 8
+#: The largest packed record of a Struct (the format's value area is at most
+#: 1 MiB, of which the seqlock word takes 8 bytes).
+MAX_RECORD_SIZE = (1 << 20) - 16
+#: The most fields a Struct may have.
+MAX_FIELDS = 256
 
 
 class Outcome(enum.IntEnum):
@@ -123,6 +128,8 @@ class Struct(Layout):
     def __init__(self, **fields: Any) -> None:
         if not fields:
             raise ValueError("Struct() needs at least one field, e.g. Struct(count='q')")
+        if len(fields) > MAX_FIELDS:
+            raise ValueError(f"a Struct has at most {MAX_FIELDS} fields, got {len(fields)}")
         self.codes: Dict[str, str] = {}
         self.defaults: Dict[str, Any] = {}
         for name, spec in fields.items():
@@ -137,11 +144,22 @@ class Struct(Layout):
             self.codes[name] = _check_code(name, code)
             self.defaults[name] = default if default is not None else _zero(code)
         self.format = "<" + "".join(self.codes.values())
+        try:
+            size = struct.calcsize(self.format)   # before anything is allocated
+        except struct.error as exc:
+            raise ValueError(f"bad Struct fields: {exc}") from None
+        if size > MAX_RECORD_SIZE:
+            raise ValueError(f"a Struct record is at most {MAX_RECORD_SIZE:,} bytes, "
+                             f"these fields take {size:,}")
         self._struct = struct.Struct(self.format)
         self.size = self._struct.size
         self.padded = (self.size + 7) // 8 * 8
         self._padding = bytes(self.padded - self.size)
         self.record = collections.namedtuple("Record", list(self.codes))  # type: ignore[misc]
+        # The record class is made here, at run time, so pickle cannot find
+        # it by name: a record pickles as (its layout, its values) instead.
+        self.record.__reduce__ = _reduce_record       # type: ignore[assignment]
+        self.record._layout = self                    # type: ignore[attr-defined]
         try:
             self._default_bytes = self.pack(self.defaults)
         except (struct.error, TypeError, ValueError) as exc:
@@ -194,6 +212,36 @@ class Struct(Layout):
         inner = ", ".join(f"{n}={c!r}" for n, c in self.codes.items())
         return f"Struct({inner})"
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # A struct.Struct and a run-time named tuple class do not pickle:
+        # the fields (names, codes, defaults) rebuild everything.
+        return (_struct_layout, (tuple((n, c, self.defaults[n]) for n, c in self.codes.items()),))
+
+
+#: Struct layouts rebuilt by unpickling, by fields, so the records of one
+#: layout unpickled one by one share one record class (bounded).
+_UNPICKLED: Dict[Tuple[Any, ...], "Struct"] = {}
+
+
+def _struct_layout(fields: Tuple[Tuple[str, str, Any], ...]) -> "Struct":
+    """Unpickle a Struct layout."""
+    layout = _UNPICKLED.get(fields)
+    if layout is None:
+        layout = Struct(**{name: (code, default) for name, code, default in fields})
+        if len(_UNPICKLED) >= 64:
+            _UNPICKLED.clear()
+        _UNPICKLED[fields] = layout
+    return layout
+
+
+def _reduce_record(record: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    return (_record, (type(record)._layout, tuple(record)))  # type: ignore[attr-defined]
+
+
+def _record(layout: "Struct", values: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    """Unpickle a Struct record (a named tuple of ``layout``)."""
+    return tuple.__new__(layout.record, values)
+
 
 def _check_code(name: str, code: object) -> str:
     if not isinstance(code, str) or not code:
@@ -223,18 +271,46 @@ def _jsonable(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def from_spec(spec: Mapping[str, Any]) -> Layout:
-    """Rebuild a layout from the spec stored in a segment's header."""
+def from_spec(spec: Any) -> Layout:
+    """Rebuild a layout from the spec stored in a segment's header.
+
+    The spec is data from outside (anyone who can write the segment can
+    write it), so every part of it is type-checked and bounded before it is
+    used: anything unexpected is a ``ValueError``.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layout description is an object, not {type(spec).__name__}")
     kind = spec.get("layout")
-    if kind == "Counter":
+    if kind == "Counter" and set(spec) == {"layout"}:
         return Counter()
-    if kind == "Lock":
-        return Lock(rw=bool(spec.get("rw")))
-    if kind == "Struct":
-        fields = {}
-        for name, code, default in spec["fields"]:
-            if code.endswith("s") or code == "c":
+    if kind == "Lock" and set(spec) == {"layout", "rw"} and isinstance(spec["rw"], bool):
+        return Lock(rw=spec["rw"])
+    if kind == "Struct" and set(spec) == {"layout", "fields"}:
+        entries = spec["fields"]
+        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_FIELDS:
+            raise ValueError(f"Struct fields must be a list of 1 to {MAX_FIELDS} entries")
+        fields: Dict[str, Any] = {}
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 3
+                    and isinstance(entry[0], str) and isinstance(entry[1], str)):
+                raise ValueError(f"bad Struct field entry {entry!r:.80}")
+            name, code, default = entry
+            if not name.isidentifier() or name in fields or len(code) > 12:
+                raise ValueError(f"bad Struct field {name!r:.80}: {code!r:.20}")
+            _check_code(name, code)
+            letter = code[-1]
+            if letter in "sc":
+                if not isinstance(default, str) or len(default) > 2 * MAX_RECORD_SIZE:
+                    raise ValueError(f"field {name!r}: default is not hex text")
                 default = bytes.fromhex(default)
+            elif letter == "?":
+                if not isinstance(default, bool):
+                    raise ValueError(f"field {name!r}: default is not a bool")
+            elif letter in "efd":
+                if isinstance(default, bool) or not isinstance(default, (int, float)):
+                    raise ValueError(f"field {name!r}: default is not a number")
+            elif isinstance(default, bool) or not isinstance(default, int):
+                raise ValueError(f"field {name!r}: default is not an int")
             fields[name] = (code, default)
         return Struct(**fields)
-    raise ValueError(f"unknown layout {kind!r}")
+    raise ValueError(f"unknown or malformed layout {str(kind)[:40]!r}")

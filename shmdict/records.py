@@ -34,13 +34,23 @@ class MutableRecord:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._asdict().items())
         return f"MutableRecord({inner})"
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # The class is made at run time per layout: pickle the layout instead.
+        return (_unpickle, (type(self)._layout, self._astuple(),     # type: ignore[attr-defined]
+                            getattr(self, "recovered", False)))
+
+
+def _unpickle(layout: Struct, values: Tuple[Any, ...], recovered: bool) -> MutableRecord:
+    return make_record(record_class(layout), values, recovered)
+
 
 def record_class(layout: Struct) -> type:
     """The MutableRecord subclass for one layout's fields (made once per layout)."""
     cls = layout.__dict__.get("_mutable_record")
     if cls is None:
         fields = tuple(layout.codes)
-        cls = type("MutableRecord", (MutableRecord,), {"__slots__": fields, "_fields": fields})
+        cls = type("MutableRecord", (MutableRecord,), {"__slots__": fields, "_fields": fields,
+                                                       "_layout": layout})
         layout._mutable_record = cls  # type: ignore[attr-defined]
     return cls
 

@@ -1,4 +1,5 @@
-"""Validators of the arguments every layer takes: names, table shapes, durations.
+"""Validators of the arguments every layer takes: names, table shapes, durations,
+file modes and sharing.
 
 They sit at the bottom of the package (only :mod:`shmdict.errors` below
 them), so the public entry points, both backends and the limiters check the
@@ -6,9 +7,12 @@ same things the same way, before anything is created.
 """
 from __future__ import annotations
 
+import grp
 import math
 import os
+import pwd
 import re
+from typing import NamedTuple, Optional
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
@@ -60,3 +64,77 @@ def env_seconds(variable: str, default: float) -> float:
     except ValueError:
         raise ValueError(f"environment variable {variable}={raw!r} is not a positive "
                          f"number of seconds") from None
+
+
+class Sharing(NamedTuple):
+    """Who may use a shared-memory table, as its creator sets it up and as an
+    attaching process accepts it (see :func:`sharing`)."""
+
+    #: Permission bits of a new segment and its semaphores (0o600 by default).
+    mode: int = 0o600
+    #: The group a new table is given, and the group whose table an
+    #: attaching process trusts (group-writable included); None: none.
+    gid: Optional[int] = None
+    #: The user a new table is created for (root only), and the user whose
+    #: table an attaching process trusts besides itself; None: only itself.
+    uid: Optional[int] = None
+
+
+def file_mode(mode: object) -> int:
+    """``mode`` as permission bits: an int of 0o600..0o777 with the owner's read
+    and write bits (``TypeError``/``ValueError`` otherwise)."""
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"mode must be an int such as 0o600 or 0o660, not {type(mode).__name__}")
+    if mode < 0 or mode & ~0o777:
+        raise ValueError(f"mode must be permission bits within 0o777 (no setuid, setgid or "
+                         f"sticky bits), got {mode!r} ({mode:#o})" if mode >= 0 else
+                         f"mode must be permission bits within 0o777, got {mode!r}")
+    if mode & 0o600 != 0o600:
+        raise ValueError(f"mode {mode:#o} would lock the table's owner out: it needs the "
+                         f"owner's read and write bits (0o600)")
+    return mode
+
+
+def user_id(owner: object) -> int:
+    """A user name or uid as a uid (``ValueError`` for an unknown name)."""
+    if isinstance(owner, bool) or not isinstance(owner, (int, str)):
+        raise TypeError(f"owner must be a user name or uid, not {type(owner).__name__}")
+    if isinstance(owner, int):
+        if not 0 <= owner < 1 << 32:
+            raise ValueError(f"owner must be a uid between 0 and 2**32-1, got {owner}")
+        return owner
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise ValueError(f"owner {owner!r}: no such user on this host") from None
+
+
+def group_id(group: object) -> int:
+    """A group name or gid as a gid (``ValueError`` for an unknown name)."""
+    if isinstance(group, bool) or not isinstance(group, (int, str)):
+        raise TypeError(f"group must be a group name or gid, not {type(group).__name__}")
+    if isinstance(group, int):
+        if not 0 <= group < 1 << 32:
+            raise ValueError(f"group must be a gid between 0 and 2**32-1, got {group}")
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"group {group!r}: no such group on this host") from None
+
+
+def sharing(mode: object = None, group: object = None, owner: object = None) -> Sharing:
+    """Check and resolve ``open``'s ``mode``, ``group`` and ``owner``.
+
+    ``mode`` defaults to 0o600, or 0o660 when a ``group`` is given; a group
+    without group permission bits shares nothing, so it is a ``ValueError``.
+    """
+    gid = None if group is None else group_id(group)
+    uid = None if owner is None else user_id(owner)
+    if mode is None:
+        mode = 0o660 if gid is not None else 0o600
+    bits = file_mode(mode)
+    if gid is not None and not bits & 0o060:
+        raise ValueError(f"group={group!r} with mode={bits:#o} shares nothing with the group: "
+                         f"pass mode=0o660 (or 0o640), or leave mode out")
+    return Sharing(bits, gid, uid)

@@ -42,7 +42,13 @@ class View:
         rest = full[len(self.prefix):]
         return rest[0] if len(rest) == 1 else rest
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # The table pickles as what it takes to reattach; the view is its prefix.
+        return (View, (self._table, self.prefix))
+
     def __getattr__(self, name: str) -> Any:
+        # Only verbs are forwarded: a lookup of anything else (``_table``
+        # itself while ``copy``/``pickle`` rebuild a view) must not recurse.
         if name not in _KEYED_VERBS:
             raise AttributeError(f"{type(self._table).__name__} view has no attribute {name!r}")
         verb = getattr(self._table, name)

@@ -72,7 +72,7 @@ def test_ls(name, tables):
     proc = run("ls")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "LAYOUT", "CAPACITY", "USED", "SIZE"]
+    assert lines[0].split() == ["NAME", "LAYOUT", "CAPACITY", "USED", "SIZE", "PIDS"]
     row = next(line for line in lines if line.startswith(name + " "))
     assert "Counter()" in row and " 100 " in row and " 5 " in row
     # Aligned: every column starts at the same place on every line.

@@ -35,6 +35,7 @@ except ImportError:
         f"another directory to use the installed shmdict.") from None
 
 from ...layouts import Layout
+from ...validate import Sharing
 from .counter import CounterTable
 from .records import StructTable
 from .rowlock import LockTable
@@ -47,20 +48,34 @@ TABLE_CLASSES: Dict[str, type] = {"Counter": CounterTable, "Lock": LockTable,
 
 
 def open_table(name: str, layout: Layout, capacity: int, key_size: int, *,
-               create: bool = True, mode: int = 0o600, stripe_poll: Optional[float] = None,
-               stall_timeout: Optional[float] = None) -> Table:
+               create: bool = True, mode: Optional[int] = None,
+               stripe_poll: Optional[float] = None, stall_timeout: Optional[float] = None,
+               sharing: Optional[Sharing] = None) -> Table:
     """Create table ``name`` in shared memory or attach to it (see ``shmdict.open``)."""
     geometry = Geometry(layout, capacity, key_size)
-    segment = Segment.open(name, geometry, create=create, mode=mode)
-    return _configured(TABLE_CLASSES[layout.kind](segment), stripe_poll, stall_timeout)
+    segment = Segment.open(name, geometry, create=create, mode=mode, sharing=sharing)
+    return _configured(_table(segment), stripe_poll, stall_timeout)
 
 
 def attach_table(name: str, *, stripe_poll: Optional[float] = None,
-                 stall_timeout: Optional[float] = None, attach_timeout: float = 5.0) -> Table:
+                 stall_timeout: Optional[float] = None, attach_timeout: float = 5.0,
+                 sharing: Optional[Sharing] = None) -> Table:
     """Attach to table ``name`` whatever its layout (see ``shmdict.attach``)."""
-    segment = Segment.open(name, None, create=False, attach_timeout=attach_timeout)
-    return _configured(TABLE_CLASSES[segment.layout.kind](segment), stripe_poll,
-                       stall_timeout)
+    segment = Segment.open(name, None, create=False, attach_timeout=attach_timeout,
+                           sharing=sharing)
+    return _configured(_table(segment), stripe_poll, stall_timeout)
+
+
+def _table(segment: Segment) -> Table:
+    """The table on ``segment``; a table this process just created and could
+    not set up is removed again, so a failed create leaves nothing behind."""
+    try:
+        return TABLE_CLASSES[segment.layout.kind](segment)
+    except BaseException:
+        segment.close()
+        if segment.created:
+            destroy(segment.name)
+        raise
 
 
 def _configured(table: Table, stripe_poll: Optional[float],

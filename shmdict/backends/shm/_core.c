@@ -1428,8 +1428,48 @@ Core_gcra(Core *self, PyObject *const *args, Py_ssize_t nargs)
  * (exception_type, handler): when the step raises that exception (TableFull),
  * handler(key, cost) answers instead (it sweeps expired keys and retries). */
 static PyObject *
-Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs)
+Core_gcra_hit(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    /* hit(key, cost=1): `key` and `cost` may also come as keywords (the
+     * positional call, the hot path, never looks at kwnames).  With
+     * METH_FASTCALL | METH_KEYWORDS the keyword values follow the positional
+     * ones in `args`; gather all seven into `all`. */
+    PyObject *all[7] = {NULL};
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        if (nargs > 7) {
+            PyErr_SetString(PyExc_TypeError, "hit(key, cost=1)");
+            return NULL;
+        }
+        for (Py_ssize_t k = 0; k < nargs; k++)
+            all[k] = args[k];
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+            PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+            int at = -1;
+            if (PyUnicode_CompareWithASCIIString(kw, "key") == 0)
+                at = 5;
+            else if (PyUnicode_CompareWithASCIIString(kw, "cost") == 0)
+                at = 6;
+            if (at < 0) {
+                PyErr_Format(PyExc_TypeError, "hit() got an unexpected keyword argument '%U'",
+                             kw);
+                return NULL;
+            }
+            if (all[at] != NULL) {
+                PyErr_Format(PyExc_TypeError, "hit() got multiple values for argument '%U'",
+                             kw);
+                return NULL;
+            }
+            all[at] = args[nargs + k];
+        }
+        for (int k = 0; k < 6; k++) {
+            if (all[k] == NULL) {
+                PyErr_SetString(PyExc_TypeError, "hit() missing required argument: 'key'");
+                return NULL;
+            }
+        }
+        args = all;
+        nargs = all[6] != NULL ? 7 : 6;
+    }
     if (nargs < 6 || nargs > 7) {
         PyErr_SetString(PyExc_TypeError, "hit(key, cost=1)");
         return NULL;
@@ -2473,7 +2513,7 @@ static PyMethodDef Core_methods[] = {
      "add_float(key, x=1.0) -> float: atomically add x to a float64 value word."},
     {"set_float", (PyCFunction)(void (*)(void))Core_set_float, METH_FASTCALL,
      "set_float(key, x): store x as a float64 value word (creating the key)."},
-    {"gcra_hit", (PyCFunction)(void (*)(void))Core_gcra_hit, METH_FASTCALL,
+    {"gcra_hit", (PyCFunction)(void (*)(void))Core_gcra_hit, METH_FASTCALL | METH_KEYWORDS,
      "gcra_hit(emission_ns, tolerance_ns, burst, result_type, fallback, key, cost=1) "
      "-> result_type(allowed, burst, remaining, retry_after_s, reset_after_s)."},
     {"gcra", (PyCFunction)(void (*)(void))Core_gcra, METH_FASTCALL,

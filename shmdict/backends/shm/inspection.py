@@ -124,6 +124,55 @@ def recovery(table: Table) -> Dict[str, float]:
             "bound": stripes.bound}
 
 
+def mapped_by(name: str, exclude_self: bool = True) -> List[Dict[str, Any]]:
+    """The processes that have table ``name``'s current segment mapped, from
+    ``/proc/*/maps`` (matched by device and inode, so a process still using a
+    removed, older segment of the same name does not count): ``[{"pid",
+    "command"}]``, sorted by pid.  Only processes whose maps this user may
+    read are seen (all of them as root)."""
+    try:
+        st = os.lstat(segment_path(name))
+    except OSError:
+        return []
+    inode = str(st.st_ino)
+    suffix = " " + segment_path(name)
+    out = []
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    for pid in sorted(pids):
+        if exclude_self and pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                found = any(_maps_line_is(line, inode, suffix) for line in f)
+        except OSError:
+            continue            # gone, or not ours to read
+        if found:
+            out.append({"pid": pid, "command": _command(pid)})
+    return out
+
+
+def _maps_line_is(line: bytes, inode: str, suffix: str) -> bool:
+    text = line.decode("utf-8", "replace").rstrip("\n")
+    if not text.endswith(suffix):
+        return False
+    parts = text.split(None, 5)
+    return len(parts) == 6 and parts[4] == inode
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+        text = " ".join(w.decode("utf-8", "replace") for w in words if w)
+        return text[:80] or "?"
+    except OSError:
+        return "?"
+
+
 def segment_size(name: str) -> Optional[int]:
     """The size in bytes of table ``name``'s segment, or None if unreadable."""
     try:

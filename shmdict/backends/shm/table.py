@@ -236,12 +236,16 @@ class Table(BaseTable):
         self.close()
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self)._reattach, (self.name, self.layout, self.capacity, self.key_size))
+        return (type(self)._reattach, (self.name, self.layout, self.capacity, self.key_size,
+                                       self._segment.sharing))
 
     @classmethod
-    def _reattach(cls, name: str, layout: Layout, capacity: int, key_size: int) -> "Table":
-        """Unpickling a table: attach to it (never silently create a new one)."""
-        return cls(Segment.open(name, Geometry(layout, capacity, key_size), create=False))
+    def _reattach(cls, name: str, layout: Layout, capacity: int, key_size: int,
+                  sharing: Any = None) -> "Table":
+        """Unpickling a table: attach to it (never silently create a new one),
+        trusting what the pickling process trusted (its owner=/group=/mode)."""
+        return cls(Segment.open(name, Geometry(layout, capacity, key_size), create=False,
+                                sharing=sharing))
 
     def __del__(self) -> None:
         try:
