@@ -161,6 +161,17 @@ class _Limiter:
         self.name = name
         self.clock: Clock = clock if clock is not None else time.monotonic_ns
         self.table = open_table(name, Counter(), capacity + 1, key_size, backend=backend)
+        # A table on a server keeps its time rules on the server's clock: the
+        # one clock every host shares (each host's CLOCK_MONOTONIC counts
+        # from its own boot).
+        server_clock = getattr(self.table, "_server_clock", None)
+        if server_clock is not None:
+            if clock is not None:
+                self.table.close()
+                raise ValueError(f"a limiter on backend {backend!r} runs on the server's "
+                                 f"clock, which every host shares; clock= is for limiters "
+                                 f"on shared memory")
+            self.clock = server_clock
         self._claim_settings()
 
     def _settings(self) -> Tuple[Any, ...]:
@@ -322,7 +333,7 @@ class RateLimiter(_Limiter):
 
         A refused hit spends nothing.  ``cost`` 0 changes nothing (see :meth:`peek`).
         """
-        if cost != 1:
+        if type(cost) is not int or cost != 1:      # bool is an int, not a cost
             _check_cost(cost, self.burst)
         allowed, remaining, retry_ns, reset_ns = self._step(key, cost)
         return _result(RateLimitResult, (bool(allowed), self.burst, remaining,
@@ -349,6 +360,11 @@ class RateLimiter(_Limiter):
                 f"burst={self.burst}>")
 
 
+#: Where window limiters on a server's clock count from (2025-01-01 UTC): a
+#: fixed window word has 39 bits of milliseconds, 17 years from here.
+WINDOW_EPOCH_NS = 1_735_689_600 * NS
+
+
 class _WindowLimiter(_Limiter):
     def __init__(self, name: str, limit: int, period: float, capacity: int, key_size: int,
                  backend: Optional[str], clock: Optional[Clock], most: int) -> None:
@@ -360,6 +376,11 @@ class _WindowLimiter(_Limiter):
         self.period = _positive("period", period)
         self.period_ns = max(1, round(self.period * NS))
         super().__init__(name, capacity, key_size, backend, clock)
+        if getattr(self.table, "_server_clock", None) is not None:
+            # The server's clock counts from 1970: a window word holds
+            # milliseconds in 39 bits, so count them from WINDOW_EPOCH_NS.
+            server = self.clock
+            self.clock = lambda: server() - WINDOW_EPOCH_NS
 
     def _settings(self) -> Tuple[Any, ...]:
         return (type(self).__name__, self.limit, self.period_ns)

@@ -660,6 +660,12 @@ class RedisCounterTable(CounterVerbs, RedisTable):
         self._ensure(self._field(key))
         return self.cas(key, old, new)
 
+    def _server_clock(self) -> int:
+        """The server's clock (``TIME``) in nanoseconds since the epoch: the
+        clock the rate limiters' time rules use on this backend."""
+        seconds, micros = self._cmd("TIME")
+        return int(seconds) * 1_000_000_000 + int(micros) * 1_000
+
     def _gcra(self, key: Key, emission_interval_ns: int, tolerance_ns: int,
               cost: int) -> Tuple[bool, int, int, int]:
         """One GCRA decision for ``RateLimiter``, atomically on the server's clock.
