@@ -57,6 +57,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...errors import (
     BackendError,
+    KeyTooLong,
     LayoutMismatch,
     LockHeld,
     NotOwner,
@@ -431,7 +432,7 @@ class RedisTable(BaseTable):
     def __contains__(self, key: object) -> bool:
         try:
             field = self._field(key)
-        except TypeError:
+        except (TypeError, KeyTooLong):     # not a key, or too long to be one here
             return False
         return bool(self._cmd("HEXISTS", self._data, field))
 
@@ -595,7 +596,8 @@ class RedisCounterTable(CounterVerbs, RedisTable):
 
     def add(self, key: Key, n: int = 1) -> int:
         """Atomically add ``n`` (get-or-create at 0); return the new value."""
-        return int(self._eval(_lua.COUNTER_ADD, self._field(key), _int64(n, "increment")))
+        n = _int64(n, "increment")       # the value first, as on shared memory
+        return int(self._eval(_lua.COUNTER_ADD, self._field(key), n))
 
     def add_float(self, key: Key, x: float = 1.0) -> float:
         """Not on Redis: shared memory's float counters keep float64 bits in an
@@ -638,16 +640,19 @@ class RedisCounterTable(CounterVerbs, RedisTable):
 
     def set(self, key: Key, value: int) -> None:
         """Store ``value`` (creating the key)."""
-        self._eval(_lua.COUNTER_EXCHANGE, self._field(key), _int64(value))
+        value = _int64(value)
+        self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value)
 
     def exchange(self, key: Key, value: int) -> int:
         """Store ``value`` and return the previous one (creating the key)."""
-        return int(self._eval(_lua.COUNTER_EXCHANGE, self._field(key), _int64(value)))
+        value = _int64(value)
+        return int(self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value))
 
     def cas(self, key: Key, old: int, new: int, set_on_not_exists: bool = False) -> bool:
         """Compare-and-swap ``old`` -> ``new``; a missing key is set to ``new``
         only with ``set_on_not_exists`` (otherwise False, nothing created)."""
-        return self._eval(_lua.COUNTER_CAS, self._field(key), _int64(old), _int64(new),
+        old, new = _int64(old), _int64(new)
+        return self._eval(_lua.COUNTER_CAS, self._field(key), old, new,
                           int(bool(set_on_not_exists))) == 1
 
     # CounterHandle's hooks besides the verbs.
