@@ -113,8 +113,15 @@ class LockHandle:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
-        _check_timeout(blocking, timeout)
-        return self._took(self._table._acquire_lock(self._key, blocking, timeout, self._shared))
+        if timeout != -1:
+            _check_timeout(blocking, timeout)
+        code, fence = self._table._acquire_lock(self._key, blocking, timeout, self._shared)
+        if code == _OK:                          # the common case, inline
+            self.recovered = False
+            self._holding = True
+            self.fence = fence
+            return True
+        return self._took((code, fence))
 
     def _took(self, acquired: Any) -> bool:
         """Record what ``_acquire_lock`` gave: ``(outcome, fence)``, or None."""
@@ -162,7 +169,7 @@ class LockHandle:
             code = aio.release_lock(self)
         else:
             code = self._table._release_lock(self._key, self._shared)
-        if code != Outcome.OK:
+        if code != _OK:
             raise NotOwner(f"release of lock {self._key!r}, which this process does not hold"
                            f"{self._table._not_held_because}")
 
@@ -209,16 +216,38 @@ class LockHandle:
                             f"open it with Lock(rw=True) for read()/write()")
 
     def __enter__(self) -> "LockHandle":
-        self.acquire()
+        # acquire() without its arguments and frame: `with d[key]:` is the
+        # lock as users write it, so its cost is the lock's cost.
+        code, fence = self._table._acquire_lock(self._key, True, -1, self._shared)
+        if code == _OK:
+            self.recovered = False
+            self._holding = True
+            self.fence = fence
+        else:
+            self._took((code, fence))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.release()
+        self._holding = False
+        if self._gate is not None or self._table._release_lock(self._key, self._shared) != _OK:
+            self._release_slow()
+
+    def _release_slow(self) -> None:
+        """release() of an async hold, or of a lock found not held (raises)."""
+        if self._gate is not None:
+            code = aio.release_lock(self)
+            if code == _OK:
+                return
+        raise NotOwner(f"release of lock {self._key!r}, which this process does not hold"
+                       f"{self._table._not_held_because}")
 
     def __repr__(self) -> str:
         owner = self.owner
         state = f"held by pid {owner}" if owner else "free"
         return f"<lock {self._key!r} {state}>"
+
+
+_OK = int(Outcome.OK)    # a plain int: compared on every acquire
 
 
 def _check_timeout(blocking: bool, timeout: float) -> None:
