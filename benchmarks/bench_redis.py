@@ -120,11 +120,26 @@ def workloads(url: str, prefix: str) -> List[Tuple[str, Op, Op, Op]]:
             handle.release()
         return cycle
 
+    batch = {f"b{i}": 1 for i in range(100)}
+    batch_keys = list(batch)
+
+    def hand_add_many() -> None:
+        pipe = r.pipeline(transaction=False)
+        for key in batch_keys:
+            pipe.hincrby(hand, key, 1)
+        pipe.execute()
+
     rate_r = shmdict.RateLimiter(prefix + ".rl", rate=1e9, burst=10**6, backend=url)
     rate_s = shmdict.RateLimiter(prefix + ".rl", rate=1e9, burst=10**6)
     return [
         ("Counter add (HINCRBY)", repeat(lambda: rc.add("k")),
          repeat(lambda: r.hincrby(hand, "k", 1)), repeat(lambda: sc.add("k"))),
+        ("Counter add_many, a batch of 100 keys (by hand: 100 HINCRBY pipelined)",
+         repeat(lambda: rc.add_many(batch)), repeat(hand_add_many),
+         repeat(lambda: sc.add_many(batch))),
+        ("Counter read_many, a batch of 100 keys (HMGET)",
+         repeat(lambda: rc.read_many(batch_keys)),
+         repeat(lambda: r.hmget(hand, batch_keys)), repeat(lambda: sc.read_many(batch_keys))),
         ("Counter read (HGET)", repeat(lambda: rc.read("k")),
          repeat(lambda: r.hget(hand, "k")), repeat(lambda: sc.read("k"))),
         ("Counter cas (Lua CAS)", repeat(lambda: rc.cas("z", 0, 0)),
