@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 
@@ -56,27 +57,46 @@ def _readable_by_others(path):
         path = parent
 
 
+def importable_copy() -> str:
+    """A directory other users may read holding what ``import shmdict`` needs:
+    the package this interpreter imports (its built core included) and its
+    two compiled dependencies.  The checkout and its virtualenv may be in a
+    directory only root can enter (a CI clone in a 0700 temporary folder)."""
+    import posix_ipc
+    import xxhash
+    copy = tempfile.mkdtemp(prefix="shmdict-multiuser-")
+    os.chmod(copy, 0o755)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(os.path.dirname(shmdict.__file__), os.path.join(copy, "shmdict"),
+                    ignore=ignore)
+    shutil.copytree(os.path.dirname(xxhash.__file__), os.path.join(copy, "xxhash"),
+                    ignore=ignore)
+    shutil.copy2(posix_ipc.__file__, copy)
+    for root, dirs, files in os.walk(copy):
+        for entry in dirs + files:
+            path = os.path.join(root, entry)
+            os.chmod(path, os.stat(path).st_mode | stat.S_IROTH | stat.S_IRGRP
+                     | (stat.S_IXOTH | stat.S_IXGRP if os.path.isdir(path) else 0))
+    return copy
+
+
 def other_users_python():
     """``(interpreter, environment)`` with which another user's process can run
-    shmdict from this tree: this interpreter if others may read it, else the
-    system's Python of the same version with this tree and the virtualenv's
-    site-packages on ``PYTHONPATH`` (a pyenv Python under /root is not
-    readable by other users).  None when there is neither."""
-    import site
-    import sysconfig
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"}
-    paths = [ROOT] + [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]]
-                      if os.path.isdir(p)]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    shmdict: this interpreter if others may run it, else the system's Python
+    of the same version, with :func:`importable_copy` on ``PYTHONPATH`` (a
+    pyenv Python under /root is not readable by other users).  None when
+    there is neither."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         real = os.path.realpath(candidate)
         if os.path.exists(real) and _readable_by_others(real):
-            return candidate, env
+            return candidate
     return None
 
 
 PYTHON = other_users_python()
+#: Set by the ``users`` fixture: (interpreter, environment) for other users.
+OTHER: dict = {}
 
 
 class User:
@@ -88,7 +108,7 @@ class User:
 
     def run(self, code, umask=0o077):
         """Run ``code`` (after PRELUDE) as this user; the JSON lines it printed."""
-        python, env = PYTHON
+        python, env = OTHER["python"], OTHER["env"]
         proc = subprocess.run(
             [python, "-c", PRELUDE + textwrap.dedent(code)], user=self.uid,
             group=self.gid, extra_groups=self.groups, umask=umask, cwd="/",
@@ -103,9 +123,9 @@ def users():
     if PYTHON is None:
         pytest.skip(f"no Python {sys.version_info[:2]} that other users may run: the "
                     f"throwaway users could not import shmdict")
-    if not _readable_by_others(os.path.join(ROOT, "shmdict", "__init__.py")):
-        pytest.skip(f"{ROOT} is not readable by other users: the throwaway users could "
-                    f"not import shmdict")
+    copy = importable_copy()
+    OTHER.update(python=PYTHON, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                     "HOME": "/", "PYTHONPATH": copy})
     tag = uuid.uuid4().hex[:6]
     group = f"shmdict-t-{tag}g"
     made = []
@@ -124,12 +144,13 @@ def users():
         out["group"] = group
         out["gid"] = gid
         [probe] = out["a"].run("report(lambda: shmdict.__file__)")
-        assert probe["ok"].startswith(ROOT), probe
+        assert probe["ok"].startswith(copy), probe
         yield out
     finally:
         for uname in made:
             subprocess.run(["userdel", uname], check=False)
         subprocess.run(["groupdel", group], check=False)
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 # ----------------------------------------------------------- planted files
