@@ -27,8 +27,11 @@ limiter = Limiter(key_func=client,
 app = FastAPI()
 app.state.limiter = limiter
 app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+AIO_URI = os.environ.get("APP_AIO_URI", f"async+shmdict://{NAME}.aio")
+# limits' async Redis storage defaults to the coredis client; redis-py's own
+# asyncio client is what the project installs.
 aio_limiter = FixedWindowRateLimiter(storage_from_string(
-    os.environ.get("APP_AIO_URI", f"async+shmdict://{NAME}.aio")))
+    AIO_URI, **({"implementation": "redispy"} if AIO_URI.startswith("async+redis") else {})))
 AIO_LIMIT = parse(os.environ.get("APP_AIO_LIMIT", "30/hour"))
 locks = shmdict.open(f"{NAME}.locks", shmdict.Lock(), capacity=100)
 _held = []
