@@ -226,3 +226,39 @@ def test_the_fence_rejects_a_paused_holders_write(redis_url, name):
         proc.join(5)
         locks.unlink()
         resource.unlink()
+
+
+def _waiter(url, name, started, out):
+    from shmdict.backends.redis import table as redis_table
+    redis_table.LEASE_RECHECK = 60.0        # only an announced release can wake it
+    locks = shmdict.open(name, shmdict.Lock(), backend=url, lease=30)
+    started.set()
+    t0 = time.monotonic()
+    with locks["row"]:
+        out.put(time.monotonic() - t0)
+    locks.close()
+
+
+def test_a_release_wakes_a_waiter_at_once(redis_url, name):
+    """A waiter sleeps until the release is announced, not a polling interval:
+    with its fallback re-check set to a minute, it still gets the lock as soon
+    as the holder lets go."""
+    locks = shmdict.open(name, shmdict.Lock(), backend=redis_url, lease=30)
+    ctx = mp.get_context("spawn")
+    started, out = ctx.Event(), ctx.Queue()
+    handle = locks["row"]
+    handle.acquire()
+    proc = ctx.Process(target=_waiter, args=(redis_url, name, started, out))
+    proc.start()
+    try:
+        assert started.wait(30)
+        time.sleep(1.0)                     # the waiter is asleep on the channel
+        handle.release()
+        waited = out.get(timeout=30)        # far less than the 60 s re-check
+        assert 1.0 <= waited < 20, waited
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        _resume(proc)
+        proc.join(5)
+        locks.unlink()

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 _PRELUDE = r"""
 local META, DATA, RLOCK, FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- The channel a release is announced on (see RedisTable._wait).
+local WAKE = META .. ':wake'
 
 -- 'existed' or 'created' (field now holds `default`), else 'notable' or 'full'.
 -- (A key present in DATA proves the table exists: meta and data are only
@@ -318,6 +320,7 @@ if hash == RLOCK then
 else
   lease_save(hash, ARGV[1], s)
 end
+redis.call('PUBLISH', WAKE, ARGV[1])   -- waiters of this table look again
 return 1
 """)
 
@@ -424,6 +427,7 @@ end
 redis.call('HDEL', RLOCK, ARGV[1])
 if redis.call('EXISTS', META) == 0 then return redis.error_reply('SHMDICT_NOTABLE') end
 redis.call('HSET', DATA, ARGV[1], ARGV[3])
+redis.call('PUBLISH', WAKE, ARGV[1])
 return 1
 """)
 

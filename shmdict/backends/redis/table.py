@@ -102,8 +102,9 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 REDIRECT_ATTEMPTS = 16
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 SCAN_COUNT = 1000
-#: Longest pause between two attempts to take a busy lock (seconds).
-MAX_POLL = 0.02
+#: Longest wait for a release announcement before a waiter looks again
+#: anyway (seconds): how late it may notice a dead holder's expired lease.
+LEASE_RECHECK = 0.1
 
 
 # ------------------------------------------------------------- connection
@@ -362,24 +363,37 @@ class RedisTable(BaseTable):
     def _wait(self, attempt: Callable[[], Tuple[bool, Any]], blocking: bool = True,
               timeout: float = -1) -> Tuple[bool, Any]:
         """Call ``attempt`` until it succeeds: ``(True, value)``; ``(False, None)``
-        when not ``blocking`` or past ``timeout``.  Sleeps between attempts
-        (interruptible by Ctrl-C), backing off to ``MAX_POLL``."""
+        when not ``blocking`` or past ``timeout``.
+
+        Between attempts it waits for a release to be announced on the table's
+        wake channel (every release and record commit publishes there), so a
+        waiter looks again as soon as the lock is free, not after a polling
+        interval.  It also looks again every ``LEASE_RECHECK`` seconds at
+        most, for the one change nobody announces: a dead holder's lease
+        running out.  Ctrl-C interrupts the wait.
+        """
+        done, value = attempt()
+        if done or not blocking:
+            return done, (value if done else None)
         deadline = None if timeout < 0 else time.monotonic() + timeout
-        pause = 0.0005
-        while True:
-            done, value = attempt()
-            if done:
-                return True, value
-            if not blocking:
-                return False, None
-            sleep = pause
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False, None
-                sleep = min(sleep, left)
-            time.sleep(sleep)
-            pause = min(pause * 2, MAX_POLL)
+        wake = self._r.pubsub(ignore_subscribe_messages=True)
+        try:
+            wake.subscribe(self._keys[0] + ":wake")
+            while True:
+                done, value = attempt()      # after subscribing: no release is missed
+                if done:
+                    return True, value
+                wait = LEASE_RECHECK
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False, None
+                    wait = min(wait, left)
+                wake.get_message(timeout=wait)
+        except (RedisError, RedisClusterException) as exc:
+            raise self._error(exc) from None
+        finally:
+            wake.close()
 
     # ------------------------------------------------------ layout hooks
     def _default_value(self) -> Any:
