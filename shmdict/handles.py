@@ -104,6 +104,8 @@ class LockHandle:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
+        if timeout != timeout:              # NaN: would wait forever
+            raise ValueError("timeout value must be a number, not NaN")
         if timeout != -1:
             if not blocking:
                 raise ValueError("can't specify a timeout for a non-blocking call")
