@@ -113,6 +113,8 @@ class LockHandle:
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; as ``threading.Lock.acquire``.  Returns whether it did."""
+        if timeout != timeout:              # NaN: would wait forever
+            raise ValueError("timeout value must be a number, not NaN")
         if timeout != -1:
             _check_timeout(blocking, timeout)
         code, fence = self._table._acquire_lock(self._key, blocking, timeout, self._shared)

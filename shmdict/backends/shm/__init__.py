@@ -61,6 +61,9 @@ def attach_table(name: str, *, stripe_poll: Optional[float] = None,
                  stall_timeout: Optional[float] = None, attach_timeout: float = 5.0,
                  sharing: Optional[Sharing] = None) -> Table:
     """Attach to table ``name`` whatever its layout (see ``shmdict.attach``)."""
+    if attach_timeout != attach_timeout or attach_timeout < 0:    # NaN or negative
+        raise ValueError(f"attach_timeout must be a number of seconds >= 0, "
+                         f"got {attach_timeout!r}")
     segment = Segment.open(name, None, create=False, attach_timeout=attach_timeout,
                            sharing=sharing)
     return _configured(_table(segment), stripe_poll, stall_timeout)

@@ -39,9 +39,12 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <math.h>
+#include <semaphore.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -166,23 +169,35 @@ cas_pair(char *slot, uint64_t state, uint64_t word0,
 /* ------------------------------------------------------------------------ */
 
 /* Reads state and start time (field 22, clock ticks since boot) of a pid
- * from /proc.  Returns 0 when the process does not exist or is a zombie. */
+ * from /proc.  Returns 1 with *start set, 0 when the process does not exist
+ * (or is a zombie), and -1 when it cannot tell: /proc could not be read for
+ * another reason (out of descriptors, EMFILE/ENFILE, or memory).  Callers
+ * must never take -1 for "dead".  Plain open/read: no stdio allocation. */
 static int
 proc_stat(pid_t pid, unsigned long long *start)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
+    int fd;
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return (errno == ENOENT || errno == ESRCH) ? 0 : -1;
+    ssize_t n;
+    do
+        n = read(fd, buf, sizeof buf - 1);
+    while (n < 0 && errno == EINTR);
+    int read_errno = errno;
+    close(fd);
+    if (n < 0)
+        return read_errno == ESRCH ? 0 : -1;
     buf[n] = '\0';
     /* The command name is in parentheses and may contain anything: parse
      * from the last ')'. */
     char *p = strrchr(buf, ')');
     if (p == NULL || p[1] == '\0' || p[2] == '\0')
-        return 0;
+        return -1;
     char state = p[2];
     if (state == 'Z' || state == 'X' || state == 'x')
         return 0;
@@ -193,27 +208,49 @@ proc_stat(pid_t pid, unsigned long long *start)
         if (p) p++;
     }
     if (p == NULL)
-        return 0;
+        return -1;
     *start = strtoull(p, NULL, 10);
     return 1;
 }
 
-static uint64_t my_id_cache;   /* 0 until computed; reset in a forked child */
-
-static void reset_id_after_fork(void) { my_id_cache = 0; }
+/* This process's owner id, computed once (at import, and in a forked child
+ * right after the fork) and kept: computing it needs a descriptor, and a
+ * process at its descriptor limit must not record a wrong identity.  0
+ * until known; identity_ready() raises when it cannot be known yet. */
+static uint64_t my_id_cache;
 
 static uint64_t
+compute_id(void)
+{
+    unsigned long long start = 0;
+    pid_t pid = getpid();
+    if (proc_stat(pid, &start) != 1)
+        return 0;
+    return ((uint64_t)(start & 0xffffffffu) << 32) | ((uint64_t)pid & PID_MASK);
+}
+
+static void reset_id_after_fork(void) { my_id_cache = compute_id(); }
+
+static inline uint64_t
 my_id(void)
 {
-    if (my_id_cache == 0) {
-        unsigned long long start = 0;
-        pid_t pid = getpid();
-        proc_stat(pid, &start);
-        my_id_cache = ((uint64_t)(start & 0xffffffffu) << 32)
-                      | ((uint64_t)pid & PID_MASK);
-    }
     return my_id_cache;
 }
+
+/* 0 when this process's identity is known, -1 with OSError set when it
+ * cannot be read (it is retried on every call until it can). */
+static int
+identity_failed(void)
+{
+    my_id_cache = compute_id();
+    if (my_id_cache != 0)
+        return 0;
+    PyErr_Format(PyExc_OSError, "shmdict cannot read this process's start time from "
+                 "/proc/%d/stat (out of file descriptors?); it is needed to record "
+                 "lock owners", (int)getpid());
+    return -1;
+}
+#define identity_ready() (my_id_cache != 0 || identity_failed() == 0)
 
 static inline uint64_t id_pid(uint64_t id) { return id & PID_MASK; }
 static inline int is_me(uint64_t id) { return id_pid(id) == id_pid(my_id()); }
@@ -223,7 +260,11 @@ static inline int is_me(uint64_t id) { return id_pid(id) == id_pid(my_id()); }
  * start time must match even when the id's is 0: ids come from my_id(), which
  * always records it, so a word with a small pid and no start time is garbage
  * (a corrupted segment: one stray byte over a free lock word gives "pid 1"),
- * and taking it for a live owner would make its waiters wait forever. */
+ * and taking it for a live owner would make its waiters wait forever.
+ * "Dead" is concluded only from what the kernel says (ESRCH, no /proc
+ * entry, a zombie, another start time), never from a failed read: when the
+ * start time cannot be read (out of descriptors) a pid that exists is
+ * taken to be alive. */
 static int
 id_alive(uint64_t id)
 {
@@ -233,7 +274,10 @@ id_alive(uint64_t id)
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return 0;
     unsigned long long start;
-    if (!proc_stat(pid, &start))
+    int r = proc_stat(pid, &start);
+    if (r < 0)
+        return 1;           /* unknown: assume alive */
+    if (r == 0)
         return 0;
     uint32_t want = (uint32_t)(id >> 32);
     return (uint32_t)start == want;
@@ -302,6 +346,10 @@ typedef struct {
     PyObject *insert_fn;     /* insert(encoded, hash) -> (slot, state, created) */
     PyObject *insert_with_fn; /* insert_with(key, word0) -> bool (created)  */
     Py_ssize_t cache_limit;
+    double stall_seconds;    /* stall timeout: stripes and admission lock   */
+    double stripe_poll;      /* seconds between looks at a stripe's holder  */
+    sem_t **sems;            /* the stripe semaphores (attach_semaphores)   */
+    unsigned long *stripe_thread; /* per stripe: the thread of ours holding it */
 } Core;
 
 static inline char *slot_at(Core *c, uint64_t i) { return c->slots + i * c->slot_size; }
@@ -343,6 +391,7 @@ static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
 }
 
 static void Core_release_view(Core *self);
+static void close_semaphores(Core *self);
 
 /* Core(buffer, *, name, ...): see CORE_DOC below for every argument.  All
  * but the buffer are keyword-only and required, so a caller cannot pass
@@ -446,6 +495,8 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->insert_with_fn, Py_NewRef(insert_with_fn));
     Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
+    self->stall_seconds = 2.0;
+    self->stripe_poll = 0.1;
     if (self->cache == NULL) {
         Core_release_view(self);
         return -1;
@@ -500,6 +551,7 @@ Core_dealloc(Core *self)
 {
     PyObject_GC_UnTrack(self);
     Core_release_view(self);
+    close_semaphores(self);
     Py_XDECREF(self->default_extra);
     Py_XDECREF(self->cache);
     Py_XDECREF(self->name);
@@ -517,6 +569,8 @@ Core_dealloc(Core *self)
             PyErr_SetString(PyExc_ValueError, "table is closed");           \
             return NULL;                                                     \
         }                                                                    \
+        if (!identity_ready())                                               \
+            return NULL;                                                     \
     } while (0)
 
 /* After anything that may let another thread run (a wait without the GIL,
@@ -607,11 +661,17 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
  * stripes (which it can, since nobody else changes them meanwhile). */
 
 /* A live holder keeps the admission lock for a few stores.  One that has
- * kept the same word for this long is stopped for good, or the word is
- * garbage naming some unrelated live process (a corrupted segment): take it
- * over rather than spin forever. */
-#define ADMIT_STALL_SECONDS 2.0
-
+ * kept the same word for longer than the table's stall timeout (Core's
+ * stall_seconds, 2 s by default, set with set_stall_timeout) is stopped, or
+ * the word is garbage naming some unrelated live process (a corrupted
+ * segment): take it over rather than spin forever.
+ *
+ * A holder that was only stopped (SIGSTOP, a long deschedule) resumes
+ * believing it still holds the lock.  So nothing a holder writes depends on
+ * still holding it: both counts change by compare-and-swap against the
+ * values it read, and the unlock is a CAS of its own id back to 0.  A
+ * resumed holder whose CAS fails goes round again; it never writes a count
+ * computed from a stale read, and never unlocks another's lock. */
 static void
 admit_lock(Core *c)
 {
@@ -628,7 +688,7 @@ admit_lock(Core *c)
             if (expected != stuck_word) {
                 stuck_word = expected;
                 stuck_since = now_monotonic();
-            } else if (now_monotonic() - stuck_since > ADMIT_STALL_SECONDS) {
+            } else if (now_monotonic() - stuck_since > c->stall_seconds) {
                 stalled = 1;
             }
             if (stalled || !id_alive(expected) || is_me(expected)) {
@@ -650,38 +710,70 @@ admit_lock(Core *c)
 static void
 admit_unlock(Core *c)
 {
-    store_rel(&c->header->admit, 0);
+    uint64_t me = my_id();
+    cas64(&c->header->admit, &me, 0);    /* not ours any more: leave it */
+}
+
+/* Add `delta` to a stripe's count and the global count together; with
+ * `reserve`, only if the global count stays below capacity (returns 0 when
+ * the table is full).  Both CASes are against the values read under the
+ * lock: if either moved, the lock was taken over while we were stopped, and
+ * we start again. */
+static int
+admit_change(Core *c, uint64_t stripe, int64_t delta, int reserve)
+{
+    int64_t *live = &c->header->live;
+    int64_t *sl = &stripe_at(c, stripe)->live;
+    for (;;) {
+        admit_lock(c);
+        uint64_t g = load_acq(live), k = load_acq(sl);
+        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < c->capacity)) {
+            admit_unlock(c);
+            return 0;
+        }
+        uint64_t e = g;
+        if (cas64(live, &e, (uint64_t)((int64_t)g + delta))) {
+            e = k;
+            if (cas64(sl, &e, (uint64_t)((int64_t)k + delta))) {
+                admit_unlock(c);
+                return 1;
+            }
+            /* The stripe count moved (only the stripe's holder, which is us,
+             * changes it: so a taker's repair): undo ours and retry. */
+            __atomic_fetch_sub(live, delta, __ATOMIC_ACQ_REL);
+        }
+        admit_unlock(c);
+    }
 }
 
 /* Reserve room for one more key in `stripe`; 0 when the table is full. */
 static int
 admit_reserve(Core *c, uint64_t stripe)
 {
-    int ok = 0;
-    admit_lock(c);
-    int64_t live = (int64_t)load_acq(&c->header->live);
-    if (live >= 0 && (uint64_t)live < c->capacity) {
-        store_rel(&c->header->live, (uint64_t)(live + 1));
-        int64_t *sl = &stripe_at(c, stripe)->live;
-        store_rel(sl, load_acq(sl) + 1);
-        ok = 1;
-    }
-    admit_unlock(c);
-    return ok;
+    return admit_change(c, stripe, 1, 1);
 }
 
 /* Add `delta` to a stripe's count and the global count together. */
 static void
 admit_adjust(Core *c, uint64_t stripe, int64_t delta)
 {
-    if (delta == 0)
-        return;
+    if (delta != 0)
+        admit_change(c, stripe, delta, 0);
+}
+
+/* Set the global count to the sum of the stripes' counts (under the
+ * admission lock, which every change of either takes): repairs a garbage
+ * global count.  Returns the count it replaced. */
+static int64_t
+admit_recount(Core *c)
+{
     admit_lock(c);
-    int64_t *live = &c->header->live;
-    store_rel(live, (uint64_t)((int64_t)load_acq(live) + delta));
-    int64_t *sl = &stripe_at(c, stripe)->live;
-    store_rel(sl, (uint64_t)((int64_t)load_acq(sl) + delta));
+    int64_t sum = 0;
+    for (uint64_t s = 0; s < c->nstripes; s++)
+        sum += (int64_t)load_acq(&stripe_at(c, s)->live);
+    int64_t old = (int64_t)__atomic_exchange_n(&c->header->live, sum, __ATOMIC_ACQ_REL);
     admit_unlock(c);
+    return old;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1623,6 +1715,8 @@ Core_insert(Core *self, PyObject *args)
     uint64_t i, s;
     if (!self->has_view) {
         PyErr_SetString(PyExc_ValueError, "table is closed");
+    } else if (!identity_ready()) {
+        /* the OSError is set */
     } else if ((uint64_t)key.len > self->key_size) {
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
@@ -1648,6 +1742,45 @@ Core_insert(Core *self, PyObject *args)
     PyBuffer_Release(&key);
     PyBuffer_Release(&extra);
     return result;
+}
+
+/* For deleting an rw lock: CAS the free writer word `v` to us, then look
+ * at the reader cells.  RC_OK: we hold the writer word and no live reader
+ * is inside; RC_BUSY (*busy: a reader's id): a reader is inside, and the
+ * writer word is given back; RC_STALE: the word changed, look again. */
+static int
+rw_delete_claim(Core *c, uint64_t i, uint64_t s, uint64_t v, int64_t *busy)
+{
+    char *slot = slot_at(c, i);
+    uint64_t mine = (v & WAITERS_BIT) | my_id();
+    if (!cas_pair(slot, s, v, s, mine, NULL))
+        return RC_STALE;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+    for (uint64_t k = 0; k < c->extra_size / 8; k++) {
+        uint64_t e = load_acq(&cells[k]);
+        if (e == 0)
+            continue;
+        if (!id_alive(e)) {
+            cas64(&cells[k], &e, 0);
+            continue;
+        }
+        *busy = (int64_t)e;
+        uint64_t back = mine;
+        for (;;) {
+            uint64_t seen;
+            if (cas_pair(slot, s, back, s, back & WAITERS_BIT, &seen)) {
+                if (back & WAITERS_BIT)
+                    futex_wake_all(word0_of(slot));
+                break;
+            }
+            if (load_acq(slot) != s || id_pid(seen) != id_pid(mine))
+                break;
+            back = seen;              /* a waiter set its bit meanwhile */
+        }
+        return RC_BUSY;
+    }
+    return RC_OK;
 }
 
 /* delete(slot, state, stripe, mode) -> (code, word0)
@@ -1676,8 +1809,36 @@ Core_delete(Core *self, PyObject *args)
         int64_t v;
         if (!read_pair(slot, s, &v))
             return Py_BuildValue("(iL)", RC_STALE, 0LL);
-        if (mode == 1 && v != 0)
+        /* A lock word is free when it names nobody: the waiters bit alone
+         * (left by a waiter after the owner died) is not a holder. */
+        if (mode == 1 && id_pid((uint64_t)v) != 0)
             return Py_BuildValue("(iL)", RC_BUSY, (long long)v);
+        if (mode == 1 && self->extra_size > 0) {
+            /* An rw lock: readers hold it too.  Take the writer word first
+             * (a reader that comes after sees it and backs off), then
+             * refuse if a live reader is inside, as a writer would wait. */
+            int64_t busy = 0;
+            int r = rw_delete_claim(self, i, s, (uint64_t)v, &busy);
+            if (r == RC_STALE)
+                continue;
+            if (r == RC_BUSY)
+                return Py_BuildValue("(iL)", RC_BUSY, (long long)busy);
+            /* We hold the writer word: tombstone it (a waiter may set its
+             * bit meanwhile; then again with the word as it is now). */
+            uint64_t w = ((uint64_t)v & WAITERS_BIT) | my_id();
+            for (int k = 0; k < 1000000; k++) {
+                if (tombstone_slot(self, i, s, w)) {
+                    if (w & WAITERS_BIT)
+                        futex_wake_all(word0_of(slot));
+                    admit_adjust(self, stripe, -1);
+                    return Py_BuildValue("(iL)", RC_OK, 0LL);
+                }
+                if (load_acq(slot) != s)
+                    return Py_BuildValue("(iL)", RC_STALE, 0LL);
+                w = load_acq(word0_of(slot));
+            }
+            break;
+        }
         if (mode == 2 && (id_pid((uint64_t)v) == 0 || !is_me((uint64_t)v)))
             return Py_BuildValue("(iL)", RC_NOT_OWNER, (long long)v);
         if (tombstone_slot(self, i, s, (uint64_t)v)) {
@@ -1810,38 +1971,16 @@ Core_stripe_cas(Core *self, PyObject *args)
     return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, want));
 }
 
-/* stripe_release(i) -> bool: clear the holder word if this process holds
- * it (then the caller posts the semaphore); False if it was taken over. */
-static PyObject *
-Core_stripe_release(Core *self, PyObject *arg)
+/* Stripe repair (the caller holds the stripe): a slot the dead holder
+ * claimed but never published becomes a tombstone, and the stripe's live
+ * count is recounted from its published slots.  Only the stripe's own slots
+ * matter, and while we hold the stripe none of them can change; other
+ * stripes' slots can, at any moment, so a slot is counted only if its state
+ * word is the same after its key was hashed as before.  Returns 0 with
+ * *dropped and *delta set, -1 with an exception set. */
+static int
+repair_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *delta_out)
 {
-    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
-    if (i == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    REQUIRE_OPEN(self);
-    if (i >= self->nstripes) {
-        PyErr_SetString(PyExc_IndexError, "stripe out of range");
-        return NULL;
-    }
-    uint64_t e = my_id();
-    return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, 0));
-}
-
-/* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
- * Called by the process that just took a stripe over from a dead holder: a
- * slot the dead process claimed but never published becomes a tombstone, and
- * the stripe's live count is recounted from its published slots. */
-static PyObject *
-Core_repair_stripe(Core *self, PyObject *arg)
-{
-    unsigned long long stripe = PyLong_AsUnsignedLongLong(arg);
-    if (stripe == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    REQUIRE_OPEN(self);
-    if (stripe >= self->nstripes) {
-        PyErr_SetString(PyExc_IndexError, "stripe out of range");
-        return NULL;
-    }
     long long dropped = 0, counted = 0;
     for (uint64_t i = 0; i < self->nslots; i++) {
         char *slot = slot_at(self, i);
@@ -1856,20 +1995,432 @@ Core_repair_stripe(Core *self, PyObject *arg)
             /* Which stripe a published key belongs to needs its full hash. */
             unsigned long long h;
             if (hash_key(self, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
-                return NULL;
-            if (stripe_of(self, h) == stripe)
+                return -1;
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (load_acq(slot) == s && stripe_of(self, h) == stripe)
                 counted++;
         }
     }
     int64_t have = (int64_t)load_acq(&stripe_at(self, stripe)->live);
     int64_t delta = counted - have;
     admit_adjust(self, stripe, delta);
-    return Py_BuildValue("(LL)", dropped, (long long)delta);
+    *dropped_out = dropped;
+    *delta_out = delta;
+    return 0;
+}
+
+/* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
+ * Called by the process that just took a stripe over from a dead holder. */
+static PyObject *
+Core_repair_stripe(Core *self, PyObject *arg)
+{
+    unsigned long long stripe = PyLong_AsUnsignedLongLong(arg);
+    if (stripe == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (stripe >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    long long dropped, delta;
+    if (repair_stripe(self, stripe, &dropped, &delta) < 0)
+        return NULL;
+    return Py_BuildValue("(LL)", dropped, delta);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stripe locks: the semaphore owns the stripe, the holder word names it    */
+/* ------------------------------------------------------------------------ */
+
+/* The protocol (see stripes.py for the whole story).  Whoever holds a count
+ * of the stripe's semaphore owns the stripe; the holder word only names it,
+ * so that a waiter can tell a dead holder.  The word is trusted only as far
+ * as it agrees with the semaphore:
+ *
+ *   - after our wait succeeds, the word should be 0.  If the semaphore
+ *     still shows a count, ours is an extra one (a waiter took the stripe
+ *     over while we were stopped between our wait and our CAS, and gave a
+ *     count back when done): we drop ours, without posting, and wait again.
+ *     This also brings a semaphore at 2 back to 1.
+ *   - if the word names a process that holds it by takeover (TAKEOVER_BIT)
+ *     and is alive, it is the waiter that took our count over: wait again.
+ *   - any other word contradicts the semaphore: garbage, or a dead process.
+ *     We own the stripe; we record ourselves and repair it.
+ *   - a waiter whose timed wait expires takes over from a dead holder, from
+ *     a stripe taken with no holder for stall_timeout (its holder is stopped
+ *     or died between its wait and its CAS), and from a TAKEOVER holder that
+ *     has not changed for stall_timeout (a garbage word with that bit).
+ *
+ * All of it runs in C, with no Python code between taking the semaphore and
+ * recording ourselves (a signal handler that raises there would leak the
+ * stripe); EINTR runs the handlers and retries while nothing is held
+ * (PEP 475).  A per-process table of which thread holds which stripe keeps
+ * a thread from releasing a stripe another thread of the process holds. */
+
+#define TAKEOVER_BIT SHMDICT_TAKEOVER_BIT
+
+static int
+sem_value(sem_t *sem)
+{
+    int v = 1;
+    if (sem_getvalue(sem, &v) != 0)
+        return 0;
+    return v;
+}
+
+/* Record that this thread holds `stripe` (holder word already written). */
+static inline void
+stripe_mark(Core *c, uint64_t stripe)
+{
+    c->stripe_thread[stripe] = PyThread_get_thread_ident();
+}
+
+/* The post-wait step: we hold a semaphore count.  Returns 1 when we now own
+ * the stripe (*repaired set when the word was garbage: then repair), 0 when
+ * our count was not ours to keep (wait again). */
+static int stripe_release(Core *c, uint64_t stripe);
+
+static int
+stripe_after_wait(Core *c, uint64_t stripe, int *repaired)
+{
+    uint64_t *word = &stripe_at(c, stripe)->holder;
+    uint64_t me = my_id();
+    *repaired = 0;
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t h = load_acq(word);
+        if (h == 0) {
+            if (sem_value(c->sems[stripe]) > 0)
+                return 0;                  /* an extra count: drop ours */
+            if (cas64(word, &h, me))
+                return 1;
+            continue;
+        }
+        if ((h & TAKEOVER_BIT) && !is_me(h) && id_alive(h))
+            return 0;                      /* taken over from us: wait again */
+        /* Contradicts the semaphore (garbage, a dead or a previous
+         * incarnation of our pid): we own the stripe. */
+        if (cas64(word, &h, me)) {
+            *repaired = 1;
+            return 1;
+        }
+    }
+    /* The word keeps changing under a count we hold: someone else is
+     * writing it; give our count back and wait again. */
+    sem_post(c->sems[stripe]);
+    return 0;
+}
+
+static void
+deadline_after(double seconds, struct timespec *ts)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    double whole = (double)(time_t)seconds;
+    ts->tv_sec += (time_t)seconds;
+    ts->tv_nsec += (long)((seconds - whole) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Acquire `stripe`.  Returns RC_OK, RC_RECOVERED (taken over and repaired:
+ * *dropped and *delta say what the repair did), or RC_ERROR with an
+ * exception set (a signal handler raised, the table was closed); on
+ * RC_ERROR the stripe is not held. */
+static int
+stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
+               long long *delta)
+{
+    sem_t *sem = c->sems[stripe];
+    uint64_t *word = &stripe_at(c, stripe)->holder;
+    uint64_t me = my_id();
+    uint64_t stuck_word = 0;
+    double stuck_since = -1;
+    *dropped = *delta = 0;
+    for (;;) {
+        int got = 0, err = 0, repaired = 0;
+        if (after_wait) {
+            got = 1;
+            after_wait = 0;
+        } else {
+            if (sem_trywait(sem) == 0) {
+                got = 1;
+            } else {
+                struct timespec ts;
+                deadline_after(c->stripe_poll, &ts);
+                Py_BEGIN_ALLOW_THREADS
+                got = sem_timedwait(sem, &ts) == 0;
+                err = got ? 0 : errno;
+                Py_END_ALLOW_THREADS
+            }
+        }
+        if (got) {
+            if (closed_meanwhile(c)) {
+                PyErr_Clear();           /* the mapping is gone: give the count back */
+                sem_post(sem);
+                PyErr_SetString(PyExc_ValueError, "table was closed while in use");
+                return RC_ERROR;
+            }
+            if (!stripe_after_wait(c, stripe, &repaired))
+                continue;
+            stripe_mark(c, stripe);
+            if (repaired) {
+                if (repair_stripe(c, stripe, dropped, delta) < 0) {
+                    stripe_release(c, stripe);
+                    return RC_ERROR;
+                }
+                return RC_RECOVERED;
+            }
+            return RC_OK;
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return RC_ERROR;
+            if (closed_meanwhile(c))
+                return RC_ERROR;
+            continue;
+        }
+        if (err != ETIMEDOUT && err != EAGAIN) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return RC_ERROR;
+        }
+        if (PyErr_CheckSignals() < 0 || closed_meanwhile(c))
+            return RC_ERROR;
+        /* The wait timed out: look at the holder. */
+        uint64_t h = load_acq(word);
+        double now = now_monotonic();
+        if (h != stuck_word || stuck_since < 0 || (h == 0 && sem_value(sem) != 0)) {
+            stuck_word = h;
+            stuck_since = now;
+        }
+        int take = 0;
+        uint64_t want = me;
+        if (h == 0) {
+            /* Taken, yet nobody recorded: someone is between wait and CAS
+             * (or release and post), or died there, or is stopped there. */
+            if (now - stuck_since >= c->stall_seconds) {
+                take = 1;
+                want = me | TAKEOVER_BIT;
+            }
+        } else if (is_me(h) && c->stripe_thread[stripe] == 0) {
+            take = 1;              /* a previous incarnation of our pid */
+        } else if (!id_alive(h)) {
+            take = 1;
+        } else if ((h & TAKEOVER_BIT) && now - stuck_since >= c->stall_seconds) {
+            take = 1;              /* a takeover that never ends: garbage */
+            want = me | TAKEOVER_BIT;
+        }
+        if (take && cas64(word, &h, want)) {
+            stripe_mark(c, stripe);
+            if (repair_stripe(c, stripe, dropped, delta) < 0) {
+                stripe_release(c, stripe);
+                return RC_ERROR;
+            }
+            return RC_RECOVERED;
+        }
+    }
+}
+
+/* Release `stripe` if this thread holds it: clear the holder word, post.
+ * Returns 1 if it did, 0 if this thread did not hold it (or it was taken
+ * over meanwhile, in which case its taker posts). */
+static int
+stripe_release(Core *c, uint64_t stripe)
+{
+    if (c->stripe_thread == NULL || c->stripe_thread[stripe] != PyThread_get_thread_ident())
+        return 0;
+    c->stripe_thread[stripe] = 0;
+    if (!c->has_view)
+        return 0;
+    uint64_t *word = &stripe_at(c, stripe)->holder;
+    uint64_t me = my_id(), h = load_acq(word);
+    if (id_pid(h) != id_pid(me) || (h & ~TAKEOVER_BIT) != me)
+        return 0;
+    if (!cas64(word, &h, 0))
+        return 0;
+    sem_post(c->sems[stripe]);
+    return 1;
+}
+
+static int
+stripe_arg(Core *self, PyObject *arg, uint64_t *out)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return -1;
+    }
+    if (!identity_ready())
+        return -1;
+    if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+        return -1;
+    }
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return -1;
+    }
+    *out = i;
+    return 0;
+}
+
+/* stripe_acquire(i) -> None, or (dropped, delta) when the stripe was taken
+ * over from a dead (or garbage) holder and repaired. */
+static PyObject *
+Core_stripe_acquire(Core *self, PyObject *arg)
+{
+    uint64_t i;
+    long long dropped, delta;
+    if (stripe_arg(self, arg, &i) < 0)
+        return NULL;
+    int r = stripe_acquire(self, i, 0, &dropped, &delta);
+    if (r == RC_ERROR)
+        return NULL;
+    if (r == RC_OK)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LL)", dropped, delta);
+}
+
+/* _stripe_after_wait(i): as stripe_acquire, for a caller that has just
+ * taken the bare semaphore itself (tests: a process stopped right there). */
+static PyObject *
+Core_stripe_after_wait(Core *self, PyObject *arg)
+{
+    uint64_t i;
+    long long dropped, delta;
+    if (stripe_arg(self, arg, &i) < 0)
+        return NULL;
+    int r = stripe_acquire(self, i, 1, &dropped, &delta);
+    if (r == RC_ERROR)
+        return NULL;
+    if (r == RC_OK)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LL)", dropped, delta);
+}
+
+/* stripe_release(i) -> bool: see stripe_release above. */
+static PyObject *
+Core_stripe_release(Core *self, PyObject *arg)
+{
+    unsigned long long i = PyLong_AsUnsignedLongLong(arg);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (i >= self->nstripes) {
+        PyErr_SetString(PyExc_IndexError, "stripe out of range");
+        return NULL;
+    }
+    return PyBool_FromLong(stripe_release(self, i));
+}
+
+/* attach_semaphores(names, poll, stall_timeout): open the stripe
+ * semaphores (already opened and checked by the segment: sem_open of the
+ * same name in one process maps the same semaphore) and set the recovery
+ * bound, also used for the admission lock. */
+static PyObject *
+Core_attach_semaphores(Core *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"names", "poll", "stall_timeout", NULL};
+    PyObject *names;
+    double poll, stall;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!dd", kwlist, &PyList_Type, &names,
+                                     &poll, &stall))
+        return NULL;
+    if (!(poll > 0 && stall > 0) || isinf(poll) || isinf(stall)) {
+        PyErr_SetString(PyExc_ValueError, "poll and stall_timeout must be positive and finite");
+        return NULL;
+    }
+    self->stripe_poll = poll;
+    self->stall_seconds = stall;
+    if (self->sems != NULL)
+        Py_RETURN_NONE;
+    if ((uint64_t)PyList_GET_SIZE(names) != self->nstripes) {
+        PyErr_SetString(PyExc_ValueError, "one semaphore name per stripe");
+        return NULL;
+    }
+    sem_t **sems = PyMem_Calloc(self->nstripes, sizeof *sems);
+    unsigned long *threads = PyMem_Calloc(self->nstripes, sizeof *threads);
+    if (sems == NULL || threads == NULL) {
+        PyMem_Free(sems);
+        PyMem_Free(threads);
+        return PyErr_NoMemory();
+    }
+    for (uint64_t k = 0; k < self->nstripes; k++) {
+        const char *n = PyUnicode_AsUTF8(PyList_GET_ITEM(names, k));
+        sem_t *sem = n ? sem_open(n, 0) : SEM_FAILED;
+        if (sem == SEM_FAILED) {
+            if (n)
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, n);
+            for (uint64_t j = 0; j < k; j++)
+                sem_close(sems[j]);
+            PyMem_Free(sems);
+            PyMem_Free(threads);
+            return NULL;
+        }
+        sems[k] = sem;
+    }
+    self->sems = sems;
+    self->stripe_thread = threads;
+    Py_RETURN_NONE;
+}
+
+static void
+close_semaphores(Core *self)
+{
+    if (self->sems) {
+        for (uint64_t k = 0; k < self->nstripes; k++)
+            sem_close(self->sems[k]);
+        PyMem_Free(self->sems);
+        self->sems = NULL;
+    }
+    PyMem_Free(self->stripe_thread);
+    self->stripe_thread = NULL;
+}
+
+/* recount_live() -> (old, new): set the global live count to the sum of
+ * the stripes' counts (check's repair of a garbage count). */
+static PyObject *
+Core_recount_live(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    int64_t old = admit_recount(self);
+    return Py_BuildValue("(LL)", (long long)old, (long long)load_acq(&self->header->live));
+}
+
+/* dead_stripes() -> [i]: stripes whose holder word names a dead process. */
+static PyObject *
+Core_dead_stripes(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    PyObject *out = PyList_New(0);
+    for (uint64_t k = 0; out && k < self->nstripes; k++) {
+        uint64_t h = load_acq(&stripe_at(self, k)->holder);
+        if (h != 0 && !id_alive(h)) {
+            PyObject *v = PyLong_FromUnsignedLongLong(k);
+            if (v == NULL || PyList_Append(out, v) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(v);
+        }
+    }
+    return out;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Owner locks: Lock layout rows and the Struct record lock                 */
 /* ------------------------------------------------------------------------ */
+
+/* A NaN timeout would wait forever (every comparison with it is false):
+ * ValueError, as threading gives.  Returns 1 with the exception set. */
+static int
+timeout_invalid(double timeout)
+{
+    if (!isnan(timeout))
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
+    return 1;
+}
 
 /* Acquire the exclusive lock whose word is `word` (word0 of slot i, or an
  * extra word of an rw lock).  The lock word holds the owner id, and
@@ -1958,6 +2509,8 @@ Core_lock_acquire(Core *self, PyObject *args)
     double timeout;
     if (!PyArg_ParseTuple(args, "KKpd", &i, &s, &blocking, &timeout))
         return NULL;
+    if (timeout_invalid(timeout))
+        return NULL;
     REQUIRE_OPEN(self);
     if (parse_slot(self, i) < 0)
         return NULL;
@@ -2025,8 +2578,13 @@ reader_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
         if (id_pid(w) != 0 && !id_alive(w)) {
             /* The writer died mid-write: clear it; what it guarded may be
              * half-written, so the reader is told. */
-            if (cas_pair(slot, s, w, s, w & WAITERS_BIT, NULL))
+            if (cas_pair(slot, s, w, s, 0, NULL)) {
                 recovered = 1;
+                /* Nobody holds it now: wake whoever slept on the dead
+                 * writer, and keep no waiters bit naming nobody. */
+                if (w & WAITERS_BIT)
+                    futex_wake_all(writer);
+            }
             continue;
         }
         if (id_pid(w) == 0) {
@@ -2174,6 +2732,8 @@ Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
     int shared = PyObject_IsTrue(args[3]);
     if (blocking < 0 || shared < 0 || (timeout == -1.0 && PyErr_Occurred()))
         return NULL;
+    if (timeout_invalid(timeout))
+        return NULL;
     REQUIRE_OPEN(self);
     int rw = self->extra_size > 0;
     for (int attempt = 0; attempt < 1000000; attempt++) {
@@ -2313,6 +2873,8 @@ require_records(Core *self)
         PyErr_SetString(PyExc_ValueError, "table is closed");
         return -1;
     }
+    if (!identity_ready())
+        return -1;
     if (self->extra_size < 8) {
         PyErr_SetString(PyExc_ValueError, "not a record table");
         return -1;
@@ -2539,7 +3101,18 @@ static PyMethodDef Core_methods[] = {
     {"stripe_cas", (PyCFunction)Core_stripe_cas, METH_VARARGS,
      "stripe_cas(i, expected, desired) -> bool; desired -1 means this process."},
     {"stripe_release", (PyCFunction)Core_stripe_release, METH_O,
-     "stripe_release(i) -> bool: clear the holder word if this process holds it."},
+     "stripe_release(i) -> bool: release stripe i if this thread holds it."},
+    {"stripe_acquire", (PyCFunction)Core_stripe_acquire, METH_O,
+     "stripe_acquire(i) -> None, or (dropped, delta) when taken over and repaired."},
+    {"_stripe_after_wait", (PyCFunction)Core_stripe_after_wait, METH_O,
+     "_stripe_after_wait(i): stripe_acquire for a caller that took the bare semaphore."},
+    {"attach_semaphores", (PyCFunction)(void (*)(void))Core_attach_semaphores,
+     METH_VARARGS | METH_KEYWORDS,
+     "attach_semaphores(names, poll, stall_timeout): the stripe semaphores and bound."},
+    {"recount_live", (PyCFunction)Core_recount_live, METH_NOARGS,
+     "recount_live() -> (old, new): the live count rebuilt from the stripes' counts."},
+    {"dead_stripes", (PyCFunction)Core_dead_stripes, METH_NOARGS,
+     "dead_stripes() -> [i]: stripes whose recorded holder is dead."},
     {"repair_stripe", (PyCFunction)Core_repair_stripe, METH_O,
      "repair_stripe(i) -> (claims_dropped, live_delta) after a holder died."},
     {"lock_acquire", (PyCFunction)Core_lock_acquire, METH_VARARGS,
@@ -2906,6 +3479,7 @@ PyInit__core(void)
         return NULL;
     }
     pthread_atfork(NULL, NULL, reset_id_after_fork);
+    my_id_cache = compute_id();    /* now, while descriptors are likely free */
     struct { const char *name; long value; } codes[] = {
         {"OK", RC_OK}, {"RECOVERED", RC_RECOVERED}, {"TIMEOUT", RC_TIMEOUT},
         {"STALE", RC_STALE}, {"NOT_OWNER", RC_NOT_OWNER}, {"BUSY", RC_BUSY}};

@@ -43,7 +43,10 @@
 /* "SHMDICT1" read as a little-endian uint64: the first word of a finished
  * segment (0 while its creator is still writing the header). */
 #define SHMDICT_MAGIC           0x31544349444d4853ull
-/* The version of everything in this file.  1: shmdict 0.1's format. */
+/* The version of everything in this file.  1: shmdict 0.1's format.  2: the
+ * header's last cache line holds the fencing counter, stripe holder words
+ * carry SHMDICT_TAKEOVER_BIT, and the semaphore, not the word, owns a stripe
+ * (a version 1 process and a version 2 process must not share a table). */
 #define SHMDICT_FORMAT_VERSION  2u
 
 /* ------------------------------------------------------------------------ */
@@ -174,12 +177,17 @@ _Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
  *   bits  0..29  pid (Linux pids are below 2^22)
  *   bit   30     "waiters" (lock words only): someone sleeps on the futex,
  *                which is the low 32 bits, so it changes whenever it matters
+ *   bit   31     "takeover" (stripe holder words only)
  *   bits 32..63  the low 32 bits of the owner's start time (clock ticks
  *                since boot, /proc/PID/stat field 22), so that a reused
  *                pid is not taken for the owner
  * 0 means "nobody".  Liveness by pid assumes one PID namespace. */
 #define SHMDICT_PID_MASK        0x3fffffffull
 #define SHMDICT_WAITERS_BIT     0x40000000ull
+/* Stripe holder words only: the holder took the stripe over (from a holder
+ * stopped or killed between its wait and its CAS) without a semaphore
+ * count of its own; see _core.c, "Stripe locks". */
+#define SHMDICT_TAKEOVER_BIT    0x80000000ull
 #define SHMDICT_START_SHIFT     32
 
 /* An rw Lock's extra area: this many reader cells (owner ids). */

@@ -12,10 +12,11 @@ A record is guarded two ways:
 """
 from __future__ import annotations
 
+import threading
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from ...errors import NotOwner, OwnerDiedWarning
+from ...errors import LockHeld, NotOwner, OwnerDiedWarning
 from ...keys import Key
 from ...layouts import Outcome, Struct
 from ...records import MutableRecord, make_record, record_class
@@ -35,6 +36,23 @@ class StructTable(StructVerbs, Table):
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
         self._default_record = self.layout.unpack(self._default_extra[8:])
+        #: slot -> thread ident of the update() blocks open in this process:
+        #: a verb on such a key from the same thread would wait for itself.
+        self._updating: Dict[int, int] = {}
+
+    def _refuse_self_deadlock(self, key: Key) -> None:
+        """Raise LockHeld if this thread is inside ``with self.update(key)``."""
+        found = self._core.locate(key, False)
+        if found is not None and self._updating.get(found[0]) == threading.get_ident():
+            raise LockHeld(f"key {key!r} of table {self.name!r} is being updated by this "
+                           f"thread (inside `with d.update(key)`); a verb on it here would "
+                           f"wait for itself forever: change the record through the "
+                           f"update's record, or finish the block first")
+
+    def _remove(self, key: Key) -> Tuple[bool, Any]:
+        if self._updating:
+            self._refuse_self_deadlock(key)
+        return super()._remove(key)
 
     # ------------------------------------------------------------ reading
     def read(self, key: Key) -> Tuple[Any, bool]:
@@ -87,6 +105,8 @@ class StructTable(StructVerbs, Table):
     def _begin(self, key: Key) -> Tuple[int, int, bool, bytes]:
         """Lock ``key``'s record (creating the key) and copy it:
         (slot, state, recovered, data).  Finish with :meth:`_commit`."""
+        if self._updating:
+            self._refuse_self_deadlock(key)
         slot, state, recovered, data = self._core.record_begin(key)
         if recovered:
             _warn_inherited(self.name)
@@ -169,15 +189,18 @@ class _Update:
     def __enter__(self) -> MutableRecord:
         table = self._table
         self._slot, self._state, recovered, data = table._begin(self._key)
+        table._updating[self._slot] = threading.get_ident()
         try:
             self._rec = make_record(table._record_class, table.layout.unpack_values(data),
                                     recovered)
         except BaseException:
+            table._updating.pop(self._slot, None)
             table._commit(self._slot, self._state, None)
             raise
         return self._rec
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._table._updating.pop(self._slot, None)
         data = None
         if exc_type is None:
             try:

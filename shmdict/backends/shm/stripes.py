@@ -33,7 +33,6 @@ table with ``shmdict.open(..., stripe_poll=..., stall_timeout=...)``.
 """
 from __future__ import annotations
 
-import time
 from typing import List, Optional
 
 import posix_ipc
@@ -48,7 +47,15 @@ STALL_TIMEOUT = env_seconds("SHMDICT_STALL_TIMEOUT", 2.0)
 
 
 class Stripes:
-    """The stripe locks of one attached table."""
+    """The stripe locks of one attached table.
+
+    The protocol runs in the C core (``Core.stripe_acquire`` /
+    ``stripe_release``), so that no Python code, and so no signal handler,
+    runs between taking a stripe's semaphore and recording the holder.
+    Callers take a stripe inside the ``try`` whose ``finally`` releases it:
+    ``stripe_release`` releases only a stripe that this thread holds, so a
+    release after a failed (or interrupted) acquire is harmless.
+    """
 
     def __init__(self, core: "_core.Core", semaphores: List[posix_ipc.Semaphore]) -> None:
         self.core = core
@@ -60,6 +67,11 @@ class Stripes:
         self.repairs: List[tuple] = []
         #: How many times this process took a stripe over from a dead holder.
         self.takeovers = 0
+        core.attach_semaphores([sem.name for sem in semaphores], poll=self.poll,
+                               stall_timeout=self.stall_timeout)
+        #: release(i) -> bool, the core's own method (no Python frame, so a
+        #: signal handler cannot run between a finally and the release).
+        self.release = core.stripe_release
 
     def configure(self, poll: Optional[float] = None,
                   stall_timeout: Optional[float] = None) -> None:
@@ -68,6 +80,7 @@ class Stripes:
             self.poll = seconds(poll, "stripe_poll")
         if stall_timeout is not None:
             self.stall_timeout = seconds(stall_timeout, "stall_timeout")
+        self.core.attach_semaphores([], poll=self.poll, stall_timeout=self.stall_timeout)
 
     @property
     def bound(self) -> float:
@@ -75,44 +88,23 @@ class Stripes:
         return self.stall_timeout + self.poll
 
     def acquire(self, i: int) -> None:
-        sem = self.semaphores[i]
-        core = self.core
-        unowned_since = None
-        while True:
-            try:
-                sem.acquire(self.poll)
-            except posix_ipc.BusyError:
-                holder = core.stripe_holder(i)
-                if holder == 0:
-                    # Taken, yet nobody recorded: someone is between wait and
-                    # CAS (or release and post), or died there.
-                    now = time.monotonic()
-                    if unowned_since is None or sem.value != 0:
-                        unowned_since = now
-                    elif now - unowned_since >= self.stall_timeout:
-                        if core.stripe_cas(i, 0, -1):
-                            self._repair(i)
-                            return
-                elif not _core.id_alive(holder):
-                    if core.stripe_cas(i, holder, -1):
-                        self._repair(i)
-                        return
-                else:
-                    unowned_since = None
-                continue
-            if core.stripe_cas(i, 0, -1):
-                return
-            # A waiter presumed us dead and took the stripe over: our wait
-            # consumed a count that its release will give back.  Wait again.
+        """Take stripe ``i`` (waiting, interruptible; see the module)."""
+        repaired = self.core.stripe_acquire(i)
+        if repaired is not None:
+            self._repaired(i, repaired)
 
-    def release(self, i: int) -> None:
-        if self.core.stripe_release(i):
-            self.semaphores[i].release()
-        # else: we were presumed dead and the stripe was taken over; its new
-        # holder posts when it is done, so we must not.
-
-    def _repair(self, i: int) -> None:
+    def _repaired(self, i: int, what: tuple) -> None:
         self.takeovers += 1
-        dropped, delta = self.core.repair_stripe(i)
-        self.repairs.append((i, dropped, delta))
+        self.repairs.append((i,) + tuple(what))
         del self.repairs[:-16]
+
+    def repair_dead(self) -> int:
+        """Take over and repair every stripe whose recorded holder is dead."""
+        done = 0
+        for i in self.core.dead_stripes():
+            try:
+                self.acquire(i)
+            finally:
+                if self.release(i):
+                    done += 1
+        return done

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import xxhash
 
-from ...errors import KeyTooLong, LockHeld
+from ...errors import KeyTooLong, LockHeld, TableFull
 from ...keys import Key, decode_key, encode_key
 from ...layouts import Layout, Outcome
 from ...report import Report
@@ -20,8 +20,16 @@ from .check import check_table
 from .segment import Geometry, Segment, destroy
 from .stripes import Stripes
 
-#: Entries of the per-process key -> slot cache before it is cleared.
+#: Entries of the per-process key -> slot cache before it is cleared: at
+#: most this many, and at most a few times what the table can hold (a
+#: process that sees many distinct keys come and go on a small table must
+#: not grow without bound).
 CACHE_LIMIT = 1 << 20
+
+
+def cache_limit(capacity: int) -> int:
+    """The key cache bound of a table of ``capacity`` keys."""
+    return min(CACHE_LIMIT, 2 * capacity + 1024)
 
 # Modes of _core.Core.delete
 DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
@@ -57,7 +65,8 @@ class Table(BaseTable):
             data_offset=header["data_offset"], default_word0=self.layout.default_word0(),
             default_extra=self.layout.default_extra(),
             hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
-            insert=self._insert, insert_with=self._insert_with, cache_limit=CACHE_LIMIT)
+            insert=self._insert, insert_with=self._insert_with,
+            cache_limit=cache_limit(header["capacity"]))
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
@@ -65,6 +74,10 @@ class Table(BaseTable):
         self._closed = False
 
     # ------------------------------------------------------------------ keys
+    def _stripe_of_key(self, key: Any) -> int:
+        """The stripe that serialises inserts and deletes of ``key``."""
+        return self._encode(key)[1] % self._nstripes
+
     def _encode(self, key: Any) -> Tuple[bytes, int]:
         encoded = encode_key(key, self.key_size)
         return encoded, xxhash.xxh3_64_intdigest(encoded, self._seed)
@@ -104,11 +117,24 @@ class Table(BaseTable):
         if extra is None:
             extra = self._default_extra
         stripe = h % self._nstripes
-        self._stripes.acquire(stripe)     # try/finally: a context manager costs 1.5 us
-        try:
-            return self._core.insert(encoded, h, word0, extra)
-        finally:
-            self._stripes.release(stripe)
+        stripes = self._stripes
+        for attempt in (0, 1):
+            # Acquire inside the try: an exception (a signal handler's) right
+            # after the stripe was taken still releases it; a release of a
+            # stripe this thread does not hold does nothing.
+            try:                          # try/finally: a context manager costs 1.5 us
+                stripes.acquire(stripe)
+                return self._core.insert(encoded, h, word0, extra)
+            except TableFull:
+                # A process killed inside an insert leaves its reservation
+                # counted until its stripe is repaired: repair such stripes
+                # now, and look again, rather than refuse a key early.
+                if attempt or not self._core.dead_stripes():
+                    raise
+            finally:
+                stripes.release(stripe)
+            stripes.repair_dead()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------- BaseTable's primitives
     def _create(self, key: Key) -> bool:
@@ -126,8 +152,8 @@ class Table(BaseTable):
             if found is None:
                 return False, self._default_snapshot()
             slot, state = found
-            self._stripes.acquire(stripe)
             try:
+                self._stripes.acquire(stripe)
                 outcome = self._delete_slot(slot, state, stripe)
             finally:
                 self._stripes.release(stripe)
@@ -180,6 +206,8 @@ class Table(BaseTable):
 
     def __len__(self) -> int:
         self._check_open()
+        if self._core.dead_stripes():     # a process died inside an insert or delete
+            self._stripes.repair_dead()
         return self._core.counts()[0]
 
     def __contains__(self, key: object) -> bool:
