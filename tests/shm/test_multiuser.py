@@ -167,7 +167,7 @@ def test_a_table_planted_by_another_user_is_refused(users, name):
     assert victim["error"] == "UnsafeSegment", victim
     assert x.name in victim["message"] and str(x.uid) in victim["message"]
     assert "0o666" in victim["message"]
-    assert victim["elapsed"] < 4    # well before a 5 s attach wait (a loaded CI is slow)
+    assert victim["elapsed"] < 4  # at once: no 5 s attach wait
 
 
 @pytest.mark.parametrize("mode", [0o666, 0o644])
@@ -181,7 +181,7 @@ def test_an_empty_file_planted_by_another_user_is_refused_at_once(users, name, m
         report(lambda: shmdict.open({name!r}, shmdict.Counter(), capacity=100).add("k"))
     """)
     assert victim["error"] == "UnsafeSegment", victim
-    assert x.name in victim["message"] and victim["elapsed"] < 4    # well before a 5 s attach wait (a loaded CI is slow)
+    assert x.name in victim["message"] and victim["elapsed"] < 4  # at once: no 5 s attach wait
 
 
 def test_a_semaphore_planted_by_another_user_is_refused(users, name):
@@ -196,7 +196,7 @@ def test_a_semaphore_planted_by_another_user_is_refused(users, name):
     """)
     assert victim["error"] == "UnsafeSegment", victim
     assert "semaphore" in victim["message"] and x.name in victim["message"]
-    assert victim["elapsed"] < 4    # well before a 5 s attach wait (a loaded CI is slow)
+    assert victim["elapsed"] < 4  # at once: no 5 s attach wait
     # nothing of the victim's is left behind
     assert not os.path.exists(f"/dev/shm/shmdict.{name}")
     assert not os.path.exists(f"/dev/shm/sem.shmdict.{name}.s1")
