@@ -129,7 +129,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", ["Counter", "Struct"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_both_backends_answer_alike(layout, redis_url, name):
     make_layout, step = LAYOUTS[layout]
     diverged = []
