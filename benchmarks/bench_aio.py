@@ -115,6 +115,15 @@ def serve(env: dict, port: int, workers: int) -> subprocess.Popen:
                              "--log-level", "warning"], env=env, cwd=APPS,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    try:
+        return _until_serving(proc, port)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)      # never leave a server behind
+        proc.wait(30)
+        raise
+
+
+def _until_serving(proc: subprocess.Popen, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
