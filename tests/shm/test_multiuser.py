@@ -124,8 +124,11 @@ def users():
         pytest.skip(f"no Python {sys.version_info[:2]} that other users may run: the "
                     f"throwaway users could not import shmdict")
     copy = importable_copy()
-    OTHER.update(python=PYTHON, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                     "HOME": "/", "PYTHONPATH": copy})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/", "PYTHONPATH": copy}
+    # A sanitized build of the core (CI's ASan run) needs its runtime preloaded.
+    env.update({k: v for k, v in os.environ.items()
+                if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")})
+    OTHER.update(python=PYTHON, env=env)
     tag = uuid.uuid4().hex[:6]
     group = f"shmdict-t-{tag}g"
     made = []
