@@ -19,7 +19,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import prometheus_client.metrics as pm
 from prometheus_client.registry import REGISTRY
-from prometheus_client.validation import _validate_exemplar
+try:                                       # prometheus_client >= 0.20
+    from prometheus_client.validation import _validate_exemplar
+except ImportError:                        # older releases kept it with the metrics
+    from prometheus_client.metrics import _validate_exemplar  # type: ignore[no-redef]
 
 from . import store as _store
 
