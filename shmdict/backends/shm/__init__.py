@@ -18,12 +18,15 @@ This module is the backend's entry: :func:`open_table`, :func:`attach_table`,
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import Dict, List, Optional
 
 try:
     from . import _core
 except ImportError:
+    if glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_core*.so")):
+        raise                # built, but it does not load: that error says why
     # Python's own message here ("cannot import name '_core' from partially
     # initialized module") sends people after a circular import that is not
     # there; say what actually happened instead.

@@ -38,6 +38,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Python 3.9 (still supported) has no Py_NewRef. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
+#endif
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
