@@ -50,6 +50,15 @@ def _paused_updater(url, name, ready, outcome):
         d.close()
 
 
+def inherit(handle):
+    """Acquire ``handle`` from a stopped holder whose lease runs out (the
+    OwnerDiedWarning that says so is expected); return it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shmdict.OwnerDiedWarning)
+        assert handle.acquire(timeout=10)
+    return handle
+
+
 def _resume(proc):
     """SIGCONT ``proc`` if it still runs (cleanup after a failed assertion)."""
     try:
@@ -107,10 +116,7 @@ def test_a_holder_that_lost_its_lease_is_told(redis_url, name):
     try:
         assert ready.wait(30)
         os.kill(proc.pid, signal.SIGSTOP)
-        handle = locks["row"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", shmdict.OwnerDiedWarning)
-            assert handle.acquire(timeout=10)
+        handle = inherit(locks["row"])
         assert handle.recovered
         os.kill(proc.pid, signal.SIGCONT)
         message, lost = outcome.get(timeout=30)
@@ -210,10 +216,7 @@ def test_the_fence_rejects_a_paused_holders_write(redis_url, name):
     try:
         assert ready.wait(30)
         os.kill(proc.pid, signal.SIGSTOP)
-        handle = locks["row"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", shmdict.OwnerDiedWarning)
-            assert handle.acquire(timeout=10)
+        handle = inherit(locks["row"])
         assert fenced_write(resource, handle.fence, 2)
         os.kill(proc.pid, signal.SIGCONT)
         stale_fence, accepted = outcome.get(timeout=30)
