@@ -1269,6 +1269,23 @@ Core_set_float(Core *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The pair read() returns, built directly (Py_BuildValue parses its format
+ * string on every call: a third of read()'s instructions). */
+static PyObject *
+value_exists(int64_t v, int exists)
+{
+    PyObject *t = PyTuple_New(2);
+    PyObject *n = PyLong_FromLongLong((long long)v);
+    if (t == NULL || n == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(n);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, n);
+    PyTuple_SET_ITEM(t, 1, Py_NewRef(exists ? Py_True : Py_False));
+    return t;
+}
+
 /* read(key) -> (value, exists); never creates. */
 static PyObject *
 Core_read(Core *self, PyObject *key)
@@ -1280,10 +1297,10 @@ Core_read(Core *self, PyObject *key)
         if (r < 0)
             return NULL;
         if (r == 0)
-            return Py_BuildValue("(iO)", 0, Py_False);
+            return value_exists(0, 0);
         int64_t v;
         if (read_pair(slot_at(self, i), s, &v))
-            return Py_BuildValue("(LO)", (long long)v, Py_True);
+            return value_exists(v, 1);
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
     return NULL;
@@ -2720,11 +2737,15 @@ Core_rw_readers(Core *self, PyObject *args)
 /* Row locks by key (the LockHandle hot path)                               */
 /* ------------------------------------------------------------------------ */
 
+static int lock_take(Core *self, PyObject *key, int blocking, double timeout, int shared,
+                     uint64_t *fence);
+static int lock_give(Core *self, PyObject *key, int shared);
+
 /* key_acquire(key, blocking, timeout, shared) -> (code, fence): resolve the
  * key through the cache (creating it), take its lock (rw tables: the shared
  * or the exclusive side), and look again if the slot changed meanwhile.
  * `fence` is the exclusive holder's fencing token (0 when not taken, or for
- * the shared side). */
+ * the shared side).  The work is lock_take's (the handle types' section). */
 static PyObject *
 Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2739,41 +2760,11 @@ Core_key_acquire(Core *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (timeout_invalid(timeout))
         return NULL;
-    REQUIRE_OPEN(self);
-    int rw = self->extra_size > 0;
-    for (int attempt = 0; attempt < 1000000; attempt++) {
-        uint64_t i, s;
-        int r = resolve(self, args[0], 1, attempt == 0, &i, &s);
-        if (r < 0)
-            return NULL;
-        int code;
-        if (rw && shared) {
-            code = reader_acquire(self, i, s, blocking, timeout);
-        } else {
-            double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
-            code = owner_acquire(self, i, s, blocking, timeout);
-            if (rw && (code == RC_OK || code == RC_RECOVERED)) {
-                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic());
-                if (c2 != RC_OK) {
-                    owner_release(self, i, s);
-                    code = c2;
-                }
-            }
-        }
-        if (code == RC_ERROR)
-            return NULL;
-        if (code != RC_STALE) {
-            /* A fencing token for the new exclusive holder: the table's
-             * counter, taken while holding the lock, so each holder of a key
-             * gets a larger one than every holder before it. */
-            uint64_t fence = 0;
-            if ((code == RC_OK || code == RC_RECOVERED) && !(rw && shared))
-                fence = __atomic_add_fetch(&self->header->fence, 1, __ATOMIC_ACQ_REL);
-            return Py_BuildValue("(iK)", code, (unsigned long long)fence);
-        }
-    }
-    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
-    return NULL;
+    uint64_t fence;
+    int code = lock_take(self, args[0], blocking, timeout, shared, &fence);
+    if (code == RC_ERROR)
+        return NULL;
+    return Py_BuildValue("(iK)", code, (unsigned long long)fence);
 }
 
 /* key_release(key, shared) -> code (RC_NOT_OWNER when missing or not ours). */
@@ -2787,15 +2778,9 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
     int shared = PyObject_IsTrue(args[1]);
     if (shared < 0)
         return NULL;
-    REQUIRE_OPEN(self);
-    uint64_t i, s;
-    int r = resolve(self, args[0], 0, 1, &i, &s);
-    if (r < 0)
+    int code = lock_give(self, args[0], shared);
+    if (code == RC_ERROR)
         return NULL;
-    if (r == 0)
-        return PyLong_FromLong(RC_NOT_OWNER);
-    int rw = self->extra_size > 0;
-    int code = (rw && shared) ? reader_release(self, i, s) : owner_release(self, i, s);
     return PyLong_FromLong(code);
 }
 
@@ -2994,6 +2979,939 @@ Core_record_commit(Core *self, PyObject *args)
     int released = owner_release(self, i, s);
     return PyLong_FromLong(r != RC_OK ? r : released);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Handle types: the hot methods of shared-memory handles, in C             */
+/* ------------------------------------------------------------------------ */
+
+/* `with locks[key]:` used to run BaseTable.get -> _touch -> a new Python
+ * LockHandle -> acquire (Python) -> key_acquire (C), and the same back out:
+ * ten thousand instructions for one compare-and-swap each way.  Here the
+ * handle classes stay Python classes (shmdict.handles' LockHandle and
+ * CounterHandle, subclassed in the shm backend with one more slot, `_core`),
+ * so that isinstance, the rare methods (acquire_async, read(), write(),
+ * lease_lost, _took's OwnerDiedWarning) and the Redis backend are unchanged;
+ * what changes is that bind_lock_handle / bind_counter_handle install C
+ * method descriptors on the subclass (and `get` / `__getitem__` on the
+ * table class).  A C method reads and writes the instance's __slots__ at
+ * the offsets of their member descriptors, found once at bind time, and on
+ * the common path (the lock free, the counter's slot cached) neither
+ * releases the GIL nor calls Python.
+ *
+ * The offsets are process-wide statics: one handle class per kind is bound
+ * (a second bind of another class replaces the first's offsets only after
+ * checking the new class has every slot).  A method descriptor checks that
+ * `self` is an instance of the class it was made for, so the offsets are
+ * never applied to an object of another layout. */
+
+#include <structmember.h>
+
+static PyTypeObject CoreType;
+
+typedef struct {
+    PyTypeObject *cls;                  /* the bound handle class (strong ref) */
+    Py_ssize_t table, key, core;        /* every handle                        */
+    Py_ssize_t shared, recovered, fence, holding, gate;   /* lock handles     */
+} HandleSlots;
+
+static HandleSlots lock_slots, counter_slots;
+static PyObject *str_core, *str_took, *str_release_slow;   /* interned names */
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* Replace a slot's value with a new reference to v (steal: takes v's). */
+static inline void
+slot_steal(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(o, off);
+    SLOT(o, off) = v;
+    Py_XDECREF(old);
+}
+
+static inline void
+slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    slot_steal(o, off, Py_NewRef(v));
+}
+
+/* The offset of the writable object slot `name` of cls (a __slots__ entry:
+ * a member descriptor of type T_OBJECT_EX), or -1 with TypeError set. */
+static Py_ssize_t
+slot_offset(PyTypeObject *cls, const char *name)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)cls, name);
+    if (d == NULL)
+        return -1;
+    Py_ssize_t off = -1;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & READONLY) && m->offset > 0)
+            off = m->offset;
+    }
+    Py_DECREF(d);
+    if (off < 0)
+        PyErr_Format(PyExc_TypeError, "%.100s.%s is not a __slots__ entry",
+                     cls->tp_name, name);
+    return off;
+}
+
+/* Put C functions on a class as method descriptors (self checked by type). */
+static int
+install_methods(PyTypeObject *cls, PyMethodDef *defs)
+{
+    for (PyMethodDef *def = defs; def->ml_name; def++) {
+        PyObject *descr = PyDescr_NewMethod(cls, def);
+        if (descr == NULL)
+            return -1;
+        int r = PyObject_SetAttrString((PyObject *)cls, def->ml_name, descr);
+        Py_DECREF(descr);
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The Core of a handle: its `_core` slot, filled from `_table._core` the
+ * first time (a handle made by the Python constructor has none).  Borrowed
+ * (the slot keeps it), or NULL with an exception set. */
+static Core *
+handle_core(PyObject *self, const HandleSlots *hs)
+{
+    PyObject *c = SLOT(self, hs->core);
+    if (c != NULL && Py_IS_TYPE(c, &CoreType))
+        return (Core *)c;
+    PyObject *table = SLOT(self, hs->table);
+    if (table == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "handle has no table");
+        return NULL;
+    }
+    c = PyObject_GetAttr(table, str_core);
+    if (c == NULL)
+        return NULL;
+    if (!Py_IS_TYPE(c, &CoreType)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "handle's table has no shared-memory core");
+        return NULL;
+    }
+    slot_steal(self, hs->core, c);
+    return (Core *)c;
+}
+
+static PyObject *
+handle_key(PyObject *self, const HandleSlots *hs)
+{
+    PyObject *key = SLOT(self, hs->key);
+    if (key == NULL)
+        PyErr_SetString(PyExc_AttributeError, "handle has no key");
+    return key;
+}
+
+/* --- the row lock by key: what key_acquire / key_release and the handles share */
+
+/* Take `key`'s lock (creating the key): the rw side `shared`, waiting as
+ * owner_acquire does; looks again when the slot changed meanwhile.  Returns
+ * RC_OK / RC_RECOVERED (with *fence, the exclusive holder's fencing token,
+ * else 0), RC_TIMEOUT, or RC_ERROR with an exception set. */
+static int
+lock_take(Core *self, PyObject *key, int blocking, double timeout, int shared,
+          uint64_t *fence)
+{
+    *fence = 0;
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return RC_ERROR;
+    }
+    if (!identity_ready())
+        return RC_ERROR;
+    int rw = self->extra_size > 0;
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 1, attempt == 0, &i, &s);
+        if (r < 0)
+            return RC_ERROR;
+        int code;
+        if (rw && shared) {
+            code = reader_acquire(self, i, s, blocking, timeout);
+        } else {
+            double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
+            code = owner_acquire(self, i, s, blocking, timeout);
+            if (rw && (code == RC_OK || code == RC_RECOVERED)) {
+                int c2 = wait_readers_gone(self, i, s, blocking ? deadline : now_monotonic());
+                if (c2 != RC_OK) {
+                    owner_release(self, i, s);
+                    code = c2;
+                }
+            }
+        }
+        if (code == RC_ERROR)
+            return RC_ERROR;
+        if (code != RC_STALE) {
+            /* A fencing token for the new exclusive holder: the table's
+             * counter, taken while holding the lock, so each holder of a key
+             * gets a larger one than every holder before it. */
+            if ((code == RC_OK || code == RC_RECOVERED) && !(rw && shared))
+                *fence = __atomic_add_fetch(&self->header->fence, 1, __ATOMIC_ACQ_REL);
+            return code;
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return RC_ERROR;
+}
+
+/* Release `key`'s lock (the rw side `shared`): RC_OK, RC_NOT_OWNER (missing,
+ * or not this process's), RC_STALE, or RC_ERROR with an exception set. */
+static int
+lock_give(Core *self, PyObject *key, int shared)
+{
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return RC_ERROR;
+    }
+    if (!identity_ready())
+        return RC_ERROR;
+    uint64_t i, s;
+    int r = resolve(self, key, 0, 1, &i, &s);
+    if (r < 0)
+        return RC_ERROR;
+    if (r == 0)
+        return RC_NOT_OWNER;
+    int rw = self->extra_size > 0;
+    return (rw && shared) ? reader_release(self, i, s) : owner_release(self, i, s);
+}
+
+/* --- LockHandle methods */
+
+static int
+lh_shared(PyObject *self)
+{
+    PyObject *v = SLOT(self, lock_slots.shared);
+    if (v == NULL || v == Py_False)
+        return 0;
+    if (v == Py_True)
+        return 1;
+    return PyObject_IsTrue(v);
+}
+
+/* acquire(blocking, timeout) of a handle: 1 taken, 0 not, -1 error.  The
+ * common outcome (taken, the lock was free or properly released) is
+ * recorded here; a recovered lock (OwnerDiedWarning) and a timeout go
+ * through the Python class's _took, as before. */
+static int
+lh_take(PyObject *self, int blocking, double timeout)
+{
+    Core *c = handle_core(self, &lock_slots);
+    if (c == NULL)
+        return -1;
+    PyObject *key = handle_key(self, &lock_slots);
+    int shared = lh_shared(self);
+    if (key == NULL || shared < 0)
+        return -1;
+    uint64_t fence;
+    int code = lock_take(c, key, blocking, timeout, shared, &fence);
+    if (code == RC_ERROR)
+        return -1;
+    PyObject *f = PyLong_FromUnsignedLongLong(fence);
+    if (f == NULL) {
+        if (code == RC_OK || code == RC_RECOVERED)
+            lock_give(c, key, shared);          /* not recorded: not held */
+        return -1;
+    }
+    if (code == RC_OK) {
+        slot_set(self, lock_slots.recovered, Py_False);
+        slot_set(self, lock_slots.holding, Py_True);
+        slot_steal(self, lock_slots.fence, f);
+        return 1;
+    }
+    PyObject *pair = Py_BuildValue("(iN)", code, f);
+    if (pair == NULL)
+        return -1;
+    PyObject *r = PyObject_CallMethodOneArg(self, str_took, pair);
+    Py_DECREF(pair);
+    if (r == NULL)
+        return -1;
+    int taken = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return taken;
+}
+
+/* release(): RC_OK, or the Python class's _release_slow (an asyncio hold's
+ * release, and the NotOwner error with its message). */
+static PyObject *
+lh_release(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    slot_set(self, lock_slots.holding, Py_False);
+    PyObject *gate = SLOT(self, lock_slots.gate);
+    if (gate == NULL || gate == Py_None) {
+        Core *c = handle_core(self, &lock_slots);
+        if (c == NULL)
+            return NULL;
+        PyObject *key = handle_key(self, &lock_slots);
+        int shared = lh_shared(self);
+        if (key == NULL || shared < 0)
+            return NULL;
+        int code = lock_give(c, key, shared);
+        if (code == RC_ERROR)
+            return NULL;
+        if (code == RC_OK)
+            Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodNoArgs(self, str_release_slow);
+}
+
+static PyObject *
+lh_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args; (void)nargs;
+    return lh_release(self, NULL);
+}
+
+static PyObject *
+lh_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lh_take(self, 1, -1.0) < 0)
+        return NULL;
+    return Py_NewRef(self);
+}
+
+/* acquire(blocking=True, timeout=-1) -> bool, with threading.Lock's checks
+ * and messages (shmdict.handles._check_timeout). */
+static PyObject *
+lh_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *blocking_o = NULL, *timeout_o = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "acquire(blocking=True, timeout=-1)");
+        return NULL;
+    }
+    if (nargs > 0) blocking_o = args[0];
+    if (nargs > 1) timeout_o = args[1];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        PyObject **dst = NULL;
+        if (PyUnicode_CompareWithASCIIString(name, "blocking") == 0)
+            dst = &blocking_o;
+        else if (PyUnicode_CompareWithASCIIString(name, "timeout") == 0)
+            dst = &timeout_o;
+        if (dst == NULL || *dst != NULL) {
+            PyErr_Format(PyExc_TypeError, "acquire() got an unexpected or repeated "
+                         "keyword argument '%U'", name);
+            return NULL;
+        }
+        *dst = args[nargs + k];
+    }
+    int blocking = blocking_o ? PyObject_IsTrue(blocking_o) : 1;
+    if (blocking < 0)
+        return NULL;
+    double timeout = -1.0;
+    if (timeout_o != NULL) {
+        timeout = PyFloat_AsDouble(timeout_o);
+        if (timeout == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    if (isnan(timeout)) {
+        PyErr_SetString(PyExc_ValueError, "timeout value must be a number, not NaN");
+        return NULL;
+    }
+    if (timeout != -1.0) {
+        if (!blocking) {
+            PyErr_SetString(PyExc_ValueError, "can't specify a timeout for a non-blocking call");
+            return NULL;
+        }
+        if (timeout < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "timeout value must be a non-negative number or -1");
+            return NULL;
+        }
+    }
+    int r = lh_take(self, blocking, timeout);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* held_by_me / locked in C too: a read of the lock word through the cache. */
+static int
+lh_word(PyObject *self, uint64_t *word, uint64_t *slot_i, uint64_t *state, Core **core)
+{
+    Core *c = handle_core(self, &lock_slots);
+    if (c == NULL)
+        return -1;
+    PyObject *key = handle_key(self, &lock_slots);
+    if (key == NULL)
+        return -1;
+    if (!c->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return -1;
+    }
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(c, key, 0, attempt == 0, &i, &s);
+        if (r <= 0)
+            return r;
+        int64_t v;
+        if (read_pair(slot_at(c, i), s, &v)) {
+            *word = (uint64_t)v;
+            *slot_i = i;
+            *state = s;
+            *core = c;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+lh_locked(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t w, i, s;
+    Core *c;
+    int r = lh_word(self, &w, &i, &s, &c);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r == 1 && id_pid(w) != 0);
+}
+
+static PyObject *
+lh_held_by_me(PyObject *self, void *Py_UNUSED(closure))
+{
+    uint64_t w, i, s;
+    Core *c;
+    int shared = lh_shared(self);
+    if (shared < 0)
+        return NULL;
+    int r = lh_word(self, &w, &i, &s, &c);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_FALSE;
+    if (!(shared && c->extra_size > 0))
+        return PyBool_FromLong(id_pid(w) != 0 && is_me(w));
+    uint64_t *cells = (uint64_t *)slot_extra(c, slot_at(c, i));
+    for (uint64_t k = 0; k < c->extra_size / 8; k++) {
+        uint64_t e = load_acq(&cells[k]);
+        if (e != 0 && is_me(e))
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyMethodDef lock_handle_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))lh_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool: take the lock, as threading.Lock."},
+    {"release", (PyCFunction)lh_release, METH_NOARGS,
+     "release(): NotOwner (a RuntimeError) if this process does not hold it."},
+    {"__enter__", (PyCFunction)lh_enter, METH_NOARGS, "acquire(); returns the handle."},
+    {"__exit__", (PyCFunction)(void (*)(void))lh_exit, METH_FASTCALL, "release()."},
+    {"locked", (PyCFunction)lh_locked, METH_NOARGS,
+     "locked() -> bool: whether anyone holds the lock exclusively."},
+    {NULL}
+};
+
+/* --- the lock table's handle factory: get(key) / d[key] */
+
+/* A new lock handle on `key` of `table` (created if missing), made in C:
+ * the class's slots filled as LockHandle.__init__ fills them, plus _core. */
+static PyObject *
+lt_get(PyObject *table, PyObject *key)
+{
+    PyObject *c = PyObject_GetAttr(table, str_core);
+    if (c == NULL)
+        return NULL;
+    if (!Py_IS_TYPE(c, &CoreType)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "table has no shared-memory core");
+        return NULL;
+    }
+    Core *core = (Core *)c;
+    uint64_t i, s;
+    if (!core->has_view) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return NULL;
+    }
+    if (!identity_ready() || resolve(core, key, 1, 1, &i, &s) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    PyTypeObject *cls = lock_slots.cls;
+    PyObject *h = cls->tp_alloc(cls, 0);
+    PyObject *zero = PyLong_FromLong(0);
+    if (h == NULL || zero == NULL) {
+        Py_XDECREF(h);
+        Py_XDECREF(zero);
+        Py_DECREF(c);
+        return NULL;
+    }
+    slot_set(h, lock_slots.table, table);
+    slot_set(h, lock_slots.key, key);
+    slot_set(h, lock_slots.shared, Py_False);
+    slot_set(h, lock_slots.recovered, Py_False);
+    slot_steal(h, lock_slots.fence, zero);
+    slot_set(h, lock_slots.holding, Py_False);
+    slot_set(h, lock_slots.gate, Py_None);
+    slot_steal(h, lock_slots.core, c);
+    return h;
+}
+
+static PyMethodDef lock_table_methods[] = {
+    {"get", (PyCFunction)lt_get, METH_O,
+     "get(key) -> a lock handle on key (created if missing): Go's Get."},
+    {"__getitem__", (PyCFunction)lt_get, METH_O, "d[key]: get(key)."},
+    {NULL}
+};
+
+/* bind_lock_handle(handle_class, table_class): see the section comment. */
+static PyObject *
+mod_bind_lock_handle(PyObject *m, PyObject *args)
+{
+    PyObject *cls, *table_cls;
+    if (!PyArg_ParseTuple(args, "OO", &cls, &table_cls))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_Check(table_cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_lock_handle(handle_class, table_class)");
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    HandleSlots hs = {0};
+    if ((hs.table = slot_offset(t, "_table")) < 0 || (hs.key = slot_offset(t, "_key")) < 0
+            || (hs.core = slot_offset(t, "_core")) < 0
+            || (hs.shared = slot_offset(t, "_shared")) < 0
+            || (hs.recovered = slot_offset(t, "recovered")) < 0
+            || (hs.fence = slot_offset(t, "fence")) < 0
+            || (hs.holding = slot_offset(t, "_holding")) < 0
+            || (hs.gate = slot_offset(t, "_gate")) < 0)
+        return NULL;
+    if (install_methods(t, lock_handle_methods) < 0)
+        return NULL;
+    PyObject *prop = NULL;
+    {
+        static PyGetSetDef held = {"held_by_me", lh_held_by_me, NULL,
+                                   "Whether this process holds this side of the lock now.",
+                                   NULL};
+        prop = PyDescr_NewGetSet(t, &held);
+        if (prop == NULL || PyObject_SetAttrString(cls, "held_by_me", prop) < 0) {
+            Py_XDECREF(prop);
+            return NULL;
+        }
+        Py_DECREF(prop);
+    }
+    hs.cls = (PyTypeObject *)Py_NewRef(cls);
+    PyTypeObject *old = lock_slots.cls;
+    lock_slots = hs;
+    Py_XDECREF(old);
+    if (install_methods((PyTypeObject *)table_cls, lock_table_methods) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* --- CounterHandle.add */
+
+static PyObject *
+ch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long n = 1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "add(n=1)");
+        return NULL;
+    }
+    if (nargs == 1) {
+        if (!PyLong_Check(args[0])) {
+            PyErr_Format(PyExc_TypeError, "add() amount must be an int, not %.100s",
+                         Py_TYPE(args[0])->tp_name);
+            return NULL;
+        }
+        n = PyLong_AsLongLong(args[0]);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    Core *c = handle_core(self, &counter_slots);
+    if (c == NULL)
+        return NULL;
+    PyObject *key = handle_key(self, &counter_slots);
+    if (key == NULL)
+        return NULL;
+    return counter_rmw(c, key, RMW_ADD, n);
+}
+
+static PyMethodDef counter_handle_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))ch_add, METH_FASTCALL,
+     "add(n=1) -> int: atomically add n to this key (created at 0)."},
+    {NULL}
+};
+
+/* bind_counter_handle(handle_class) */
+static PyObject *
+mod_bind_counter_handle(PyObject *m, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_counter_handle(handle_class)");
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    HandleSlots hs = {0};
+    if ((hs.table = slot_offset(t, "_table")) < 0 || (hs.key = slot_offset(t, "_key")) < 0
+            || (hs.core = slot_offset(t, "_core")) < 0)
+        return NULL;
+    if (install_methods(t, counter_handle_methods) < 0)
+        return NULL;
+    hs.cls = (PyTypeObject *)Py_NewRef(cls);
+    PyTypeObject *old = counter_slots.cls;
+    counter_slots = hs;
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Float cells: a metric's series bound once (shmdict.prometheus)           */
+/* ------------------------------------------------------------------------ */
+
+/* FloatCells(core, keys, bounds=None, owner=0, fallback=None, check=None):
+ * the series of one metric child, each key's (slot, state) cached here, so
+ * Counter.inc / Gauge.inc / Histogram.observe are one C call: no key hash,
+ * no cache lookup while the slot stays the key's, and the bucket search of
+ * a histogram in C.  A cached slot is validated against its state word on
+ * every add (a deleted series is found again, created at 0, as add_float
+ * does).  `owner` (a per-process gauge's process id) makes a forked child
+ * call `fallback(verb, value)` instead, which rekeys the metric. */
+typedef struct {
+    PyObject_HEAD
+    Core *core;
+    PyObject *keys;          /* tuple                                          */
+    uint64_t *at;            /* per key: slot, state; slot UINT64_MAX unknown  */
+    double *bounds;          /* histogram upper bounds (nbounds), else NULL    */
+    Py_ssize_t nkeys, nbounds;
+    uint64_t owner;
+    PyObject *fallback, *check;
+} FloatCells;
+
+static PyTypeObject FloatCellsType;
+
+static int
+FloatCells_init(FloatCells *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"core", "keys", "bounds", "owner", "fallback", "check", NULL};
+    PyObject *core, *keys, *bounds = Py_None, *fallback = Py_None, *check = Py_None;
+    unsigned long long owner = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!|OKOO", kwlist, &CoreType, &core,
+                                     &PyTuple_Type, &keys, &bounds, &owner, &fallback,
+                                     &check))
+        return -1;
+    if (self->at != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FloatCells is initialised once");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    if (n < 1 || n > 100000) {
+        PyErr_SetString(PyExc_ValueError, "FloatCells needs 1 to 100000 keys");
+        return -1;
+    }
+    Py_ssize_t nb = 0;
+    double *b = NULL;
+    if (bounds != Py_None) {
+        PyObject *seq = PySequence_Tuple(bounds);
+        if (seq == NULL)
+            return -1;
+        nb = PyTuple_GET_SIZE(seq);
+        if (nb + 1 != n) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "a histogram has one key per bound, and a sum");
+            return -1;
+        }
+        b = PyMem_Malloc(sizeof(double) * (size_t)(nb ? nb : 1));
+        for (Py_ssize_t k = 0; b != NULL && k < nb; k++) {
+            b[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(seq, k));
+            if (b[k] == -1.0 && PyErr_Occurred()) {
+                PyMem_Free(b);
+                Py_DECREF(seq);
+                return -1;
+            }
+            if (k > 0 && !(b[k] > b[k - 1])) {
+                PyMem_Free(b);
+                Py_DECREF(seq);
+                PyErr_SetString(PyExc_ValueError, "bounds must increase");
+                return -1;
+            }
+        }
+        Py_DECREF(seq);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    self->at = PyMem_Malloc(sizeof(uint64_t) * 2 * (size_t)n);
+    if (self->at == NULL) {
+        PyMem_Free(b);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        self->at[2 * k] = UINT64_MAX;
+        self->at[2 * k + 1] = 0;
+    }
+    self->bounds = b;
+    self->nbounds = nb;
+    self->nkeys = n;
+    self->owner = owner;
+    self->core = (Core *)Py_NewRef(core);
+    self->keys = Py_NewRef(keys);
+    self->fallback = Py_NewRef(fallback);
+    self->check = Py_NewRef(check);
+    return 0;
+}
+
+static int
+FloatCells_traverse(FloatCells *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->core);
+    Py_VISIT(self->keys);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->check);
+    return 0;
+}
+
+static int
+FloatCells_clear(FloatCells *self)
+{
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->keys);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->check);
+    return 0;
+}
+
+static void
+FloatCells_dealloc(FloatCells *self)
+{
+    PyObject_GC_UnTrack(self);
+    FloatCells_clear(self);
+    PyMem_Free(self->at);
+    PyMem_Free(self->bounds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Atomically add x to the float64 of key k (or store it, `set`): through
+ * the cached slot while its state word is still the one cached, else
+ * resolved again (creating the key).  0, or -1 with an exception set. */
+static int
+cell_update(FloatCells *self, Py_ssize_t k, double x, int set)
+{
+    Core *c = self->core;
+    if (c == NULL || self->at == NULL) {
+        PyErr_SetString(PyExc_ValueError, "FloatCells is not initialised");
+        return -1;
+    }
+    if (!c->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+        return -1;
+    }
+    uint64_t i = self->at[2 * k], s = self->at[2 * k + 1];
+    for (int attempt = 0; attempt < 1000000; attempt++) {
+        if (i >= c->nslots || load_acq(slot_at(c, i)) != s) {
+            if (resolve(c, PyTuple_GET_ITEM(self->keys, k), 1, attempt < 2, &i, &s) < 0)
+                return -1;
+            self->at[2 * k] = i;
+            self->at[2 * k + 1] = s;
+        }
+        char *slot = slot_at(c, i);
+        for (;;) {
+            int64_t old;
+            if (!read_pair(slot, s, &old))
+                break;                      /* state changed: resolve again */
+            double now;
+            memcpy(&now, &old, sizeof now);
+            now = set ? x : now + x;
+            uint64_t new;
+            memcpy(&new, &now, sizeof new);
+            if (cas_pair(slot, s, (uint64_t)old, s, new, NULL))
+                return 0;
+        }
+        i = UINT64_MAX;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return -1;
+}
+
+/* One optional float argument (default 1.0) and, with `exemplar`, an
+ * optional second one (positional or keyword) checked by self->check. */
+static int
+cells_args(FloatCells *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+           const char *name, const char *argname, int required, int exemplar,
+           double *x, PyObject **ex)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *xo = nargs > 0 ? args[0] : NULL, *eo = nargs > 1 ? args[1] : NULL;
+    if (nargs > 1 + exemplar)
+        goto usage;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(kw, argname) == 0 && xo == NULL)
+            xo = args[nargs + k];
+        else if (exemplar && PyUnicode_CompareWithASCIIString(kw, "exemplar") == 0 && eo == NULL)
+            eo = args[nargs + k];
+        else
+            goto usage;
+    }
+    if (xo == NULL && required)
+        goto usage;
+    *x = 1.0;
+    if (xo != NULL) {
+        *x = PyFloat_AsDouble(xo);
+        if (*x == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    *ex = eo;
+    return 0;
+usage:
+    PyErr_Format(PyExc_TypeError, "%s(): bad arguments", name);
+    return -1;
+}
+
+static int
+cells_check_exemplar(FloatCells *self, PyObject *ex)
+{
+    if (ex == NULL || ex == Py_None)
+        return 0;
+    int truthy = PyObject_IsTrue(ex);
+    if (truthy <= 0)
+        return truthy;
+    if (self->check == Py_None)
+        return 0;
+    PyObject *r = PyObject_CallOneArg(self->check, ex);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* A per-process series seen from a forked child: the Python layer rekeys. */
+#define CELLS_FORKED(self) ((self)->owner != 0 && (self)->owner != my_id())
+
+static PyObject *
+cells_fallback(FloatCells *self, const char *verb, double x)
+{
+    if (self->fallback == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "series of another process");
+        return NULL;
+    }
+    return PyObject_CallFunction(self->fallback, "sd", verb, x);
+}
+
+/* inc(amount=1, exemplar=None): Counter.inc (amount not negative). */
+static PyObject *
+FloatCells_inc(FloatCells *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double x;
+    PyObject *ex;
+    if (cells_args(self, args, nargs, kwnames, "inc", "amount", 0, 1, &x, &ex) < 0)
+        return NULL;
+    if (x < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Counters can only be incremented by non-negative amounts.");
+        return NULL;
+    }
+    if (cell_update(self, 0, x, 0) < 0 || cells_check_exemplar(self, ex) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cells_gauge(FloatCells *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+            const char *verb, const char *argname, int required, double sign, int set)
+{
+    double x;
+    PyObject *ex;
+    if (cells_args(self, args, nargs, kwnames, verb, argname, required, 0, &x, &ex) < 0)
+        return NULL;
+    if (CELLS_FORKED(self))
+        return cells_fallback(self, verb, x);
+    if (cell_update(self, 0, sign * x, set) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Gauge.inc(amount=1) / dec(amount=1) / set(value) */
+static PyObject *
+FloatCells_add(FloatCells *self, PyObject *const *a, Py_ssize_t n, PyObject *kw)
+{ return cells_gauge(self, a, n, kw, "inc", "amount", 0, 1.0, 0); }
+static PyObject *
+FloatCells_sub(FloatCells *self, PyObject *const *a, Py_ssize_t n, PyObject *kw)
+{ return cells_gauge(self, a, n, kw, "dec", "amount", 0, -1.0, 0); }
+static PyObject *
+FloatCells_set(FloatCells *self, PyObject *const *a, Py_ssize_t n, PyObject *kw)
+{ return cells_gauge(self, a, n, kw, "set", "value", 1, 1.0, 1); }
+
+/* observe(amount, exemplar=None): a histogram's bucket += 1 (bisect_left
+ * over the bounds; NaN falls in no bucket) and its sum += amount; without
+ * bounds (a summary: keys count, sum) count += 1 and sum += amount. */
+static PyObject *
+FloatCells_observe(FloatCells *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    double x;
+    PyObject *ex;
+    if (cells_args(self, args, nargs, kwnames, "observe", "amount", 1, 1, &x, &ex) < 0)
+        return NULL;
+    if (self->nkeys < 2) {
+        PyErr_SetString(PyExc_TypeError, "observe() needs a histogram's or summary's cells");
+        return NULL;
+    }
+    if (self->bounds != NULL) {
+        if (x == x) {
+            Py_ssize_t lo = 0, hi = self->nbounds;
+            while (lo < hi) {                   /* bisect_left */
+                Py_ssize_t mid = (lo + hi) / 2;
+                if (self->bounds[mid] < x)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo >= self->nbounds) {          /* above +Inf: impossible, say so */
+                PyErr_SetString(PyExc_ValueError, "no bucket for this value");
+                return NULL;
+            }
+            if (cell_update(self, lo, 1.0, 0) < 0)
+                return NULL;
+        }
+        if (cell_update(self, self->nkeys - 1, x, 0) < 0)
+            return NULL;
+    } else if (cell_update(self, 0, 1.0, 0) < 0 || cell_update(self, 1, x, 0) < 0) {
+        return NULL;
+    }
+    if (cells_check_exemplar(self, ex) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef FloatCells_methods[] = {
+    {"inc", (PyCFunction)(void (*)(void))FloatCells_inc, METH_FASTCALL | METH_KEYWORDS,
+     "inc(amount=1, exemplar=None): Counter.inc on the first key."},
+    {"add", (PyCFunction)(void (*)(void))FloatCells_add, METH_FASTCALL | METH_KEYWORDS,
+     "add(amount=1): Gauge.inc on the first key."},
+    {"sub", (PyCFunction)(void (*)(void))FloatCells_sub, METH_FASTCALL | METH_KEYWORDS,
+     "sub(amount=1): Gauge.dec on the first key."},
+    {"set", (PyCFunction)(void (*)(void))FloatCells_set, METH_FASTCALL | METH_KEYWORDS,
+     "set(value): Gauge.set on the first key."},
+    {"observe", (PyCFunction)(void (*)(void))FloatCells_observe,
+     METH_FASTCALL | METH_KEYWORDS,
+     "observe(amount, exemplar=None): Histogram.observe (bounds) or Summary.observe."},
+    {NULL}
+};
+
+static PyTypeObject FloatCellsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmdict._core.FloatCells",
+    .tp_basicsize = sizeof(FloatCells),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "FloatCells(core, keys, bounds=None, owner=0, fallback=None, check=None): "
+              "a metric child's float series, bound once, updated in one C call.",
+    .tp_traverse = (traverseproc)FloatCells_traverse,
+    .tp_clear = (inquiry)FloatCells_clear,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FloatCells_init,
+    .tp_dealloc = (destructor)FloatCells_dealloc,
+    .tp_methods = FloatCells_methods,
+};
 
 /* ------------------------------------------------------------------------ */
 /* Module plumbing                                                          */
@@ -3396,6 +4314,13 @@ static PyMethodDef module_methods[] = {
      "my_id() -> this process's owner id (pid | start time << 32), as locks record it."},
     {"id_pid", mod_id_pid, METH_O,
      "id_pid(id) -> the pid an owner id (or lock word) names; 0 when free."},
+    {"bind_lock_handle", mod_bind_lock_handle, METH_VARARGS,
+     "bind_lock_handle(handle_class, table_class): C acquire/release/__enter__/__exit__/"
+     "locked/held_by_me on a LockHandle subclass with a _core slot, and C get/__getitem__ "
+     "on its table class."},
+    {"bind_counter_handle", mod_bind_counter_handle, METH_O,
+     "bind_counter_handle(handle_class): a C add() on a CounterHandle subclass with a "
+     "_core slot."},
     {"id_alive", mod_id_alive, METH_O,
      "id_alive(id) -> whether the process an owner id names is alive."},
     {NULL}
@@ -3472,11 +4397,22 @@ init_exceptions(PyObject *m)
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&FloatCellsType) < 0)
+        return NULL;
+    str_core = PyUnicode_InternFromString("_core");
+    str_took = PyUnicode_InternFromString("_took");
+    str_release_slow = PyUnicode_InternFromString("_release_slow");
+    if (str_core == NULL || str_took == NULL || str_release_slow == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&coremodule);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&FloatCellsType);
+    if (PyModule_AddObject(m, "FloatCells", (PyObject *)&FloatCellsType) < 0) {
+        Py_DECREF(&FloatCellsType);
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(&CoreType);

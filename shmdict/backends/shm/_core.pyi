@@ -3,7 +3,7 @@
 The segment format is format.h's; the constants below are exported from it.
 Every name here exists in the module and vice versa (tests/shm/test_core_stub.py).
 """
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ...errors import CorruptSegment
 
@@ -145,3 +145,33 @@ class Core:
     def record_commit(self, slot: int, state: int, data: Optional[bytes]) -> int: ...
     def clear_cache(self) -> None: ...
     def close(self) -> None: ...
+
+
+# Handle types (the "Handle types" section of _core.c).
+def bind_lock_handle(handle_class: type, table_class: type) -> None:
+    """Install C ``acquire``, ``release``, ``__enter__``, ``__exit__``, ``locked``
+    and ``held_by_me`` on ``handle_class`` (a LockHandle subclass with a
+    ``_core`` slot) and C ``get`` / ``__getitem__`` on ``table_class``."""
+    ...
+def bind_counter_handle(handle_class: type) -> None:
+    """Install a C ``add(n=1)`` on ``handle_class`` (a CounterHandle subclass
+    with a ``_core`` slot)."""
+    ...
+
+
+class FloatCells:
+    """A metric child's float series (shmdict.prometheus), slots cached:
+    ``keys`` one key (Counter, Gauge), count and sum (Summary), or one key
+    per bucket bound then the sum (Histogram, with ``bounds``).  ``owner``
+    (non-zero: a per-process series) makes a forked child call
+    ``fallback(verb, value)`` instead."""
+
+    def __init__(self, core: Core, keys: Tuple[Any, ...],
+                 bounds: Optional[Sequence[float]] = None, owner: int = 0,
+                 fallback: Optional[Callable[[str, float], Any]] = None,
+                 check: Optional[Callable[[Any], Any]] = None) -> None: ...
+    def inc(self, amount: float = 1, exemplar: Any = None) -> None: ...
+    def add(self, amount: float = 1) -> None: ...
+    def sub(self, amount: float = 1) -> None: ...
+    def set(self, value: float) -> None: ...
+    def observe(self, amount: float, exemplar: Any = None) -> None: ...

@@ -12,9 +12,11 @@ import functools
 import struct
 from typing import Any, Callable, List, Tuple
 
+from ...handles import CounterHandle
 from ...keys import Key
 from ...layouts import Outcome
 from ...verbs import CounterVerbs
+from . import _core
 from .segment import Segment
 from .table import _STALE, DELETE_TAKE_VALUE, Table
 
@@ -30,6 +32,18 @@ def float_of_word(word: int) -> float:
 def word_of_float(x: float) -> int:
     """The value word (a signed int64) holding the bits of ``x``."""
     return _WORD.unpack(_FLOAT.pack(x))[0]
+
+
+class ShmCounterHandle(CounterHandle):
+    """The shared-memory backend's :class:`~shmdict.handles.CounterHandle`:
+    the documented class with the table's C core in one more slot, and a C
+    ``add`` (installed by ``_core.bind_counter_handle``), so ``h.add()``
+    costs what ``d.add(key)`` does."""
+
+    __slots__ = ("_core",)
+
+
+_core.bind_counter_handle(ShmCounterHandle)
 
 
 class CounterTable(CounterVerbs, Table):
@@ -92,6 +106,9 @@ class CounterTable(CounterVerbs, Table):
         """``hit(key, cost=1)`` of a RateLimiter as one C call, its settings bound."""
         return functools.partial(self._core.gcra_hit, emission_ns, tolerance_ns, burst,
                                  result_type, fallback)
+
+    def _handle(self, key: Key) -> ShmCounterHandle:
+        return ShmCounterHandle(self, key)
 
     def _handle_cas(self, key: Key, old: int, new: int) -> bool:
         """CAS on a handle's key, which is re-created at 0 if it was deleted."""

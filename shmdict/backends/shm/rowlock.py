@@ -21,11 +21,27 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple
 
+from ...handles import LockHandle
 from ...keys import Key
 from ...verbs import LockVerbs
 from . import _core
 from .segment import Segment
 from .table import Table
+
+
+class ShmLockHandle(LockHandle):
+    """The shared-memory backend's :class:`~shmdict.handles.LockHandle`.
+
+    The documented class with one more slot, the table's C core: its
+    ``acquire``, ``release``, ``__enter__``, ``__exit__``, ``locked`` and
+    ``held_by_me`` are C methods (installed by ``_core.bind_lock_handle``)
+    that take a free lock without releasing the GIL or calling Python, so
+    ``with locks[key]:`` costs about what a ``threading.Lock`` does.  A
+    recovered lock (``OwnerDiedWarning``), an async hold and a release of a
+    lock not held go through the inherited Python methods, unchanged.
+    """
+
+    __slots__ = ("_core",)
 
 
 class LockTable(LockVerbs, Table):
@@ -46,6 +62,12 @@ class LockTable(LockVerbs, Table):
         self._acquire_lock = self._core.key_acquire
         self._release_lock = self._core.key_release
 
+    # get(key) and d[key] are C (bind_lock_handle below): resolve the key,
+    # then build a ShmLockHandle without a Python frame.
+
+    def _handle(self, key: Key) -> ShmLockHandle:
+        return ShmLockHandle(self, key)
+
     def readers(self, key: Key) -> List[int]:
         """Pids holding ``key`` in shared mode (``rw=True`` tables)."""
         found = self._core.locate(key, False)
@@ -63,3 +85,6 @@ class LockTable(LockVerbs, Table):
             return None
         pid = self._core.lock_owner(found[0], found[1])
         return pid if pid > 0 else None
+
+
+_core.bind_lock_handle(ShmLockHandle, LockTable)
