@@ -114,6 +114,11 @@ class Counter(_Shared, pm.Counter):
         self._store.ensure(self._key)
         self._add = self._store.add
         self._value = _Value(self)
+        # The hot path, one C call: an instance attribute shadows the method
+        # below (which stays for a table without C cells).
+        cells = self._store.cells((self._key,), check=_validate_exemplar)
+        if cells is not None:
+            self.inc = cells.inc
 
     def inc(self, amount: float = 1, exemplar: Optional[dict] = None) -> None:
         """Increment the counter by ``amount`` (a float, not negative)."""
@@ -160,6 +165,30 @@ class Gauge(_Shared, pm.Gauge):
         self._stamp_key = (self._name, "@", self._owner) + self._labelvalues
         self._store.ensure(self._key)
         self._add = self._store.add
+        self._bind_cells()
+
+    def _bind_cells(self) -> None:
+        """inc / dec / set as one C call each (instance attributes shadowing
+        the methods below), where the mode allows: not for the mostrecent
+        modes' inc and dec (which raise), nor livemostrecent's set (which
+        stamps).  A per-process series in a forked child calls
+        :meth:`_forked`, which rekeys."""
+        for verb in ("inc", "dec", "set"):
+            self.__dict__.pop(verb, None)
+        cells = self._store.cells((self._key,), owner=self._owner if self._per_process else 0,
+                                  fallback=self._forked)
+        if cells is None:
+            return
+        if not self._most_recent:
+            self.inc = cells.add
+            self.dec = cells.sub
+        if not self._stamped:
+            self.set = cells.set
+
+    def _forked(self, verb: str, value: float) -> None:
+        """A C cell's call in a forked child: this process's own series."""
+        self._rekey()
+        getattr(type(self), verb)(self, value)
 
     def inc(self, amount: float = 1) -> None:
         """Increment the gauge by ``amount``."""
@@ -212,6 +241,9 @@ class Summary(_Shared, pm.Summary):
         self._store.ensure(self._count_key)
         self._store.ensure(self._sum_key)
         self._add = self._store.add
+        cells = self._store.cells((self._count_key, self._sum_key))
+        if cells is not None:
+            self.observe = cells.observe       # one C call (see Counter)
 
     def observe(self, amount: float) -> None:
         """Observe ``amount``: ``_count`` += 1, ``_sum`` += amount."""
@@ -243,6 +275,11 @@ class Histogram(_Shared, pm.Histogram):
         for key in self._bucket_keys + (self._sum_key,):
             self._store.ensure(key)
         self._add = self._store.add
+        # One C call: the bucket search and the two float adds (see Counter).
+        cells = self._store.cells(self._bucket_keys + (self._sum_key,),
+                                  bounds=tuple(self._upper_bounds), check=_validate_exemplar)
+        if cells is not None:
+            self.observe = cells.observe
 
     def observe(self, amount: float, exemplar: Optional[dict] = None) -> None:
         """Observe ``amount``: its bucket += 1, ``_sum`` += amount."""

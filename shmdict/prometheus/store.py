@@ -90,6 +90,12 @@ class Store:
         self.metrics.setdefault(metric._name, metric)
         self.ensure((metric._name, "#", kind, tuple(metric._labelnames), tuple(extra)))
 
+    def cells(self, keys: Sequence[tuple], **options: Any) -> Any:
+        """The C series of one metric child (``FloatCells``), or None when the
+        table has none (then the metric keeps its Python methods)."""
+        make = getattr(self.table, "float_cells", None)
+        return None if make is None else make(tuple(keys), **options)
+
     def read(self, key: tuple) -> float:
         word, _ = self.table.read(key)
         return float_of_word(word)

@@ -110,6 +110,12 @@ class CounterTable(CounterVerbs, Table):
     def _handle(self, key: Key) -> ShmCounterHandle:
         return ShmCounterHandle(self, key)
 
+    def float_cells(self, keys: Tuple[Key, ...], **options: Any) -> Any:
+        """A :class:`_core.FloatCells` on ``keys`` (float64 value words): the
+        series of one metric child, each key's slot cached, updated in one C
+        call (``inc``, ``add``, ``sub``, ``set``, ``observe``; see ``_core.pyi``)."""
+        return _core.FloatCells(self._core, tuple(keys), **options)
+
     def _handle_cas(self, key: Key, old: int, new: int) -> bool:
         """CAS on a handle's key, which is re-created at 0 if it was deleted."""
         self._core.locate(key, True)
