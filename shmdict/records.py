@@ -7,7 +7,8 @@ them here, so a record behaves the same wherever the table lives.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+import keyword
+from typing import Any, Callable, Tuple
 
 from .layouts import Struct
 
@@ -63,3 +64,45 @@ def make_record(cls: type, values: Tuple[Any, ...], recovered: bool) -> MutableR
         setattr(rec, name, value)
     rec.recovered = recovered
     return rec
+
+
+def record_codec(layout: Struct) -> Tuple[Callable[[bytes, bool], MutableRecord],
+                                          Callable[[MutableRecord], bytes]]:
+    """``(make, pack)`` for ``update()``'s hot path: ``make(data, recovered)``
+    unpacks a record's bytes into a new MutableRecord, ``pack(rec)`` packs it
+    back (padded), as :func:`make_record` and ``Struct.pack_in_order`` do.
+
+    For fields that are plain identifiers (the usual case) both are compiled
+    once per layout with the field names spelled out, as ``namedtuple``
+    does, so a round trip runs no per-field loop; other names fall back to
+    the generic functions.  Made once per layout.
+    """
+    codec = layout.__dict__.get("_record_codec")
+    if codec is not None:
+        return codec
+    cls = record_class(layout)
+    fields = cls._fields                                  # type: ignore[attr-defined]
+    unpack, spack, padding = layout._struct.unpack_from, layout._struct.pack, layout._padding
+    if all(f.isidentifier() and not keyword.iskeyword(f) and f != "recovered"
+           for f in fields):
+        targets = ", ".join(f"rec.{f}" for f in fields)
+        src = (f"def make(data, recovered):\n"
+               f"    rec = new(cls)\n"
+               f"    {targets}, = unpack(data)\n"
+               f"    rec.recovered = recovered\n"
+               f"    return rec\n"
+               f"def pack(rec):\n"
+               f"    return spack({targets}) + padding\n")
+        scope = {"new": cls.__new__, "cls": cls, "unpack": unpack, "spack": spack,
+                 "padding": padding}
+        exec(compile(src, f"<record codec of {layout!r}>", "exec"), scope)
+        codec = scope["make"], scope["pack"]
+    else:
+        def make(data: bytes, recovered: bool) -> MutableRecord:
+            return make_record(cls, unpack(data), recovered)
+
+        def pack(rec: MutableRecord) -> bytes:
+            return layout.pack_in_order(rec._astuple())
+        codec = make, pack
+    layout._record_codec = codec  # type: ignore[attr-defined]
+    return codec

@@ -2949,8 +2949,21 @@ Core_record_begin(Core *self, PyObject *key)
                 return NULL;
             continue;
         }
-        return Py_BuildValue("(KKNN)", (unsigned long long)i, (unsigned long long)s,
-                             PyBool_FromLong(code == RC_RECOVERED), data);
+        /* Built directly, not by Py_BuildValue (which parses its format on
+         * every call): update()'s round trip is the verb users time. */
+        PyObject *t = PyTuple_New(4);
+        PyObject *a = PyLong_FromUnsignedLongLong(i), *b = PyLong_FromUnsignedLongLong(s);
+        if (t == NULL || a == NULL || b == NULL) {
+            Py_XDECREF(t); Py_XDECREF(a); Py_XDECREF(b);
+            Py_DECREF(data);
+            owner_release(self, i, s);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, 0, a);
+        PyTuple_SET_ITEM(t, 1, b);
+        PyTuple_SET_ITEM(t, 2, Py_NewRef(code == RC_RECOVERED ? Py_True : Py_False));
+        PyTuple_SET_ITEM(t, 3, data);
+        return t;
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
     return NULL;
@@ -2959,12 +2972,20 @@ Core_record_begin(Core *self, PyObject *key)
 /* record_commit(slot, state, data | None) -> code: write the record (unless
  * None: the update was abandoned) and release the record lock. */
 static PyObject *
-Core_record_commit(Core *self, PyObject *args)
+Core_record_commit(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned long long i, s;
-    PyObject *data;
-    if (!PyArg_ParseTuple(args, "KKO", &i, &s, &data))
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "record_commit(slot, state, data)");
         return NULL;
+    }
+    i = PyLong_AsUnsignedLongLong(args[0]);
+    if (i == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    s = PyLong_AsUnsignedLongLong(args[1]);
+    if (s == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *data = args[2];
     if (require_records(self) < 0 || parse_slot(self, i) < 0)
         return NULL;
     int r = RC_OK;
@@ -4056,7 +4077,7 @@ static PyMethodDef Core_methods[] = {
      "record_get(key) -> bytes or None: a consistent snapshot, by key, never creating."},
     {"record_begin", (PyCFunction)Core_record_begin, METH_O,
      "record_begin(key) -> (slot, state, recovered, bytes): lock and copy a record."},
-    {"record_commit", (PyCFunction)Core_record_commit, METH_VARARGS,
+    {"record_commit", (PyCFunction)(void (*)(void))Core_record_commit, METH_FASTCALL,
      "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "counts() -> (live, tombstones) from the header."},

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from ...errors import LockHeld, NotOwner, OwnerDiedWarning
 from ...keys import Key
 from ...layouts import Outcome, Struct
-from ...records import MutableRecord, make_record, record_class
+from ...records import MutableRecord, record_class, record_codec
 from ...verbs import StructVerbs
 from . import _core
 from .table import _STALE, DELETE_IF_MINE, Table
@@ -36,6 +36,8 @@ class StructTable(StructVerbs, Table):
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
         self._default_record = self.layout.unpack(self._default_extra[8:])
+        #: update()'s record from bytes, and back (compiled per layout).
+        self._make_record, self._pack_record = record_codec(self.layout)
         #: slot -> thread ident of the update() blocks open in this process:
         #: a verb on such a key from the same thread would wait for itself.
         self._updating: Dict[int, int] = {}
@@ -186,32 +188,43 @@ class _Update:
         self._table = table
         self._key = key
 
+    # __enter__ and __exit__ inline _begin and _commit: the with-block is
+    # the verb as users write it, so its cost is the verb's cost.
     def __enter__(self) -> MutableRecord:
         table = self._table
-        self._slot, self._state, recovered, data = table._begin(self._key)
-        table._updating[self._slot] = threading.get_ident()
+        if table._updating:
+            table._refuse_self_deadlock(self._key)
+        self._slot, self._state, recovered, data = table._core.record_begin(self._key)
+        if recovered:
+            _warn_inherited(table.name, 3)
+        table._updating[self._slot] = _get_ident()
         try:
-            self._rec = make_record(table._record_class, table.layout.unpack_values(data),
-                                    recovered)
+            self._rec = rec = table._make_record(data, recovered)
         except BaseException:
             table._updating.pop(self._slot, None)
             table._commit(self._slot, self._state, None)
             raise
-        return self._rec
+        return rec
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._table._updating.pop(self._slot, None)
+        table = self._table
+        table._updating.pop(self._slot, None)
         data = None
         if exc_type is None:
             try:
-                data = self._table.layout.pack_in_order(self._rec._astuple())
+                data = table._pack_record(self._rec)
             except BaseException:
-                self._table._commit(self._slot, self._state, None)
+                table._commit(self._slot, self._state, None)
                 raise
-        self._table._commit(self._slot, self._state, data)
+        if table._core.record_commit(self._slot, self._state, data) != _OK:
+            raise NotOwner("record lock lost during a write (the table was repaired?)")
 
 
-def _warn_inherited(table_name: str) -> None:
+_OK = int(Outcome.OK)
+_get_ident = threading.get_ident
+
+
+def _warn_inherited(table_name: str, stacklevel: int = 4) -> None:
     warnings.warn(OwnerDiedWarning(
         f"a writer of table {table_name!r} died inside an update; the record "
-        f"keeps whatever it had written"), stacklevel=4)
+        f"keeps whatever it had written"), stacklevel=stacklevel)
