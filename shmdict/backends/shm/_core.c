@@ -3020,8 +3020,7 @@ Core_record_commit(Core *self, PyObject *const *args, Py_ssize_t nargs)
  * releases the GIL nor calls Python.
  *
  * The offsets are process-wide statics: one handle class per kind is bound
- * (a second bind of another class replaces the first's offsets only after
- * checking the new class has every slot).  A method descriptor checks that
+ * (binding another class is refused, see already_bound).  A method descriptor checks that
  * `self` is an instance of the class it was made for, so the offsets are
  * never applied to an object of another layout. */
 
@@ -3090,6 +3089,20 @@ install_methods(PyTypeObject *cls, PyMethodDef *defs)
             return -1;
     }
     return 0;
+}
+
+/* The offsets are the bound class's: the methods already installed on it
+ * apply them to its instances, so another class may never replace it (a
+ * second bind of the same class is a no-op rebind).  1 with TypeError set
+ * when another class is bound. */
+static int
+already_bound(const HandleSlots *hs, PyTypeObject *cls)
+{
+    if (hs->cls == NULL || hs->cls == cls)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%.100s is already bound; %.100s cannot be",
+                 hs->cls->tp_name, cls->tp_name);
+    return 1;
 }
 
 /* The Core of a handle: its `_core` slot, filled from `_table._core` the
@@ -3494,6 +3507,8 @@ mod_bind_lock_handle(PyObject *m, PyObject *args)
         return NULL;
     }
     PyTypeObject *t = (PyTypeObject *)cls;
+    if (already_bound(&lock_slots, t))
+        return NULL;
     HandleSlots hs = {0};
     if ((hs.table = slot_offset(t, "_table")) < 0 || (hs.key = slot_offset(t, "_key")) < 0
             || (hs.core = slot_offset(t, "_core")) < 0
@@ -3570,6 +3585,8 @@ mod_bind_counter_handle(PyObject *m, PyObject *cls)
         return NULL;
     }
     PyTypeObject *t = (PyTypeObject *)cls;
+    if (already_bound(&counter_slots, t))
+        return NULL;
     HandleSlots hs = {0};
     if ((hs.table = slot_offset(t, "_table")) < 0 || (hs.key = slot_offset(t, "_key")) < 0
             || (hs.core = slot_offset(t, "_core")) < 0)
