@@ -12,8 +12,10 @@ Peers: a plain dict (the single-process floor, not shared),
 ``multiprocessing.Value`` with its lock, ``diskcache`` (``Cache.incr``,
 ``diskcache.Lock``), ``prometheus_client`` in multiprocess mode, Redis via
 ``redis-py`` (``INCR``, a ``SET NX PX`` lock, ``limits`` on Redis) against a
-``redis-server`` this script starts on 127.0.0.1 and stops, ``UltraDict``
-and ``shared-memory-dict``.  A peer that cannot run (not installed, no
+``redis-server`` this script starts on 127.0.0.1 and stops, ``UltraDict``,
+``shared-memory-dict``, ``multiprocessing.Lock`` per key, and the shared
+stores users reach for: LMDB (py-lmdb, one write transaction per increment)
+and SQLite in WAL mode (an autocommit upsert per increment).  A peer that cannot run (not installed, no
 ``redis-server``) or has no equivalent of a workload says why in its row.
 
 Run (about 3 minutes; writes benchmarks/RESULTS.md and benchmarks/results.png)::
@@ -29,6 +31,7 @@ import contextlib
 import datetime
 import gc
 import glob
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -128,6 +131,11 @@ class Peer:
         """A factory, called in each process, of an object with acquire/release."""
         raise Unsupported("no cross-process lock")
 
+    def keyed_locks(self, name: str, keys: Sequence[str]) -> Callable[[], Any]:
+        """A factory, called in each process, of a mapping ``m`` whose ``m[key]``
+        is a context manager locking ``key``: the code is ``with m[key]:``."""
+        raise Unsupported("no lock per key")
+
     def ratelimit(self, space: str, rate: int) -> Callable[[], Adder]:
         raise Unsupported("no rate limiter")
 
@@ -153,7 +161,9 @@ class CounterSpace:
 class ShmdictPeer(Peer):
     name = "shmdict"
     notes = {"rate-limit": "shmdict.RateLimiter (GCRA)",
-             "lock": "handle.acquire() / release()"}
+             "lock acquire": "handle.acquire() / release()",
+             "lock, 2 processes on one": "handle.acquire() / release()",
+             "with lock": "with locks[key]:", "lock, 2 processes, 10": "with locks[key]:"}
 
     def start(self, run: "Run") -> None:
         super().start(run)
@@ -183,6 +193,10 @@ class ShmdictPeer(Peer):
     def lock(self, name):
         table = self._open(name, shmdict.Lock(), 16)
         return lambda: table["row"]
+
+    def keyed_locks(self, name, keys):
+        table = self._open(name, shmdict.Lock(), max(16, len(keys)))
+        return lambda: table                 # with table[key]: as users write it
 
     def ratelimit(self, space, rate):
         name = f"bench.peers.{os.getpid()}.{space}"
@@ -246,6 +260,7 @@ class PlainDictPeer(Peer):
     shared = False
     notes = {"rate-limit": "limits, MemoryStorage, fixed window (in-process)",
              "lock": "threading.Lock (in-process)",
+             "with lock": "with locks[key]: a dict of threading.Lock (in-process)",
              "counter": "collections.defaultdict(int)", "insert": "defaultdict(int)"}
 
     def counter(self, space, keys):
@@ -262,6 +277,10 @@ class PlainDictPeer(Peer):
     def lock(self, name):
         lock = threading.Lock()       # the in-process floor for a lock
         return lambda: lock
+
+    def keyed_locks(self, name, keys):
+        locks = {key: threading.Lock() for key in keys}
+        return lambda: locks
 
     def ratelimit(self, space, rate):
         limits = _import("limits", "limits")
@@ -746,9 +765,162 @@ class SharedMemoryDictPeer(Peer):
             "pickled dict (its segment's size is fixed up front by the user)"
 
 
+class MpLockPeer(Peer):
+    """``multiprocessing.Lock`` per key: the stdlib's cross-process lock (a POSIX
+    semaphore), created up front, before the fork, for a fixed key set."""
+
+    name = "multiprocessing.Lock per key"
+    only = ("lock", "with lock")
+    notes = {"lock": "multiprocessing.Lock() (keys fixed before the fork)",
+             "with lock": "with locks[key]: a dict of multiprocessing.Lock, fixed before "
+                          "the fork"}
+
+    def lock(self, name):
+        lock = CTX.Lock()
+        return lambda: lock
+
+    def keyed_locks(self, name, keys):
+        locks = {key: CTX.Lock() for key in keys}
+        return lambda: locks
+
+
+class LmdbPeer(Peer):
+    """LMDB through py-lmdb: one write transaction per increment (the way to
+    make it atomic across processes), an environment per process."""
+
+    name = "LMDB (py-lmdb)"
+    notes = {"counter": "one write txn per increment: get, put (sync=False: no fsync, as shmdict has none)",
+             "insert": "one write txn per new key",
+             "struct read": "a read txn: get + unpack",
+             "struct update": "one write txn: get, unpack, put"}
+
+    def start(self, run):
+        super().start(run)
+        self.lmdb = _import("lmdb", "lmdb")
+        self.dir = tempfile.mkdtemp(prefix="bench-lmdb-")
+
+    def stop(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _env(self, space: str) -> Any:
+        # One per process and space (LMDB refuses a second open in a process),
+        # opened in the process that uses it: environments must not cross a fork.
+        envs = self.__dict__.setdefault("envs", {})
+        key = (os.getpid(), space)
+        if key not in envs:
+            envs[key] = self.lmdb.open(os.path.join(self.dir, space), map_size=1 << 30,
+                                       subdir=True, lock=True, sync=False, metasync=False)
+        return envs[key]
+
+    def counter(self, space, keys):
+        import struct as st
+        word = st.Struct("<q")
+
+        def adder():
+            env = self._env(space)
+
+            def add(key):
+                k = key.encode()
+                with env.begin(write=True) as txn:
+                    old = txn.get(k)
+                    txn.put(k, word.pack((word.unpack(old)[0] if old else 0) + 1))
+            return add
+
+        def preload(keys):
+            env = self._env(space)
+            with env.begin(write=True) as txn:
+                for key in keys:
+                    txn.put(key.encode(), word.pack(0))
+
+        def total(keys):
+            env = self._env(space)
+            with env.begin() as txn:
+                return sum(word.unpack(v)[0] for _, v in txn.cursor())
+        return CounterSpace(adder, total, preload)
+
+    def struct(self, space, keys):
+        import struct as st
+        rec = st.Struct("<dq")
+        env = self._env(space + "s")
+        with env.begin(write=True) as txn:
+            for key in keys:
+                txn.put(key.encode(), rec.pack(1e9, 0))
+
+        def read(key):
+            with env.begin() as txn:
+                return rec.unpack(txn.get(key.encode()))
+
+        def update(key):
+            k = key.encode()
+            with env.begin(write=True) as txn:
+                tokens, stamp = rec.unpack(txn.get(k))
+                txn.put(k, rec.pack(tokens - 1, stamp))
+        return read, update
+
+
+class SqliteWalPeer(Peer):
+    """SQLite in WAL mode (synchronous=NORMAL, the usual shared-store setting):
+    an upsert per increment, autocommit (each statement its own transaction)."""
+
+    name = "SQLite (WAL)"
+    notes = {"counter": "INSERT ... ON CONFLICT DO UPDATE SET v = v + 1, autocommit",
+             "insert": "the same upsert of a new key",
+             "struct read": "SELECT tokens, stamp",
+             "struct update": "UPDATE s SET tokens = tokens - 1, autocommit"}
+
+    def start(self, run):
+        super().start(run)
+        import sqlite3
+        self.sqlite3 = sqlite3
+        self.dir = tempfile.mkdtemp(prefix="bench-sqlite-")
+
+    def stop(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _conn(self, space: str) -> Any:
+        conn = self.sqlite3.connect(os.path.join(self.dir, space + ".db"), timeout=30,
+                                    isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def counter(self, space, keys):
+        main = self._conn(space)
+        main.execute("CREATE TABLE IF NOT EXISTS c (k TEXT PRIMARY KEY, v INTEGER) "
+                     "WITHOUT ROWID")
+        upsert = ("INSERT INTO c (k, v) VALUES (?, 1) "
+                  "ON CONFLICT(k) DO UPDATE SET v = v + 1")
+
+        def adder():
+            execute = self._conn(space).execute     # a connection per process
+            return lambda key: execute(upsert, (key,))
+
+        def preload(keys):
+            main.execute("BEGIN")
+            main.executemany("INSERT OR IGNORE INTO c (k, v) VALUES (?, 0)",
+                             ((k,) for k in keys))
+            main.execute("COMMIT")
+
+        def total(keys):
+            return main.execute("SELECT COALESCE(SUM(v), 0) FROM c").fetchone()[0]
+        return CounterSpace(adder, total, preload)
+
+    def struct(self, space, keys):
+        conn = self._conn(space + "s")
+        conn.execute("CREATE TABLE IF NOT EXISTS s (k TEXT PRIMARY KEY, tokens REAL, "
+                     "stamp INTEGER) WITHOUT ROWID")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT OR REPLACE INTO s VALUES (?, 1e9, 0)", ((k,) for k in keys))
+        conn.execute("COMMIT")
+        execute = conn.execute
+        return (lambda key: execute("SELECT tokens, stamp FROM s WHERE k = ?", (key,)).fetchone(),
+                lambda key: execute("UPDATE s SET tokens = tokens - 1 WHERE k = ?", (key,)))
+
+
 ALL_PEERS: List[Callable[[], Peer]] = [
-    ShmdictPeer, ShmdictFixedWindowPeer, PlainDictPeer, ManagerPeer, ValuePeer,
+    ShmdictPeer, ShmdictFixedWindowPeer, PlainDictPeer, ManagerPeer, ValuePeer, MpLockPeer,
     DiskcachePeer, PrometheusPeer, RedisPeer, UltraDictPeer, SharedMemoryDictPeer,
+    LmdbPeer, SqliteWalPeer,
 ]
 
 
@@ -912,6 +1084,40 @@ class Run:
         ops += more
         return Row("", "", rate, "ops/s", lost=ops - word.value, expected=ops)
 
+    def keyed_lock_row(self, peer: Peer, processes: int) -> Row:
+        """``with m[key]:`` over 10 keys, as users write it; with 2 processes a
+        non-atomic increment of the key's word under the lock counts losses."""
+        keys = [f"row:{i}" for i in range(10)]
+        factory = peer.keyed_locks(f"klock{processes}", keys)
+        if processes == 1:
+            locks = factory()
+
+            def op(n: int) -> None:
+                for key in islice(cycle_keys, n):
+                    with locks[key]:
+                        pass
+            cycle_keys = itertools.cycle(keys)
+            ns, _ = self.timed(op)
+            return Row("", "", ns, "ns/op")
+        if not peer.shared:
+            raise Unsupported("not shared between processes")
+        words = CTX.RawArray("q", len(keys))   # unprotected: the locks guard them
+        index = {key: i for i, key in enumerate(keys)}
+
+        def make_op(worker: int):
+            locks = factory()
+            it = itertools.cycle(keys[worker:] + keys[:worker])
+
+            def op(n: int) -> None:
+                for key in islice(it, n):
+                    with locks[key]:
+                        words[index[key]] += 1
+            return op
+        n, ops = calibrate_counted(make_op(0), self.budget)
+        rate, more = median_parallel(make_op, processes, n, self.repeats)
+        ops += more
+        return Row("", "", rate, "ops/s", lost=ops - sum(words), expected=ops)
+
     def ratelimit_row(self, peer: Peer) -> Row:
         keys = [f"client:{i}" for i in range(self.rate_keys)]
         # A limit no key reaches in the run, so every hit takes the "allowed" path.
@@ -944,6 +1150,10 @@ class Run:
             ("insert of a new key", self.insert_row),
             ("lock acquire+release, uncontended", lambda p: self.lock_row(p, 1)),
             ("lock, 2 processes on one key", lambda p: self.lock_row(p, 2)),
+            ("with lock per key (with locks[key]:), 10 keys, 1 process",
+             lambda p: self.keyed_lock_row(p, 1)),
+            ("lock, 2 processes, 10 keys (with locks[key]:)",
+             lambda p: self.keyed_lock_row(p, 2)),
             ("rate-limit hit", self.ratelimit_row),
             ("struct read", lambda p: self.struct_row(p, 0, structs)),
             ("struct update (read-modify-write)", lambda p: self.struct_row(p, 1, structs)),

@@ -2444,6 +2444,21 @@ timeout_invalid(double timeout)
     return 1;
 }
 
+/* How many times a blocking acquire looks at a held lock word (with a CPU
+ * pause between looks: a few microseconds in all) before it checks the
+ * holder's liveness and sleeps on the futex. */
+#define LOCK_SPINS 200
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Acquire the exclusive lock whose word is `word` (word0 of slot i, or an
  * extra word of an rw lock).  The lock word holds the owner id, and
  * acquisition is a CAS of (state, 0) -> (state, me) for word0, so that it
@@ -2460,6 +2475,7 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
     uint64_t me = my_id();
     double deadline = timeout >= 0 ? now_monotonic() + timeout : 0;
     int recovered = 0;
+    unsigned spins = 0;
     for (;;) {
         uint64_t cur;
         if (load_acq(slot) != s)
@@ -2469,6 +2485,15 @@ owner_acquire(Core *c, uint64_t i, uint64_t s, int blocking, double timeout)
             /* Free (the waiters bit may be set): take it, keeping no bit. */
             if (cas_pair(slot, s, cur, s, me | (cur & WAITERS_BIT), NULL))
                 return recovered ? RC_RECOVERED : RC_OK;
+            continue;
+        }
+        if (blocking && spins < LOCK_SPINS) {
+            /* Held: most holders let go within a microsecond or two (a row
+             * lock guards a short update), so watch the word briefly before
+             * the expensive steps: the liveness check reads /proc, the
+             * sleep is two system calls.  Bounded, and only reads. */
+            spins++;
+            cpu_relax();
             continue;
         }
         if (!id_alive(cur)) {
