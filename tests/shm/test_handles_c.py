@@ -293,3 +293,38 @@ def test_lock_handle_survives_its_key_being_deleted_and_re_created(locks):
         warnings.simplefilter("error")            # nothing is inherited
         with h:                                   # resolves the key again
             assert locks["row"].owner == os.getpid() and not h.recovered
+
+
+# ------------------------------------------------------------- batch verbs
+def test_add_many_of_a_dict_walks_it_in_place(counter):
+    counter.add("b", 10)
+    batch = {"a": 1, "b": 2, ("t", 1): -3}
+    assert counter.add_many(batch) == [1, 12, -3]
+    assert counter.add_many(list(batch.items())) == [2, 14, -6]   # pairs: the list path
+    with pytest.raises(TypeError):
+        counter.add_many({"a": 1.5})
+    assert counter.read("a") == (2, True)
+
+
+def test_add_many_refuses_a_dict_that_changes_size_under_it(name, monkeypatch):
+    from shmdict.backends.shm.counter import CounterTable
+    batch = {"old": 1, "new1": 1, "new2": 1}
+    original = CounterTable._insert
+
+    def insert_and_grow(self, *args, **kwargs):
+        batch.setdefault("grown", 1)           # Python code inside the batch
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CounterTable, "_insert", insert_and_grow)
+    table = shmdict.open(name, shmdict.Counter(), capacity=100)
+    try:
+        table.add("old")                         # the patched insert grows the batch once
+        del batch["grown"]
+        with pytest.raises(RuntimeError, match="changed size"):
+            table.add_many(batch)
+        # The adds before the change are done, nothing after it, the table whole.
+        assert table.read("old") == (2, True) and table.read("new1") == (1, True)
+        assert table.read("new2") == (0, False)
+        assert table.check()
+    finally:
+        table.close()
