@@ -1314,9 +1314,43 @@ value_exists(int64_t v, int exists)
     return t;
 }
 
-/* read(key) -> (value, exists); never creates. */
+/* read()'s pair, reusing the last one when nobody kept it: `value, exists =
+ * d.read(key)` unpacks and drops it, so its only reference is ours again
+ * (the trick of CPython's own enumerate and zip).  A static, not per
+ * table: it holds only an int and a bool.  Not on a free-threaded build,
+ * where a reference count of 1 proves nothing. */
+static PyObject *read_pair_reused;
+
 static PyObject *
-Core_read(Core *self, PyObject *key)
+read_result(int64_t v, int exists)
+{
+#ifndef Py_GIL_DISABLED
+    PyObject *t = read_pair_reused;
+    if (t != NULL && Py_REFCNT(t) == 1) {
+        PyObject *n = PyLong_FromLongLong((long long)v);
+        if (n == NULL)
+            return NULL;
+        PyObject *old0 = PyTuple_GET_ITEM(t, 0), *old1 = PyTuple_GET_ITEM(t, 1);
+        PyTuple_SET_ITEM(t, 0, n);
+        PyTuple_SET_ITEM(t, 1, Py_NewRef(exists ? Py_True : Py_False));
+        Py_DECREF(old0);
+        Py_DECREF(old1);
+        return Py_NewRef(t);
+    }
+    t = value_exists(v, exists);
+    if (t != NULL) {
+        Py_XSETREF(read_pair_reused, Py_NewRef(t));
+    }
+    return t;
+#else
+    return value_exists(v, exists);
+#endif
+}
+
+/* read(key) -> (value, exists); never creates.  `reuse`: the pair may be
+ * read_pair_reused (a single read; never for a batch, which keeps them). */
+static PyObject *
+read_key(Core *self, PyObject *key, int reuse)
 {
     REQUIRE_OPEN(self);
     for (int attempt = 0; attempt < 1000000; attempt++) {
@@ -1325,13 +1359,19 @@ Core_read(Core *self, PyObject *key)
         if (r < 0)
             return NULL;
         if (r == 0)
-            return value_exists(0, 0);
+            return reuse ? read_result(0, 0) : value_exists(0, 0);
         int64_t v;
         if (read_pair(slot_at(self, i), s, &v))
-            return value_exists(v, 1);
+            return reuse ? read_result(v, 1) : value_exists(v, 1);
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
     return NULL;
+}
+
+static PyObject *
+Core_read(Core *self, PyObject *key)
+{
+    return read_key(self, key, 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1435,7 +1475,7 @@ Core_read_many(Core *self, PyObject *keys)
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *out = PyList_New(n);
     for (Py_ssize_t k = 0; out != NULL && k < n; k++) {
-        PyObject *v = Core_read(self, PyList_GET_ITEM(items, k));
+        PyObject *v = read_key(self, PyList_GET_ITEM(items, k), 0);
         if (v == NULL) {
             Py_CLEAR(out);
             break;
