@@ -3111,11 +3111,16 @@ Core_record_commit(Core *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "record_commit(slot, state, data)");
         return NULL;
     }
-    i = PyLong_AsUnsignedLongLong(args[0]);
-    if (i == (unsigned long long)-1 && PyErr_Occurred())
+    /* By digit mask (a state word above 2**62 takes the checked conversion's
+     * slow path): a wrong value cannot hurt, the slot index is range-checked
+     * and a state that is not the slot's is RC_STALE. */
+    if (!PyLong_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "record_commit(slot, state, data): ints");
         return NULL;
-    s = PyLong_AsUnsignedLongLong(args[1]);
-    if (s == (unsigned long long)-1 && PyErr_Occurred())
+    }
+    i = PyLong_AsUnsignedLongLongMask(args[0]);
+    s = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (PyErr_Occurred())
         return NULL;
     PyObject *data = args[2];
     if (require_records(self) < 0 || parse_slot(self, i) < 0)
