@@ -1284,6 +1284,12 @@ def write_results(rows: Sequence[Row], command: str, machine: str, seconds: floa
             + "\n".join(targets(rows)) + "\n\n"
             + ("![ns/op per peer per workload](results.png)\n" if plot_note is None
                else f"({plot_note})\n"))
+    # bench_verbs.py's section (issue 15's table) is kept across regenerations.
+    if os.path.exists(path):
+        old = open(path).read()
+        start, end = "<!-- bench_verbs:start -->", "<!-- bench_verbs:end -->"
+        if start in old and end in old:
+            text += "\n" + start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
     with open(path, "w") as f:
         f.write(text)
     return path

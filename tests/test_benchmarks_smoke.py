@@ -68,6 +68,29 @@ def test_bench_layouts(capsys):
     assert "threading.Lock" in out and "Struct.update" in out and "nested view" in out
 
 
+def test_bench_verbs(capsys):
+    verbs = load("bench_verbs")
+    assert verbs.main(["--repeats", "1", "--budget", "0.005", "--no-instructions",
+                       "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "with locks[key]:" in out and "updates lost under the locks: 0" in out
+
+
+def test_bench_verbs_section_is_replaced_in_place(tmp_path):
+    verbs = load("bench_verbs")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# peers\n\ntable\n")
+    verbs.write_section(f"{verbs.START}\none\n{verbs.END}\n", str(path))
+    verbs.write_section(f"{verbs.START}\ntwo\n{verbs.END}\n", str(path))
+    text = path.read_text()
+    assert text.startswith("# peers") and "two" in text and "one" not in text
+
+
+def test_instructions_child_program_compiles():
+    instructions = load("instructions")
+    compile(instructions.child_source(), "<child>", "exec")   # no valgrind needed
+
+
 def test_bench_prometheus():
     """In a subprocess: it switches prometheus_client to multiprocess mode."""
     import subprocess
