@@ -328,3 +328,75 @@ def test_add_many_refuses_a_dict_that_changes_size_under_it(name, monkeypatch):
         assert table.check()
     finally:
         table.close()
+
+
+# ------------------------------------------------------------ Struct update
+@pytest.fixture
+def records(name):
+    table = shmdict.open(name, shmdict.Struct(tokens="d", n="q"), capacity=100)
+    yield table
+    table.close()
+
+
+def test_update_is_c_and_matches_the_python_reference(records):
+    from shmdict.backends.shm.records import StructTable, _PyUpdate, _Update
+    assert type(StructTable.__dict__["update"]).__name__ == "method_descriptor"
+    assert type(_Update.__dict__["__enter__"]).__name__ == "method_descriptor"
+    for make in (lambda k: records.update(k), lambda k: _PyUpdate(records, k)):
+        key = ("k", id(make))
+        with make(key) as rec:
+            assert rec.tokens == 0.0 and not rec.recovered
+            rec.tokens, rec.n = 2.5, 7
+        with pytest.raises(ZeroDivisionError):
+            with make(key) as rec:
+                rec.n = 99
+                1 / 0                                  # nothing written
+        with pytest.raises(ValueError, match="cannot pack"):
+            with make(key) as rec:
+                rec.n = 2**63                          # does not fit: nothing written
+        assert records.read(key) == ((2.5, 7), True)
+        slot, state = records._core.locate(key, False)
+        assert records._core.lock_owner(slot, state) == 0     # every exit released it
+        assert not records._updating
+
+
+def test_update_of_a_closed_table_raises(name):
+    table = shmdict.open(name, shmdict.Struct(n="q"), capacity=10)
+    cm = table.update("k")
+    table.close()
+    with pytest.raises(ValueError, match="closed"):
+        cm.__enter__()
+
+
+def test_update_refuses_a_verb_on_its_own_key_inside_the_block(records):
+    with records.update("k") as rec:
+        rec.n = 1
+        with pytest.raises(shmdict.LockHeld):
+            records.update("k").__enter__()
+    assert records.read("k")[0].n == 1
+
+
+def _die_inside_update(table, key, ready):
+    with table.update(key) as rec:
+        rec.n = 41
+        ready.set()
+        signal.pause()
+
+
+def test_recovered_update_warning_as_error_still_gives_the_lock_back(records):
+    ready = ctx.Event()
+    p = ctx.Process(target=_die_inside_update, args=(records, "k", ready))
+    p.start()
+    assert ready.wait(10)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", shmdict.OwnerDiedWarning)
+        with pytest.raises(shmdict.OwnerDiedWarning):
+            with records.update("k"):
+                pass
+    slot, state = records._core.locate("k", False)
+    assert records._core.lock_owner(slot, state) == 0 and not records._updating
+    with records.update("k") as rec:                   # and it is usable at once
+        rec.n += 1
+    assert records.read("k")[0].n == 1                 # the dead writer wrote nothing

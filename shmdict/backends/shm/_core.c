@@ -3737,6 +3737,256 @@ mod_bind_counter_handle(PyObject *m, PyObject *cls)
     Py_RETURN_NONE;
 }
 
+/* --- Struct update(): `with d.update(key) as rec:` */
+
+/* records.py's _Update keeps (_table, _key, _slot, _state, _rec) in its
+ * __slots__; these C __enter__ / __exit__ (and a C StructTable.update that
+ * makes one without a Python frame) do what its Python methods did, calling
+ * back only for what is Python's: the record built from the bytes and
+ * packed back (the table's _make_record / _pack_record, compiled per
+ * layout), the self-deadlock check when this process has an update open,
+ * the OwnerDiedWarning, and NotOwner. */
+typedef struct {
+    PyTypeObject *cls;
+    Py_ssize_t table, key, slot, state, rec;
+} UpdateSlots;
+
+static UpdateSlots update_slots;
+static PyObject *str_updating, *str_make_record, *str_pack_record, *str_refuse,
+                *str_recovered_warning, *str_lost_lock;
+
+static PyObject *Core_record_begin(Core *self, PyObject *key);
+static PyObject *Core_record_commit(Core *self, PyObject *const *args, Py_ssize_t nargs);
+
+/* The table's core, borrowed from the table's attribute (a new reference
+ * returned; NULL with an exception). */
+static Core *
+table_core(PyObject *table)
+{
+    PyObject *c = PyObject_GetAttr(table, str_core);
+    if (c == NULL)
+        return NULL;
+    if (!Py_IS_TYPE(c, &CoreType)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "table has no shared-memory core");
+        return NULL;
+    }
+    return (Core *)c;
+}
+
+/* record_commit(slot, state, data) through the C function; the code, or -1. */
+static int
+update_commit(Core *core, PyObject *self, PyObject *data)
+{
+    PyObject *args[3] = {SLOT(self, update_slots.slot), SLOT(self, update_slots.state), data};
+    if (args[0] == NULL || args[1] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "update block exited without being entered");
+        return -1;
+    }
+    PyObject *r = Core_record_commit(core, args, 3);
+    if (r == NULL)
+        return -1;
+    long code = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return (int)code;
+}
+
+/* Forget this thread's open update of the slot (table._updating.pop(slot)). */
+static int
+update_forget(PyObject *updating, PyObject *slot)
+{
+    if (slot == NULL || !PyDict_Check(updating))
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(updating, slot);
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyDict_DelItem(updating, slot);
+}
+
+static PyObject *
+upd_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *table = SLOT(self, update_slots.table), *key = SLOT(self, update_slots.key);
+    if (table == NULL || key == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "update has no table or key");
+        return NULL;
+    }
+    PyObject *updating = PyObject_GetAttr(table, str_updating);
+    if (updating == NULL)
+        return NULL;
+    if (!PyDict_Check(updating)) {
+        Py_DECREF(updating);
+        PyErr_SetString(PyExc_TypeError, "table._updating must be a dict");
+        return NULL;
+    }
+    PyObject *rec = NULL, *begun = NULL, *ident = NULL;
+    Core *core = NULL;
+    if (PyDict_GET_SIZE(updating) > 0) {          /* this process has one open */
+        PyObject *r = PyObject_CallMethodOneArg(table, str_refuse, key);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    core = table_core(table);
+    if (core == NULL)
+        goto done;
+    begun = Core_record_begin(core, key);       /* (slot, state, recovered, data) */
+    if (begun == NULL)
+        goto done;
+    PyObject *slot = PyTuple_GET_ITEM(begun, 0), *recovered = PyTuple_GET_ITEM(begun, 2);
+    slot_set(self, update_slots.slot, slot);
+    slot_set(self, update_slots.state, PyTuple_GET_ITEM(begun, 1));
+    if (recovered == Py_True) {
+        PyObject *r = PyObject_CallMethodNoArgs(table, str_recovered_warning);
+        if (r == NULL)
+            goto abandon;
+        Py_DECREF(r);
+    }
+    ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL || PyDict_SetItem(updating, slot, ident) < 0)
+        goto abandon;
+    PyObject *make = PyObject_GetAttr(table, str_make_record);
+    if (make == NULL)
+        goto abandon;
+    PyObject *margs[2] = {PyTuple_GET_ITEM(begun, 3), recovered};
+    rec = PyObject_Vectorcall(make, margs, 2, NULL);
+    Py_DECREF(make);
+    if (rec == NULL)
+        goto abandon;
+    slot_set(self, update_slots.rec, rec);
+    goto done;
+abandon:
+    /* The record lock is held: give it back, writing nothing, then raise. */
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (update_forget(updating, slot) < 0)
+            PyErr_Clear();
+        if (update_commit(core, self, Py_None) < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+done:
+    Py_XDECREF(ident);
+    Py_XDECREF(begun);
+    Py_XDECREF((PyObject *)core);
+    Py_DECREF(updating);
+    return rec;
+}
+
+static PyObject *
+upd_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *table = SLOT(self, update_slots.table), *rec = SLOT(self, update_slots.rec);
+    if (table == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "update has no table");
+        return NULL;
+    }
+    PyObject *updating = PyObject_GetAttr(table, str_updating);
+    if (updating == NULL)
+        return NULL;
+    int r = update_forget(updating, SLOT(self, update_slots.slot));
+    Py_DECREF(updating);
+    if (r < 0)
+        return NULL;
+    Core *core = table_core(table);
+    if (core == NULL)
+        return NULL;
+    PyObject *data = Py_NewRef(Py_None);
+    int clean = nargs < 1 || args[0] == Py_None;
+    if (clean) {
+        if (rec == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "update block exited without being entered");
+            Py_DECREF(data);
+            Py_DECREF(core);
+            return NULL;
+        }
+        PyObject *packed = PyObject_CallMethodOneArg(table, str_pack_record, rec);
+        if (packed == NULL) {                   /* nothing written; the lock given back */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            if (update_commit(core, self, Py_None) < 0)
+                PyErr_Clear();
+            PyErr_Restore(et, ev, tb);
+            Py_DECREF(data);
+            Py_DECREF(core);
+            return NULL;
+        }
+        Py_SETREF(data, packed);
+    }
+    int code = update_commit(core, self, data);
+    Py_DECREF(data);
+    Py_DECREF(core);
+    if (code < 0)
+        return NULL;
+    if (code != RC_OK)
+        return PyObject_CallMethodNoArgs(table, str_lost_lock);     /* raises */
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef update_methods[] = {
+    {"__enter__", (PyCFunction)upd_enter, METH_NOARGS,
+     "Take the record lock (creating the key), copy the record: the mutable record."},
+    {"__exit__", (PyCFunction)(void (*)(void))upd_exit, METH_FASTCALL,
+     "Write the record back on a clean exit (not on an exception); release the lock."},
+    {NULL}
+};
+
+/* StructTable.update(key): an _Update, made without a Python frame. */
+static PyObject *
+st_update(PyObject *table, PyObject *key)
+{
+    PyTypeObject *cls = update_slots.cls;
+    PyObject *u = cls->tp_alloc(cls, 0);
+    if (u == NULL)
+        return NULL;
+    slot_set(u, update_slots.table, table);
+    slot_set(u, update_slots.key, key);
+    return u;
+}
+
+static PyMethodDef struct_table_methods[] = {
+    {"update", (PyCFunction)st_update, METH_O,
+     "update(key): `with d.update(key) as rec: rec.tokens -= 1`, an atomic "
+     "read-modify-write; written back on a clean exit, not at all on an exception; "
+     "rec.recovered says whether the previous writer died inside its update."},
+    {NULL}
+};
+
+/* bind_record_update(update_class, table_class) */
+static PyObject *
+mod_bind_record_update(PyObject *m, PyObject *args)
+{
+    PyObject *cls, *table_cls;
+    if (!PyArg_ParseTuple(args, "OO", &cls, &table_cls))
+        return NULL;
+    if (!PyType_Check(cls) || !PyType_Check(table_cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_record_update(update_class, table_class)");
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    if (update_slots.cls != NULL && update_slots.cls != t) {
+        PyErr_Format(PyExc_TypeError, "%.100s is already bound; %.100s cannot be",
+                     update_slots.cls->tp_name, t->tp_name);
+        return NULL;
+    }
+    UpdateSlots us = {0};
+    if ((us.table = slot_offset(t, "_table")) < 0 || (us.key = slot_offset(t, "_key")) < 0
+            || (us.slot = slot_offset(t, "_slot")) < 0
+            || (us.state = slot_offset(t, "_state")) < 0
+            || (us.rec = slot_offset(t, "_rec")) < 0)
+        return NULL;
+    if (install_methods(t, update_methods) < 0)
+        return NULL;
+    us.cls = (PyTypeObject *)Py_NewRef(cls);
+    PyTypeObject *old = update_slots.cls;
+    update_slots = us;
+    Py_XDECREF(old);
+    if (install_methods((PyTypeObject *)table_cls, struct_table_methods) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Float cells: a metric's series bound once (shmdict.prometheus)           */
 /* ------------------------------------------------------------------------ */
@@ -4493,6 +4743,9 @@ static PyMethodDef module_methods[] = {
      "bind_lock_handle(handle_class, table_class): C acquire/release/__enter__/__exit__/"
      "locked/held_by_me on a LockHandle subclass with a _core slot, and C get/__getitem__ "
      "on its table class."},
+    {"bind_record_update", mod_bind_record_update, METH_VARARGS,
+     "bind_record_update(update_class, table_class): C __enter__/__exit__ on a Struct "
+     "table's update() context manager class, and a C update() on its table class."},
     {"bind_counter_handle", mod_bind_counter_handle, METH_O,
      "bind_counter_handle(handle_class): a C add() on a CounterHandle subclass with a "
      "_core slot."},
@@ -4577,7 +4830,15 @@ PyInit__core(void)
     str_core = PyUnicode_InternFromString("_core");
     str_took = PyUnicode_InternFromString("_took");
     str_release_slow = PyUnicode_InternFromString("_release_slow");
-    if (str_core == NULL || str_took == NULL || str_release_slow == NULL)
+    str_updating = PyUnicode_InternFromString("_updating");
+    str_make_record = PyUnicode_InternFromString("_make_record");
+    str_pack_record = PyUnicode_InternFromString("_pack_record");
+    str_refuse = PyUnicode_InternFromString("_refuse_self_deadlock");
+    str_recovered_warning = PyUnicode_InternFromString("_recovered_warning");
+    str_lost_lock = PyUnicode_InternFromString("_lost_record_lock");
+    if (str_core == NULL || str_took == NULL || str_release_slow == NULL
+            || str_updating == NULL || str_make_record == NULL || str_pack_record == NULL
+            || str_refuse == NULL || str_recovered_warning == NULL || str_lost_lock == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&coremodule);
     if (m == NULL)

@@ -155,8 +155,19 @@ class StructTable(StructVerbs, Table):
         Holds the record lock for the block; writes back on a clean exit, not
         at all on an exception.  ``rec.recovered`` says whether the previous
         writer died inside its own update.
+
+        (Replaced at import by the C core's equivalent, which makes the same
+        ``_Update`` without a Python frame: see ``bind_record_update`` below.)
         """
         return _Update(self, key)
+
+    def _recovered_warning(self) -> None:
+        """The C update's OwnerDiedWarning (the previous writer died inside)."""
+        _warn_inherited(self.name, 2)
+
+    def _lost_record_lock(self) -> None:
+        """The C update's error when the commit found the record lock not held."""
+        raise NotOwner("record lock lost during a write (the table was repaired?)")
 
     # ------------------------------------------------------------ deleting
     def _delete_slot(self, slot: int, state: int, stripe: int) -> Any:
@@ -179,8 +190,13 @@ class StructTable(StructVerbs, Table):
             self._core.lock_release(slot, state)
 
 
-class _Update:
-    """The context manager of ``StructTable.update``: lock, read, yield, write back."""
+class _PyUpdate:
+    """The context manager of ``StructTable.update``: lock, read, yield, write back.
+
+    The reference implementation, in Python; the table hands out
+    :class:`_Update`, whose ``__enter__`` and ``__exit__`` are the C core's
+    (``bind_record_update``), doing the same with the same callbacks.
+    """
 
     __slots__ = ("_table", "_key", "_slot", "_state", "_rec")
 
@@ -222,6 +238,16 @@ class _Update:
 
 _OK = int(Outcome.OK)
 _get_ident = threading.get_ident
+
+
+class _Update(_PyUpdate):
+    """``_PyUpdate`` with C ``__enter__`` / ``__exit__`` (the with-block as users
+    write it is the verb, so its cost is the verb's cost)."""
+
+    __slots__ = ()
+
+
+_core.bind_record_update(_Update, StructTable)
 
 
 def _warn_inherited(table_name: str, stacklevel: int = 4) -> None:
