@@ -310,6 +310,11 @@ class RedisTable(BaseTable):
         """The shmdict exception for a Redis one."""
         if isinstance(exc, ResponseError):
             message = str(exc)
+            # The reply starts with the script's SHMDICT_ word, except on
+            # Redis 6, which puts the script's position in front of it.
+            at = message.find("SHMDICT_")
+            if at > 0:
+                message = message[at:]
             word = message.split(" ", 1)[0]
             if word == "SHMDICT_FULL":
                 _, live, capacity = message.split()[:3]
