@@ -219,13 +219,29 @@ def _client(url: str, prefix: str, kind: str, n: int, start: Any, out: Any) -> N
     out.put(time.perf_counter() - t0)
 
 
+def _result(out: Any, procs: List[Any]) -> float:
+    """The next client's elapsed seconds; raises if a client died first."""
+    import queue
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a client process failed (exit codes {dead})")
+    raise RuntimeError("the client processes did not finish in 10 minutes")
+
+
 def run_clients(url: str, clients: int, n: int, repeats: int) -> List[Dict[str, Any]]:
     """Aggregate adds/s of ``clients`` processes at once, shmdict on Redis and
     redis-py by hand, each repeat checked by conservation (the table's sum
     equals every add made)."""
     import multiprocessing as mp
     import statistics
-    ctx = mp.get_context("spawn")
+    # fork: the clients need nothing fresh, and a spawned child could not
+    # import this script when it was loaded by path (the smoke test does).
+    ctx = mp.get_context("fork")
     prefix = f"bench.redis.{os.getpid()}"
     rows = []
     r = redis.Redis.from_url(url)
@@ -242,7 +258,7 @@ def run_clients(url: str, clients: int, n: int, repeats: int) -> List[Dict[str, 
                     p.start()
                 time.sleep(1.0)                 # all connected and waiting
                 start.set()
-                elapsed = max(out.get(timeout=300) for _ in procs)
+                elapsed = max(_result(out, procs) for _ in procs)
                 for p in procs:
                     p.join(60)
                 if kind == "redis":
