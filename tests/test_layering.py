@@ -25,7 +25,7 @@ LAYERS: List[List[str]] = [
     ["shmdict.aio"],
     ["shmdict.records", "shmdict.handles", "shmdict.report"],
     ["shmdict.verbs", "shmdict.views"],
-    ["shmdict.table"],
+    ["shmdict.table", "shmdict.snapshot"],
     ["shmdict.backends", "shmdict.backends.shm.*", "shmdict.backends.redis.*"],
     ["shmdict.api"],
     ["shmdict.stripes", "shmdict.ratelimit.*", "shmdict.limits_storage",
