@@ -30,7 +30,9 @@ LAYERS: List[List[str]] = [
     ["shmdict.api"],
     ["shmdict.stripes", "shmdict.ratelimit.*", "shmdict.limits_storage",
      "shmdict.prometheus.*"],
-    ["shmdict.bench", "shmdict.demo", "shmdict.cli", "shmdict.__main__", "shmdict"],
+    ["shmdict.text"],
+    ["shmdict.bench", "shmdict.demo", "shmdict.top", "shmdict.cli", "shmdict.__main__",
+     "shmdict"],
 ]
 
 
