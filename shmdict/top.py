@@ -296,7 +296,7 @@ def render(sample: Dict[str, Any], interval: float, width: int = 0,
     else:
         lines.append("no shmdict tables on this host" + (" match" if patterns else ""))
     if width > 0:
-        lines = [line[:width] for line in lines]
+        lines = [line[:width] for line in "\n".join(lines).split("\n")]
     return "\n".join(lines)
 
 
