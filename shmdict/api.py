@@ -185,7 +185,7 @@ def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
     if exists and merge:
         table = shm.attach_table(target)
         try:
-            snapshot.fill(table, snap, merge=True)
+            snapshot.fill(table, snap)
             if snap.layout.kind == "Lock":
                 shm_snapshot.raise_fence(table, snap.fence)
         except BaseException:
@@ -204,14 +204,14 @@ def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
         raise snapshot.SnapshotError(
             f"table {target!r} exists; load with replace=True (`--replace`) to remove it "
             f"first, merge=True (`--merge`) to load into it, or name=... another name")
-    table = shm.open_table(target, *shape, sharing=sharing(None, None, None))
+    table = shm.open_table(target, *shape)
     if not table._segment.created:
         table.close()
         raise snapshot.SnapshotError(f"table {target!r} was created by another process "
                                      f"while loading; nothing was loaded into it")
     try:
         shm_snapshot.raise_fence(table, snap.fence)
-        snapshot.fill(table, snap, merge=False)
+        snapshot.fill(table, snap)
     except BaseException:
         table.unlink()            # a failed load leaves no half table
         raise
@@ -232,7 +232,7 @@ def _load_remote(snap: Any, target: str, backend: str, replace: bool, merge: boo
             raise snapshot.SnapshotError(
                 f"table {target!r} on {backend} holds keys; load with replace=True or "
                 f"merge=True")
-        snapshot.fill(table, snap, merge=merge)
+        snapshot.fill(table, snap)
     except BaseException:
         table.close()
         raise

@@ -389,17 +389,17 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from .snapshot import SnapshotError, describe, read_file
+    from .snapshot import describe, read_file
     try:
         saved = describe(read_file(args.file))
         table = api.load(args.file, name=args.name, replace=args.replace, merge=args.merge)
+    except ShmDictError as exc:       # a damaged file, an existing table, ...
+        raise CliError(str(exc), 1) from None
     except FileNotFoundError:
         raise CliError(f"no snapshot file {args.file!r}", 2) from None
-    except (ValueError, TypeError) as exc:
-        if not isinstance(exc, SnapshotError):
-            raise CliError(str(exc), 2) from None
-        raise CliError(str(exc), 1) from None
-    except (ShmDictError, OSError) as exc:
+    except (ValueError, TypeError) as exc:     # a bad --name
+        raise CliError(str(exc), 2) from None
+    except OSError as exc:
         raise CliError(str(exc), 1) from None
     try:
         name, layout = table.name, repr(table.layout)

@@ -34,7 +34,7 @@ import os
 import struct
 import tempfile
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ShmDictError
 from .keys import decode_key, encode_key
@@ -61,25 +61,27 @@ class Snapshot:
     """A snapshot read back: the table's shape and its entries.
 
     ``entries`` are ``(encoded key, value)``: an int (Counter), the packed
-    record bytes (Struct) or None (Lock).
+    record bytes (Struct) or None (Lock); ``keys`` are the same keys decoded
+    (given when known, else decoded here).
     """
 
     def __init__(self, name: str, layout: Layout, capacity: int, key_size: int,
                  entries: List[Tuple[bytes, Any]], fence: int = 0,
-                 saved_at: float = 0.0) -> None:
+                 saved_at: float = 0.0, keys: Optional[List[Any]] = None) -> None:
         self.name = name
         self.layout = layout
         self.capacity = capacity
         self.key_size = key_size
         self.entries = entries
+        self.keys = [decode_key(k) for k, _ in entries] if keys is None else keys
         self.fence = fence
         self.saved_at = saved_at
 
     def items(self) -> List[Tuple[Any, Any]]:
         """``(key, value)`` with keys decoded and Struct records unpacked."""
         kind = self.layout.kind
-        return [(decode_key(k), self.layout.unpack(v) if kind == "Struct" else v)
-                for k, v in self.entries]
+        return [(key, self.layout.unpack(v) if kind == "Struct" else v)
+                for key, (_, v) in zip(self.keys, self.entries)]
 
     def __repr__(self) -> str:
         return (f"<Snapshot of {self.name!r}: {self.layout!r}, {len(self.entries)} keys, "
@@ -196,17 +198,18 @@ def decode(data: bytes, source: str = "snapshot") -> Snapshot:
             OverflowError, RecursionError) as exc:
         raise SnapshotError(f"{source}: unreadable description ({type(exc).__name__}: "
                             f"{exc})") from None
-    entries = _entries(body, pos, count, layout, key_size, source)
+    entries, keys = _entries(body, pos, count, layout, key_size, source)
     return Snapshot(name, layout, capacity, key_size, entries, fence,
-                    float(meta.get("saved_at", 0.0)))
+                    float(meta.get("saved_at", 0.0)), keys)
 
 
 def _entries(body: bytes, pos: int, count: int, layout: Layout, key_size: int,
-             source: str) -> List[Tuple[bytes, Any]]:
+             source: str) -> Tuple[List[Tuple[bytes, Any]], List[Any]]:
     kind = layout.kind
     record_size = layout.size if kind == "Struct" else 0
     end = len(body)
     out: List[Tuple[bytes, Any]] = []
+    keys: List[Any] = []
     seen = set()
 
     def need(n: int) -> None:
@@ -224,7 +227,7 @@ def _entries(body: bytes, pos: int, count: int, layout: Layout, key_size: int,
             raise SnapshotError(f"{source}: entry {len(out) + 1} has a {klen}-byte key, "
                                 f"the table's key_size is {key_size}")
         try:
-            decode_key(encoded)
+            keys.append(decode_key(encoded))
         except (ValueError, RecursionError) as exc:
             raise SnapshotError(f"{source}: entry {len(out) + 1} has an undecodable key "
                                 f"({exc})") from None
@@ -249,7 +252,7 @@ def _entries(body: bytes, pos: int, count: int, layout: Layout, key_size: int,
         out.append((encoded, value))
     if pos != end:
         raise SnapshotError(f"{source}: {end - pos} bytes follow the last entry")
-    return out
+    return out, keys
 
 
 def read_file(path: "os.PathLike[str] | str") -> Snapshot:
@@ -261,42 +264,27 @@ def read_file(path: "os.PathLike[str] | str") -> Snapshot:
 
 
 # ------------------------------------------------------------------- fill
-def fill(table: Any, snapshot: Snapshot, merge: bool) -> int:
-    """Write a snapshot's entries into ``table`` with its public verbs:
-    Counter values are set (``merge``: added, so concurrent adds are kept),
-    Struct records set, Lock keys created (free).  Returns the keys written."""
+def fill(table: Any, snapshot: Snapshot) -> int:
+    """Write a snapshot's entries into ``table`` with its public verbs and
+    return how many keys were written: Counter values are added (one batch
+    call per few thousand keys: into a new table that is the saved value,
+    into a live one it keeps every concurrent add), Struct records set,
+    Lock keys created (free)."""
     kind = snapshot.layout.kind
     if table.layout != snapshot.layout:
         raise SnapshotError(f"table {table.name!r} is {table.layout!r}; the snapshot of "
                             f"{snapshot.name!r} holds {snapshot.layout!r}")
-    done = 0
     if kind == "Counter":
-        batch: List[Tuple[Any, int]] = []
-        for encoded, value in snapshot.entries:
-            batch.append((decode_key(encoded), value))
-            if len(batch) >= _BATCH:
-                done += _counter_batch(table, batch, merge)
-                batch = []
-        if batch:
-            done += _counter_batch(table, batch, merge)
-        return done
-    for encoded, value in snapshot.entries:
-        key = decode_key(encoded)
+        pairs = [(key, v) for key, (_, v) in zip(snapshot.keys, snapshot.entries)]
+        for start in range(0, len(pairs), _BATCH):
+            table.add_many(pairs[start:start + _BATCH])
+        return len(pairs)
+    for key, (_, value) in zip(snapshot.keys, snapshot.entries):
         if kind == "Struct":
             table.set(key, snapshot.layout.unpack(value))
         else:
             table.get(key)          # get-or-create: a free lock
-        done += 1
-    return done
-
-
-def _counter_batch(table: Any, batch: List[Tuple[Any, int]], merge: bool) -> int:
-    if merge:
-        table.add_many(batch)       # one call; exact under concurrent adds
-    else:
-        for key, value in batch:
-            table.set(key, value)
-    return len(batch)
+    return len(snapshot.entries)
 
 
 def _package_version() -> str:

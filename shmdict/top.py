@@ -319,13 +319,15 @@ def snapshot_json(patterns: Sequence[str], interval: float) -> Dict[str, Any]:
 
 
 def run(patterns: Sequence[str], interval: float, iterations: Optional[int],
-        out: TextIO = sys.stdout, keys: Optional[TextIO] = sys.stdin) -> int:
+        out: Optional[TextIO] = None, keys: Optional[TextIO] = None) -> int:
     """The live view: ``iterations`` frames (None: until ``q`` or Ctrl-C).
 
     On a terminal each frame replaces the last (ANSI clear) and ``q`` quits;
     otherwise one block per sample is printed.  The terminal's settings are
     restored however it ends.
     """
+    out = sys.stdout if out is None else out
+    keys = sys.stdin if keys is None else keys
     tty_out = out.isatty()
     restore = _cbreak(keys) if tty_out and keys is not None and keys.isatty() else None
     frames = 0

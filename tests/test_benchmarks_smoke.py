@@ -141,3 +141,10 @@ def test_bench_redis_runs(redis_url, capsys):
     assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002"]) == 0
     out = capsys.readouterr().out
     assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out
+
+
+def test_bench_tools(capsys):
+    tools = load("bench_tools")
+    assert tools.main(["--keys", "300", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "shmdict save (whole)" in out and "one top sample" in out

@@ -44,10 +44,12 @@ def take(table: Table, timeout: float = DEFAULT_TIMEOUT) -> Tuple[List[Tuple[byt
         for stripe in range(table._nstripes):
             _acquire_bounded(table, stripe, deadline)
             taken.append(stripe)
-        return _walk(table, deadline), fence(table)
+        entries, last_fence = _walk(table, deadline), fence(table)
     finally:
         for stripe in reversed(taken):
             table._stripes.release(stripe)
+    entries.sort()      # keys are unique: only the keys are compared
+    return entries, last_fence
 
 
 def _acquire_bounded(table: Table, stripe: int, deadline: float) -> None:
@@ -91,25 +93,28 @@ def _acquire_bounded(table: Table, stripe: int, deadline: float) -> None:
 
 
 def _walk(table: Table, deadline: float) -> List[Tuple[bytes, Any]]:
-    """The entries, with every stripe held (slots cannot change key)."""
+    """The entries, unsorted, with every stripe held (slots cannot change
+    key); kept short, as inserts wait meanwhile."""
     core = table._core
     kind = table.layout.kind
+    published = core.published()
+    if kind == "Counter":
+        word0 = core.word0
+        values = [word0(slot, state) for slot, state, _ in published]
+        # None cannot happen with the stripes held (a slot changes key only
+        # under its stripe); skipped all the same.
+        return [(e, v) for (_, _, e), v in zip(published, values) if v is not None]
     size = getattr(table.layout, "size", 0)
     out: List[Tuple[bytes, Any]] = []
-    for slot, state, encoded in core.published():
-        if kind == "Counter":
-            value = core.word0(slot, state)
-            if value is None:
-                continue                # cannot happen with the stripes held
-        elif kind == "Struct":
+    for slot, state, encoded in published:
+        if kind == "Struct":
             record = _record(table, slot, state, deadline)
             if record is None:
                 continue
             value = record[:size]
         else:
             value = None
-        out.append((bytes(encoded), value))
-    out.sort(key=lambda e: e[0])
+        out.append((encoded, value))
     return out
 
 
