@@ -32,7 +32,7 @@ import select
 import shutil
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from . import api
 from .backends.shm import _core
@@ -63,26 +63,22 @@ def select_names(names: Sequence[str], patterns: Sequence[str]) -> List[str]:
 
 
 class Sampler:
-    """Keeps this host's tables attached between samples and reads them.
+    """Samples this host's tables, remembering the previous sample of each.
 
-    A table removed, or removed and created anew under the same name (a new
-    segment), is noticed by the segment's inode and re-attached; its rates
-    start again.
+    Each table is attached only while it is read and closed again, so a
+    running ``top`` never counts as a process using the table (``shmdict
+    rm`` would refuse it) and never keeps a removed segment alive.  A table
+    removed and created anew under the same name (a new segment, another
+    inode) starts its rates again.
     """
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:
         self.patterns = list(patterns)
-        self._attached: Dict[str, Tuple[int, Any]] = {}     # name -> (inode, table)
         self._previous: Dict[str, Dict[str, Any]] = {}
         self._previous_at: Optional[float] = None
 
     def close(self) -> None:
-        for _, table in self._attached.values():
-            try:
-                table.close()
-            except Exception:
-                pass
-        self._attached.clear()
+        """Nothing stays attached between samples; kept for ``with``."""
 
     def __enter__(self) -> "Sampler":
         return self
@@ -90,48 +86,21 @@ class Sampler:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------ sampling
-    def _table(self, name: str) -> Tuple[Optional[int], Any]:
-        """(inode, attached table) of ``name``; raises what attaching raised."""
-        try:
-            inode = os.lstat(segment_path(name)).st_ino
-        except OSError:
-            inode = None
-        held = self._attached.get(name)
-        if held is not None and held[0] == inode:
-            return inode, held[1]
-        if held is not None:
-            self._drop(name)
-        validate_name(name)
-        table = api.attach(name, attach_timeout=ATTACH_TIMEOUT)
-        self._attached[name] = (inode, table)
-        return inode, table
-
-    def _drop(self, name: str) -> None:
-        held = self._attached.pop(name, None)
-        self._previous.pop(name, None)
-        if held is not None:
-            try:
-                held[1].close()
-            except Exception:
-                pass
-
     def sample(self) -> Dict[str, Any]:
         """Read every matching table once; rows carry rates from the previous
         sample (None on a table's first sample)."""
         now = time.monotonic()
         names = select_names(api.list_tables(), self.patterns)
-        for gone in set(self._attached) - set(names):
-            self._drop(gone)
         users = mapped_by_many(names)
         elapsed = None if self._previous_at is None else now - self._previous_at
         rows = []
         current: Dict[str, Dict[str, Any]] = {}
         for name in names:
-            raw = self._read(name)
+            raw = _read(name)
             raw["mapped_by"] = [p["pid"] for p in users.get(name, [])]
             before = self._previous.get(name)
-            if before is not None and before.get("inode") != raw.get("inode"):
+            if before is not None and (raw["inode"] is None
+                                       or before["inode"] != raw["inode"]):
                 before = None                   # a new segment: start again
             rows.append(_row(raw, before, elapsed))
             if raw["error"] is None:
@@ -140,20 +109,35 @@ class Sampler:
         self._previous_at = now
         return {"time": time.time(), "elapsed": elapsed, "tables": rows}
 
-    def _read(self, name: str) -> Dict[str, Any]:
-        raw: Dict[str, Any] = {"name": name, "error": None, "inode": None}
-        try:
-            inode, table = self._table(name)
-        except Exception as exc:
-            raw["error"] = str(exc).split("\n")[0]
-            return raw
-        raw["inode"] = inode
-        try:
-            raw.update(read_table(table))
-        except Exception as exc:          # corrupted past its header
-            raw["error"] = f"{type(exc).__name__}: {exc}"
-            self._drop(name)
+
+def _read(name: str) -> Dict[str, Any]:
+    """One sample of table ``name``, attached for the time it takes; a table
+    that cannot be attached or read is a row with its ``error``."""
+    raw: Dict[str, Any] = {"name": name, "error": None, "inode": None}
+    try:
+        validate_name(name)
+        inode = _inode(name)
+        table = api.attach(name, attach_timeout=ATTACH_TIMEOUT)
+    except Exception as exc:
+        raw["error"] = str(exc).split("\n")[0]
         return raw
+    # The segment that was attached: the inode seen before and after (a
+    # table re-created in between gets none, and its rates start again).
+    raw["inode"] = inode if inode is not None and _inode(name) == inode else None
+    try:
+        raw.update(read_table(table))
+    except Exception as exc:          # corrupted past its header
+        raw["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        table.close()
+    return raw
+
+
+def _inode(name: str) -> Optional[int]:
+    try:
+        return os.lstat(segment_path(name)).st_ino
+    except OSError:
+        return None
 
 
 def read_table(table: Any) -> Dict[str, Any]:

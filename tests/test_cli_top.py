@@ -262,6 +262,24 @@ def test_a_recreated_table_starts_its_rates_again(name):
     assert row["adds"]["before"] is None and row["adds"]["after"] == 1
 
 
+def test_a_running_top_does_not_count_as_a_user_of_the_tables(name):
+    """top attaches only while it samples, so `shmdict rm` is not refused
+    because top is watching (and a removed segment is not kept alive)."""
+    shmdict.open(name, shmdict.Counter(), capacity=10).close()
+    watcher = subprocess.Popen([sys.executable, "-m", "shmdict", "top", "-d", "60", name],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        for line in watcher.stdout:          # the first block is out: top has sampled
+            if line.startswith(name + " "):
+                break
+        assert watcher.poll() is None
+        proc = cli("rm", name)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        watcher.terminate()
+        watcher.wait(30)
+
+
 def _run_on_a_terminal(args, keys: bytes):
     """Run ``shmdict top ARGS`` on a fresh pseudo-terminal, type ``keys`` after
     its first frame; returns (exit status, output, terminal lflag after)."""
