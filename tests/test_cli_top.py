@@ -204,6 +204,11 @@ def test_batch_mode_prints_one_block_per_sample_and_filters(name):
 def test_top_never_hangs_on_a_corrupt_or_stuck_table_and_holds_no_stripe(name):
     bad = shmdict.open(name + ".bad", shmdict.Counter(), capacity=10)
     _core.store_u64(bad._segment.mm, 0, 0x1234)         # the magic
+    # A table whose creator (this process, by its lock) never finishes it.
+    unfinished = f"/dev/shm/shmdict.{name}.unfinished"
+    fd = os.open(unfinished, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 4096)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     table = shmdict.open(name, shmdict.Counter(), capacity=100)
     parent, child = CTX.Pipe()
     holder = CTX.Process(target=_hold_stripe, args=(name, 4, child))
@@ -212,6 +217,7 @@ def test_top_never_hangs_on_a_corrupt_or_stuck_table_and_holds_no_stripe(name):
         assert parent.recv() == "held"
         data = top_json(name + "*", interval=0.1)
         assert "magic" in row_of(data, name + ".bad")["error"]
+        assert "still being created" in row_of(data, name + ".unfinished")["error"]
         stripes = row_of(data, name)["stripes"]
         assert stripes["held"] == 1
         assert stripes["holders"] == [{"stripe": 4, "pid": holder.pid, "alive": True}]
@@ -223,6 +229,8 @@ def test_top_never_hangs_on_a_corrupt_or_stuck_table_and_holds_no_stripe(name):
     finally:
         parent.send("go")
         holder.join(30)
+        os.close(fd)
+        os.unlink(unfinished)
         bad.close()
         shmdict.unlink(name + ".bad")
         table.close()
