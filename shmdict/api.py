@@ -166,7 +166,9 @@ def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
     ``replace`` (remove it first: refused while processes have it mapped)
     or ``merge`` (load into it: Counter values are added, exactly, even under
     concurrent adds; Struct records are set; Lock keys are created free).
-    Processes that attach while a new table is filling see it fill.
+    Processes that attach while a new table is filling see it fill.  A new
+    Lock table's fencing counter starts at the saved one (a merge keeps the
+    live table's).
     ``backend`` loads into a table on that backend (Redis) instead.
     """
     from . import snapshot
@@ -185,9 +187,9 @@ def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
     if exists and merge:
         table = shm.attach_table(target)
         try:
+            # A live table keeps its own fencing counter: raising it here
+            # could race with acquires (it is a load and a store, not a CAS).
             snapshot.fill(table, snap)
-            if snap.layout.kind == "Lock":
-                shm_snapshot.raise_fence(table, snap.fence)
         except BaseException:
             table.close()
             raise

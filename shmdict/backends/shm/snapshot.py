@@ -147,7 +147,9 @@ def raise_fence(table: Table, value: int) -> None:
     """Make the table's fencing counter at least ``value`` (a reloaded Lock
     table goes on handing out tokens above those of its saved past, so a
     resource that remembers the last token still accepts new holders).
-    Call it on a table this process just created, before it is used."""
+    Call it only on a table this process just created, before others use
+    it: it is a load and a store, not a compare-and-swap, so an acquire
+    racing with it could see a token handed out twice."""
     table._check_open()
     mm = table._segment.mm
     if _core.load_u64(mm, _FENCE_AT) < value:
