@@ -181,6 +181,32 @@ def test_lock_acquisitions_holders_waiters_and_pids(name):
     table.close()
 
 
+def _updater(name, conn):
+    table = shmdict.open(name, shmdict.Struct(n="q"), capacity=10, create=False)
+    with table.update("rec") as rec:           # holds the record lock
+        conn.send("updating")
+        conn.recv()
+        rec.n += 1
+
+
+def test_struct_record_writers_show_as_lock_holders(name):
+    table = shmdict.open(name, shmdict.Struct(n="q"), capacity=10)
+    parent, child = CTX.Pipe()
+    writer = CTX.Process(target=_updater, args=(name, child))
+    writer.start()
+    try:
+        assert parent.recv() == "updating"
+        row = row_of(top_json(name, interval=0.05), name)
+        assert row["adds"] is None and row["kind"] == "Struct"
+        assert row["locks"]["holders"] == [{"key": "rec", "pid": writer.pid, "alive": True,
+                                            "mode": "writer"}]
+    finally:
+        parent.send("done")
+        writer.join(30)
+    assert writer.exitcode == 0 and table.read("rec") == ((1,), True)
+    table.close()
+
+
 def test_batch_mode_prints_one_block_per_sample_and_filters(name):
     shmdict.open(name, shmdict.Counter(), capacity=10).close()
     shmdict.open(name + ".other", shmdict.Struct(a="q"), capacity=10).close()
