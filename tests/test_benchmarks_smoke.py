@@ -143,3 +143,10 @@ def test_bench_redis_runs(redis_url, capsys):
     out = capsys.readouterr().out
     assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out
     assert "2 client processes at once" in out and "| shmdict on Redis (`add`) |" in out
+
+
+def test_bench_tools(capsys):
+    tools = load("bench_tools")
+    assert tools.main(["--keys", "300", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "shmdict save (whole)" in out and "one top sample" in out
