@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import xxhash
 
-from ...errors import KeyTooLong, LockHeld, TableFull
+from ...errors import CorruptSegment, KeyTooLong, LockHeld, TableFull
 from ...keys import Key, decode_key, encode_key
 from ...layouts import Layout, Outcome
 from ...report import Report
@@ -183,7 +183,15 @@ class Table(BaseTable):
         for slot, state, encoded in self._core.published():
             key = cache.get(encoded)
             if key is None:
-                key = decode_key(encoded)
+                try:
+                    key = decode_key(encoded)
+                except ValueError:
+                    # Key bytes no shmdict process writes: the segment was
+                    # written by something else.
+                    raise CorruptSegment(
+                        f"table {self.name!r}: slot {slot} holds bytes that are no "
+                        f"encoded key ({encoded[:16]!r}...); the segment was overwritten: "
+                        f"run `shmdict check {self.name}`") from None
                 if len(cache) >= _DECODED_LIMIT:
                     cache.clear()
                 cache[encoded] = key
@@ -208,7 +216,13 @@ class Table(BaseTable):
         self._check_open()
         if self._core.dead_stripes():     # a process died inside an insert or delete
             self._stripes.repair_dead()
-        return self._core.counts()[0]
+        live = self._core.counts()[0]
+        if not 0 <= live <= self.capacity:
+            raise CorruptSegment(
+                f"table {self.name!r}: its live count {live} is outside 0..{self.capacity}; "
+                f"the segment was overwritten: `shmdict check {self.name}` "
+                f"recounts it")
+        return live
 
     def __contains__(self, key: object) -> bool:
         self._check_open()
