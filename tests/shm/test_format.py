@@ -16,7 +16,7 @@ def test_max_key_size_is_the_cores():
 
 def test_magic_and_version():
     assert _core.MAGIC == int.from_bytes(b"SHMDICT1", "little")
-    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 2
+    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 3
 
 
 def test_header_fields_tile_the_header_without_overlap():
