@@ -1011,6 +1011,33 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
     return 1;
 }
 
+/* (slot, state) or, with created >= 0, (slot, state, created): what the
+ * lookups return and the key cache keeps.  Built by hand: Py_BuildValue
+ * parses its format on every call, a quarter of a new key's insert. */
+static PyObject *
+slot_tuple(uint64_t i, uint64_t s, int created)
+{
+    PyObject *t = PyTuple_New(created >= 0 ? 3 : 2);
+    if (t == NULL)
+        return NULL;
+    PyObject *a = PyLong_FromUnsignedLongLong(i), *b = PyLong_FromUnsignedLongLong(s);
+    if (a == NULL || b == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_DECREF(t);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    if (created >= 0)
+        PyTuple_SET_ITEM(t, 2, Py_NewRef(created ? Py_True : Py_False));
+    /* Only ints inside, so never part of a cycle: untracked, the key cache's
+     * entries cost the cyclic collector nothing (it would untrack them
+     * itself, after traversing each once). */
+    PyObject_GC_UnTrack(t);
+    return t;
+}
+
 /* The stripe protocol, further down ("Stripe locks"). */
 static int stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
                           long long *delta);
@@ -1049,8 +1076,7 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
             rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
         stripe_release(c, stripe);
         if (rc == RC_FOUND || rc == RC_OK)
-            return Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
-                                 rc == RC_OK ? Py_True : Py_False);
+            return slot_tuple(i, s, rc == RC_OK);
         if (rc == RC_NO_FREE_SLOT) {
             CoreState *st = core_state();
             if (st != NULL)
@@ -1211,7 +1237,8 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     PyObject *kb = PyBytes_FromStringAndSize(encoded, n);
     if (kb == NULL)
         return -1;
-    PyObject *hv = PyObject_CallFunctionObjArgs(c->hash_fn, kb, c->seed, NULL);
+    PyObject *argv[2] = {kb, c->seed};
+    PyObject *hv = PyObject_Vectorcall(c->hash_fn, argv, 2, NULL);
     Py_DECREF(kb);
     *h = hv ? PyLong_AsUnsignedLongLong(hv) : (unsigned long long)-1;
     Py_XDECREF(hv);
@@ -1242,7 +1269,7 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled)
     if (found < 0)
         return NULL;
     if (found)
-        return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
+        return slot_tuple(i, s, -1);
     if (!create)
         Py_RETURN_NONE;
     if (c->sems == NULL)        /* no stripe semaphores here: Python inserts */
