@@ -374,6 +374,7 @@ typedef struct {
     unsigned long *stripe_thread; /* per stripe: the thread of ours holding it */
     uint64_t max_capacity;   /* tier 0's header, checked at construction    */
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
+    int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
     Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
@@ -764,10 +765,13 @@ static int closed_meanwhile(Core *self);
 static int
 refresh_tiers(Core *c)
 {
-    if (published_tiers(c) <= c->ntiers || c->attach_fn == NULL || c->attach_fn == Py_None)
-        return 0;
+    if (published_tiers(c) <= c->ntiers || c->attach_fn == NULL || c->attach_fn == Py_None
+            || c->attaching)
+        return 0;       /* (attaching: the callable itself asks us, see tiers()) */
     unsigned before = c->ntiers;
+    c->attaching = 1;
     PyObject *r = PyObject_CallNoArgs(c->attach_fn);
+    c->attaching = 0;
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -2210,6 +2214,8 @@ static PyObject *
 Core_published(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -2306,8 +2312,11 @@ static int
 repair_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *delta_out)
 {
     long long dropped = 0, total_delta = 0;
-    /* Every tier: the stripe covers its hashes in all of them.  Each tier's
-     * own count of the stripe is recounted from that tier's slots. */
+    /* Every tier, published ones this process had not mapped included: the
+     * stripe covers its hashes in all of them.  Each tier's own count of the
+     * stripe is recounted from that tier's slots. */
+    if (refresh_tiers(self) < 0)
+        return -1;
     for (unsigned k = 0; k < self->ntiers; k++) {
         Tier *t = &self->tiers[k];
         long long counted = 0;
@@ -2716,6 +2725,8 @@ static PyObject *
 Core_recount_live(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
     long long old = 0, now = 0;
     for (unsigned k = 0; k < self->ntiers; k++) {
         old += (long long)admit_recount(self, &self->tiers[k]);
@@ -3334,6 +3345,8 @@ static PyObject *
 Core_counts(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
     long long live = 0, tombstones = 0;
     for (unsigned k = 0; k < self->ntiers; k++) {
         live += (long long)load_acq(&self->tiers[k].header->live);
@@ -3389,6 +3402,8 @@ Core_stripe_live(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
+    if (refresh_tiers(self) < 0)
+        return NULL;
     long long sum = 0;
     for (unsigned k = 0; k < self->ntiers; k++)
         sum += (long long)load_acq(&self->tiers[k].stripes[i].live);
@@ -3400,6 +3415,8 @@ static PyObject *
 Core_tiers(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
     PyObject *out = PyList_New(self->ntiers);
     for (unsigned k = 0; out && k < self->ntiers; k++) {
         Tier *t = &self->tiers[k];
