@@ -429,3 +429,39 @@ def test_a_tier_whose_creator_died_is_taken_over(name, publish_magic):
         assert t.check()
     finally:
         t.close()
+
+
+# ------------------------------------------------------- the insert, in C
+def test_a_new_keys_insert_runs_no_python_code(name):
+    # Issue 15: the stripe is taken, the key inserted and the stripe released
+    # in C (before, every new key went through Table._insert and
+    # Stripes.acquire).  A profile hook sees every Python-level call.
+    import sys
+    t = shmdict.open(name, shmdict.Counter(), capacity=100, max_capacity=200)
+    try:
+        t.add("warm")
+        add = t._core.add
+        calls = []
+
+        def hook(frame, event, arg):
+            if event == "call":
+                calls.append(frame.f_code.co_name)
+
+        sys.setprofile(hook)
+        try:
+            for i in range(50):
+                add(("fresh", i))
+        finally:
+            sys.setprofile(None)
+        assert calls == []
+        assert len(t) == 51 and t.stats()["inserts"] == 51
+        # Growth is the exception: Python adds the tier.
+        sys.setprofile(hook)
+        try:
+            for i in range(60):
+                add(("more", i))
+        finally:
+            sys.setprofile(None)
+        assert "_grow" in calls and t.stats()["tiers"] == 2
+    finally:
+        t.close()
