@@ -141,3 +141,11 @@ def test_bench_redis_runs(redis_url, capsys):
     assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002"]) == 0
     out = capsys.readouterr().out
     assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out
+
+
+def test_bench_growth(capsys):
+    growth = load("bench_growth")
+    assert growth.main(["--keys", "400", "--start", "20", "--repeats", "2",
+                        "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "growth steps" in out and "key in the last tier" in out
