@@ -465,3 +465,17 @@ def test_a_new_keys_insert_runs_no_python_code(name):
         assert "_grow" in calls and t.stats()["tiers"] == 2
     finally:
         t.close()
+
+
+def test_a_lost_tier_is_corrupt_segment_and_leaves_nothing_mapped(name):
+    t = shmdict.open(name, shmdict.Counter(), capacity=2, max_capacity=20)
+    try:
+        for i in range(6):
+            t.add(i)
+        assert t.stats()["tiers"] == 3
+        posix_ipc.unlink_shared_memory(segment.segment_name(segment.tier_name(name, 2)))
+        with pytest.raises(shmdict.CorruptSegment, match="lost its tier 2"):
+            shmdict.open(name, shmdict.Counter(), capacity=2)
+        assert t.read(5) == (1, True)          # those attached go on working
+    finally:
+        t.close()

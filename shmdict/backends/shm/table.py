@@ -83,7 +83,11 @@ class Table(BaseTable):
         self._default_extra = self.layout.default_extra()
         self._closed = False
         if self.max_capacity > self.capacity:
-            self._attach_tiers()
+            try:
+                self._attach_tiers()
+            except BaseException:
+                self.close()       # the core first: it holds the mappings' buffers
+                raise
 
     # ------------------------------------------------------------------ keys
     def _stripe_of_key(self, key: Any) -> int:
