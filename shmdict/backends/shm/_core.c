@@ -1057,9 +1057,9 @@ static void raise_table_full(Core *c);
  * holder.  Python is called, with the stripe released, only to attach tiers
  * another process published, or when every tier is full: Core(grow=...)
  * then repairs dead stripes, adds a tier, or raises TableFull. */
-static PyObject *
-insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
-           int64_t word0, const char *extra)
+static int
+insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t word0,
+                const char *extra, uint64_t *slot_out, uint64_t *state_out, int *created)
 {
     uint64_t stripe = stripe_of(c, h);
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
@@ -1067,7 +1067,7 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
         unsigned seen = c->ntiers;
         int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
         if (r == RC_ERROR)
-            return NULL;
+            return -1;
         if (r == RC_RECOVERED)
             c->takeovers++;
         uint64_t i = 0, s = 0;
@@ -1079,8 +1079,12 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
         else
             rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
         stripe_release(c, stripe);
-        if (rc == RC_FOUND || rc == RC_OK)
-            return slot_tuple(i, s, rc == RC_OK);
+        if (rc == RC_FOUND || rc == RC_OK) {
+            *slot_out = i;
+            *state_out = s;
+            *created = rc == RC_OK;
+            return 0;
+        }
         if (rc == RC_NO_FREE_SLOT) {
             CoreState *st = core_state();
             if (st != NULL)
@@ -1088,27 +1092,39 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
                              "table %R: no free slot although the live count is below "
                              "capacity (corrupt table: run `shmdict check %U`)",
                              c->name, c->name);
-            return NULL;
+            return -1;
         }
         if (rc == RC_STALE) {
             if (refresh_tiers(c) < 0)
-                return NULL;
+                return -1;
             continue;
         }
         /* RC_FULL: every attached tier is full. */
         if (c->grow_fn == NULL || c->grow_fn == Py_None) {
             raise_table_full(c);
-            return NULL;
+            return -1;
         }
         PyObject *g = PyObject_CallFunction(c->grow_fn, "I", seen);
         if (g == NULL)
-            return NULL;
+            return -1;
         Py_DECREF(g);
         if (closed_meanwhile(c))
-            return NULL;
+            return -1;
     }
     raise_table_full(c);
-    return NULL;
+    return -1;
+}
+
+/* insert_new_slot, as the (slot, state, created) tuple Core.insert_new gives. */
+static PyObject *
+insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
+           int64_t word0, const char *extra)
+{
+    uint64_t i, s;
+    int created;
+    if (insert_new_slot(c, key, klen, h, word0, extra, &i, &s, &created) < 0)
+        return NULL;
+    return slot_tuple(i, s, created);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1251,46 +1267,65 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     return 0;
 }
 
-/* The resolve callable's work done in C, for keys encode_key_c takes: encode, hash
- * (xxhash's own function, with the table's seed), probe, and only for a new
- * key call back into Python to insert it under the stripe lock.  Returns a
- * new (slot, state, ...) tuple, Py_None (absent, not created), or NULL with
- * an exception; sets *handled to 0 when the key needs the Python resolve callable. */
-static PyObject *
-resolve_in_c(Core *c, PyObject *key, int create, int *handled)
+/* The resolve callable's work done in C, for keys encode_key_c takes:
+ * encode, hash (xxhash's own function, with the table's seed), probe every
+ * tier, and for a new key insert it, taking its stripe in C (insert_new_slot).
+ * Returns 1 with slot and state, 0 (absent, not created), or -1 with an
+ * exception; sets *handled to 0 when the key needs the Python resolve
+ * callable. */
+static int
+resolve_in_c(Core *c, PyObject *key, int create, int *handled,
+             uint64_t *slot, uint64_t *state)
 {
     char buf[KLEN_MASK + 1];
     *handled = 0;
     Py_ssize_t n = encode_key_c(key, buf, (Py_ssize_t)c->key_size, 0);
     if (n < 0)
-        return NULL;
+        return 0;
     *handled = 1;
     unsigned long long h;
     if (hash_key(c, buf, n, &h) < 0)
-        return NULL;
-    uint64_t i, s;
-    int found = find_any(c, buf, (uint64_t)n, h, &i, &s);
-    if (found < 0)
-        return NULL;
-    if (found)
-        return slot_tuple(i, s, -1);
-    if (!create)
-        Py_RETURN_NONE;
-    if (c->sems == NULL)        /* no stripe semaphores here: Python inserts */
-        return PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
-    /* The insert, in C: the stripe taken and released here (Python runs
+        return -1;
+    int found = find_any(c, buf, (uint64_t)n, h, slot, state);
+    if (found != 0 || !create)
+        return found;
+    if (c->sems == NULL) {      /* no stripe semaphores here: Python inserts */
+        PyObject *res = PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
+        if (res == NULL)
+            return -1;
+        int ok = PyTuple_Check(res) && PyTuple_GET_SIZE(res) >= 2;
+        if (ok) {
+            *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
+            *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+        }
+        Py_DECREF(res);
+        if (!ok) {
+            PyErr_SetString(PyExc_TypeError, "insert must return (slot, state, created)");
+            return -1;
+        }
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    /* The insert, in C: the stripe taken and released there (Python runs
      * only to grow the table or repair a dead holder's stripe). */
     PyObject *extra = Py_NewRef(c->default_extra);
-    PyObject *res = insert_new(c, buf, (uint64_t)n, h, c->default_word0,
-                               PyBytes_AS_STRING(extra));
+    int created;
+    int r = insert_new_slot(c, buf, (uint64_t)n, h, c->default_word0,
+                            PyBytes_AS_STRING(extra), slot, state, &created);
     Py_DECREF(extra);
-    return res;
+    return r < 0 ? -1 : 1;
 }
 
+/* The key cache's entries: the 16 bytes of {slot, state}.  A bytes object,
+ * not a tuple of ints: it costs the cyclic collector nothing and is read
+ * with one copy (a state word, and a slot beyond tier 0, are ints of more
+ * than one digit, which CPython converts slowly). */
+typedef struct { uint64_t slot, state; } cache_entry;
+
 /* Look a key up: from the cache when its entry is still current, else
- * through the Python resolve callable (which encodes, hashes, probes and, when
- * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
- * 0 when absent (create false), -1 with an exception set. */
+ * in C (resolve_in_c) or through the Python resolve callable (which
+ * encodes, hashes, probes and, when `create`, inserts under the stripe
+ * lock).  Returns 1 and fills slot/state, 0 when absent (create false), -1
+ * with an exception set. */
 static int
 resolve(Core *c, PyObject *key, int create, int use_cache,
         uint64_t *slot, uint64_t *state)
@@ -1300,59 +1335,64 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     int cacheable = cacheable_key(key, 0);
     if (use_cache && cacheable) {
         PyObject *hit = PyDict_GetItemWithError(c->cache, key);
-        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) >= 2) {
-            uint64_t i = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 0));
-            uint64_t s = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 1));
-            if (PyErr_Occurred())
-                return -1;
-            if (valid_slot(c, i) && load_acq(slot_at(c, i)) == s) {
-                *slot = i;
-                *state = s;
+        if (hit != NULL && PyBytes_CheckExact(hit)
+                && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
+            cache_entry e;
+            memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
+            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
+                *slot = e.slot;
+                *state = e.state;
                 return 1;
             }
         } else if (hit == NULL && PyErr_Occurred()) {
             return -1;
         }
     }
-    /* Common keys are resolved in C; others by the Python resolve callable.  Both
-     * give (slot, state, ...) or None. */
-    int handled = 0;
-    PyObject *res = cacheable ? resolve_in_c(c, key, create, &handled) : NULL;
-    if (!handled)
-        res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
-                                           create ? Py_True : Py_False, NULL);
-    if (res == NULL)
-        return -1;
-    if (closed_meanwhile(c)) {      /* by another thread, while in Python */
+    /* Common keys are resolved in C; others by the Python resolve callable,
+     * which gives (slot, state, ...) or None. */
+    int handled = 0, r = 0;
+    if (cacheable)
+        r = resolve_in_c(c, key, create, &handled, slot, state);
+    if (!handled) {
+        PyObject *res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
+                                                     create ? Py_True : Py_False, NULL);
+        if (res == NULL)
+            return -1;
+        if (res == Py_None) {
+            r = 0;
+        } else if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
+            return -1;
+        } else {
+            *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
+            *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+            r = PyErr_Occurred() ? -1 : 1;
+        }
         Py_DECREF(res);
-        return -1;
     }
-    if (res == Py_None) {
-        Py_DECREF(res);
+    if (r < 0)
+        return -1;
+    if (closed_meanwhile(c))        /* by another thread, while in Python */
+        return -1;
+    if (r == 0)
         return 0;
-    }
-    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
-        Py_DECREF(res);
-        PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
-        return -1;
-    }
-    *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
-    *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
-    if (PyErr_Occurred() || !valid_slot(c, *slot)) {
-        Py_DECREF(res);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
+    if (!valid_slot(c, *slot)) {
+        PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
         return -1;
     }
     if (cacheable) {
+        cache_entry e = {*slot, *state};
+        PyObject *entry = PyBytes_FromStringAndSize((const char *)&e, sizeof e);
+        if (entry == NULL)
+            return -1;
         if (PyDict_GET_SIZE(c->cache) >= c->cache_limit)
             PyDict_Clear(c->cache);
-        if (PyDict_SetItem(c->cache, key, res) < 0) {
-            Py_DECREF(res);
+        int failed = PyDict_SetItem(c->cache, key, entry) < 0;
+        Py_DECREF(entry);
+        if (failed)
             return -1;
-        }
     }
-    Py_DECREF(res);
     return 1;
 }
 
@@ -1971,7 +2011,7 @@ Core_find(Core *self, PyObject *args)
         return NULL;
     if (!found)
         Py_RETURN_NONE;
-    return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
+    return slot_tuple(i, s, -1);
 }
 
 /* Raise shmdict.errors.TableFull with the message shmdict has always given. */
