@@ -479,3 +479,29 @@ def test_a_lost_tier_is_corrupt_segment_and_leaves_nothing_mapped(name):
         assert t.read(5) == (1, True)          # those attached go on working
     finally:
         t.close()
+
+
+def test_threads_of_one_process_grow_it_once_per_tier(name):
+    # Threads of one process share its Core: two must not both add a tier.
+    import threading
+    t = shmdict.open(name, shmdict.Counter(), capacity=4, max_capacity=20_000)
+    errors = []
+
+    def insert(w):
+        try:
+            for i in range(3000):
+                t.add((w, i))
+        except BaseException as exc:     # reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=insert, args=(w,)) for w in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert errors == [] and len(t) == 12_000
+        assert t.stats()["tiers"] == len(_tiers_on_disk(name)) + 1
+        assert t.check()
+    finally:
+        t.close()

@@ -6,6 +6,7 @@ Each layout's module subclasses :class:`Table` with its own value verbs:
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import xxhash
@@ -75,6 +76,10 @@ class Table(BaseTable):
             attach_tiers=self._attach_tiers)
         #: Mappings of tiers 1.. (the core holds their buffers until close).
         self._tier_maps: List[Any] = []
+        #: Serialises this process's threads' growth and tier attaching (two
+        #: threads must not add the same tier twice).  Reentrant: the core's
+        #: counts call back into _attach_tiers.
+        self._growing = threading.RLock()
         self._geometry = Geometry(self.layout, self.capacity, self.key_size,
                                   header["nstripes"], self.max_capacity)
         self._stripes = Stripes(self._core, segment.semaphores)
@@ -150,29 +155,35 @@ class Table(BaseTable):
         core = self._core
         if core.dead_stripes() and self._stripes.repair_dead():
             return
-        self._attach_tiers()
-        k = core.published_tiers()
-        if k > seen:
-            return
-        if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
-            live = core.counts()[0]
-            raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
-                            f"keys in use; delete keys or open a table with a larger "
-                            f"capacity")
-        mm = open_tier(self.name, k, self._geometry, self._segment.header, create=True,
-                       sharing=self._segment.sharing)
-        self._add_tier(mm, k)
-        core.publish_tier(k)
+        with self._growing:
+            self._attach_tiers()
+            k = core.published_tiers()
+            if k > seen:
+                return
+            if 1 + len(self._tier_maps) > k:
+                # Added here, but this thread was interrupted before
+                # publishing it: publish it now (nothing was inserted there).
+                core.publish_tier(k)
+                return
+            if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
+                live = core.counts()[0]
+                raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
+                                f"keys in use; delete keys or open a table with a larger "
+                                f"capacity")
+            mm = open_tier(self.name, k, self._geometry, self._segment.header, create=True,
+                           sharing=self._segment.sharing)
+            self._add_tier(mm, k)
+            core.publish_tier(k)
 
     def _attach_tiers(self) -> None:
         """Map the tiers other processes published that this one has not."""
-        core = self._core
-        published = core.published_tiers()
-        while len(core.tiers()) < published:
-            k = len(core.tiers())
-            mm = open_tier(self.name, k, self._geometry, self._segment.header,
-                           create=False, sharing=self._segment.sharing)
-            self._add_tier(mm, k)
+        with self._growing:
+            published = self._core.published_tiers()
+            while 1 + len(self._tier_maps) < published:
+                k = 1 + len(self._tier_maps)
+                mm = open_tier(self.name, k, self._geometry, self._segment.header,
+                               create=False, sharing=self._segment.sharing)
+                self._add_tier(mm, k)
 
     def _add_tier(self, mm: Any, k: int) -> None:
         try:
