@@ -31,6 +31,15 @@
  * caller looked up.  Counter values live in word0; Lock and Struct keep their
  * lock word there.
  *
+ * A table may grow (format.h, "Tiers"): the Core holds an array of tiers,
+ * each a segment of the same format with its own counts; a slot index is
+ * (tier << SHMDICT_TIER_SHIFT) | local, so the key cache and every method
+ * taking a slot work unchanged.  Lookups probe the tiers in order; a miss
+ * in all of them looks at tier 0's published tier count and, when others
+ * grew the table, asks Python (Core(attach_tiers=...)) to map the new ones.
+ * A new key is inserted entirely in C (insert_new_slot): its stripe taken
+ * and released here, Python called only to grow or repair.
+ *
  * Nothing read from the segment is trusted: every index and length is checked
  * against the geometry given at construction, which was itself checked against
  * the size of the mapping, and every loop is bounded.
