@@ -957,6 +957,11 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
 {
     Tier *t = &c->tiers[k];
     uint64_t stripe = stripe_of(c, h);
+    /* A full tier (all but the last, in a grown table) is passed over
+     * without its admission lock; the reservation below decides. */
+    uint64_t live = load_acq(&t->header->live);
+    if ((int64_t)live >= 0 && live >= t->capacity)
+        return RC_FULL;
     if (!admit_reserve(c, t, stripe))
         return RC_FULL;
     uint64_t home = home_of(t, h);
