@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from .layouts import Layout
-from .validate import seconds, sharing, table_shape, validate_name
+from .validate import seconds, sharing, table_growth, table_shape, validate_name
 
 DEFAULT_CAPACITY = 10_000
 DEFAULT_KEY_SIZE = 64
@@ -20,7 +20,8 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
          key_size: int = DEFAULT_KEY_SIZE, backend: Optional[str] = None, *,
          create: bool = True, mode: Optional[int] = None, group: Any = None,
          owner: Any = None, stripe_poll: Optional[float] = None,
-         stall_timeout: Optional[float] = None, **backend_options: Any) -> Any:
+         stall_timeout: Optional[float] = None, max_capacity: Optional[int] = None,
+         **backend_options: Any) -> Any:
     """Create table ``name`` or attach to it, from any process, in any order.
 
     ``layout`` is ``Counter()``, ``Lock()``/``Lock(rw=True)`` or
@@ -44,6 +45,16 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
     stripe lock can stall this process: at most ``stripe_poll`` when it died
     after recording itself, ``stall_timeout + stripe_poll`` otherwise.
 
+    ``max_capacity`` (default ``capacity``: a fixed-size table) lets a
+    shared-memory table grow online: when its ``capacity`` keys are in use it
+    adds tiers (new segments, each as large as the table so far, probed in
+    order; keys and their values never move, so other processes go on
+    updating them meanwhile), and raises ``TableFull`` only at
+    ``max_capacity``.  It is fixed by the table's creator: attaching
+    compares layout, capacity and key size only, and takes max_capacity
+    from the table (``table.max_capacity``).  On Redis, which has no slot
+    array to size, the table's limit is ``max_capacity``.
+
     ``backend="redis://host:port/db"`` puts the same table on a Redis server.
     """
     validate_name(name)
@@ -51,18 +62,20 @@ def open(name: str, layout: Layout, capacity: int = DEFAULT_CAPACITY,
         raise TypeError(f"layout must be shmdict.Counter(), Lock() or Struct(...), "
                         f"not {layout!r}")
     table_shape(capacity, key_size)         # the same bounds on every backend
+    max_capacity = table_growth(capacity, max_capacity)
     _check_recovery(stripe_poll, stall_timeout)
     shared = sharing(mode, group, owner)
     if backend is not None:
         if group is not None or owner is not None:
             raise TypeError("group= and owner= are for shared-memory tables, not a backend")
-        return _remote(backend).open_table(backend, name, layout, capacity, key_size,
+        return _remote(backend).open_table(backend, name, layout, max_capacity, key_size,
                                            create=create, **backend_options)
     if backend_options:
         raise TypeError(f"unexpected options {sorted(backend_options)} without a backend")
     from .backends import shm
     return shm.open_table(name, layout, capacity, key_size, create=create, sharing=shared,
-                          stripe_poll=stripe_poll, stall_timeout=stall_timeout)
+                          stripe_poll=stripe_poll, stall_timeout=stall_timeout,
+                          max_capacity=max_capacity)
 
 
 def attach(name: str, *, stripe_poll: Optional[float] = None,

@@ -150,3 +150,11 @@ def test_bench_tools(capsys):
     assert tools.main(["--keys", "300", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "shmdict save (whole)" in out and "one top sample" in out
+
+
+def test_bench_growth(capsys):
+    growth = load("bench_growth")
+    assert growth.main(["--keys", "400", "--start", "20", "--repeats", "2",
+                        "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "growth steps" in out and "key in the last tier" in out

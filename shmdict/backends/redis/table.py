@@ -234,6 +234,9 @@ class RedisTable(BaseTable):
         self.name = name
         self.layout = layout
         self.capacity = capacity
+        #: Redis has no slot array to grow: its limit is the capacity it was
+        #: opened with (shmdict.open passes max_capacity as that).
+        self.max_capacity = capacity
         self.key_size = key_size
         self.backend = conn.url
         self._conn = conn
