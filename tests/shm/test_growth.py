@@ -333,6 +333,7 @@ def test_sigkill_campaign_during_growth_loses_nothing(name):
     workers = 3
     progress = CTX.Array(ctypes.c_longlong, workers, lock=False)
     procs = {}
+    starts = [0] * workers          # the first key of each worker's current process
     rng = random.Random(16)
     kills = 0
     in_flight = []
@@ -345,9 +346,15 @@ def test_sigkill_campaign_during_growth_loses_nothing(name):
                         procs[w].join(10)
                         assert procs[w].exitcode == -signal.SIGKILL, procs[w].exitcode
                     # The key the dead one had in flight may have landed or
-                    # not: skip it (an add again would count it twice).
-                    start = progress[w] + (w in procs)
-                    in_flight.extend([(w, progress[w])] if w in procs else [])
+                    # not: skip it (an add again would count it twice).  It is
+                    # its first key when it died before finishing one, so a
+                    # worker killed twice at the same progress skips on.
+                    if w in procs:
+                        in_flight.append((w, max(progress[w], starts[w])))
+                        start = in_flight[-1][1] + 1
+                    else:
+                        start = progress[w]
+                    starts[w] = start
                     procs[w] = CTX.Process(target=_killable_inserter,
                                            args=(name, w, start, progress))
                     procs[w].start()
@@ -372,7 +379,7 @@ def test_sigkill_campaign_during_growth_loses_nothing(name):
         # in flight when a worker died is there with 1, or absent.
         values = dict(t.items())
         for w, progress_at_end in enumerate(progress):
-            in_flight.append((w, progress_at_end))
+            in_flight.append((w, max(progress_at_end, starts[w])))
         unsure = set(in_flight)
         for w in range(workers):
             for i in range(progress[w]):

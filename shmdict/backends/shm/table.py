@@ -274,9 +274,10 @@ class Table(BaseTable):
         if self._core.dead_stripes():     # a process died inside an insert or delete
             self._stripes.repair_dead()
         live = self._core.counts()[0]
-        if not 0 <= live <= self.capacity:
+        if not 0 <= live <= self.max_capacity:
             raise CorruptSegment(
-                f"table {self.name!r}: its live count {live} is outside 0..{self.capacity}; "
+                f"table {self.name!r}: its live count {live} is outside "
+                f"0..{self.max_capacity}; "
                 f"the segment was overwritten: `shmdict check {self.name}` "
                 f"recounts it")
         return live
