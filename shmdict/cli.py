@@ -184,7 +184,10 @@ def cmd_stat(args: argparse.Namespace) -> int:
     print(render_fields([
         ("table", stats["name"]),
         ("layout", stats["layout"]),
-        ("keys", f"{stats['live']:,} of {stats['capacity']:,}"),
+        ("keys", f"{stats['live']:,} of {stats.get('max_capacity', stats['capacity']):,}"),
+        ("tiers", _tiers_line(stats)),
+        ("inserts", f"{stats['inserts']:,} (deletes {stats['deletes']:,}) since created"
+                    if "inserts" in stats else "-"),
         ("tombstones", f"{stats['tombstones']:,}"),
         ("load factor", f"{stats['load_factor']:.3f} (keys + tombstones) / "
                         f"{stats['slots']:,} slots"),
@@ -218,6 +221,17 @@ def cmd_stat(args: argparse.Namespace) -> int:
             if len(locks) > STAT_LOCK_ROWS:
                 print(f"... and {len(locks) - STAT_LOCK_ROWS} more (--json lists all)")
     return 0
+
+
+def _tiers_line(stats: Dict[str, Any]) -> str:
+    """``'3: 100/100, 100/100, 12/200 keys (grows to 100,000)'`` for ``stat``."""
+    capacities = stats.get("tier_capacity") or [stats["capacity"]]
+    lives = stats.get("tier_live") or [stats["live"]]
+    tiers = ", ".join(f"{live:,}/{cap:,}" for live, cap in zip(lives, capacities))
+    limit = stats.get("max_capacity", stats["capacity"])
+    grows = (f" (grows to {limit:,} keys)" if limit > sum(capacities)
+             else " (at its max_capacity)" if limit > stats["capacity"] else " (fixed capacity)")
+    return f"{len(capacities)}: {tiers} keys{grows}"
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

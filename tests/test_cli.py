@@ -101,6 +101,22 @@ def test_stat(name, tables):
         data["recovery"]["stripe_poll"] + data["recovery"]["stall_timeout"])
 
 
+def test_stat_of_a_grown_table_counts_against_max_capacity(name):
+    table = shmdict.open(name + ".grow", shmdict.Counter(), capacity=10, max_capacity=1000)
+    try:
+        for i in range(35):
+            table.add(i)
+        table.delete(0)
+        out = run("stat", name + ".grow").stdout
+        assert "34 of 1,000" in out                        # not "of 10"
+        assert "3: 9/10, 10/10, 15/20 keys (grows to 1,000 keys)" in out   # 0 in tier 0
+        assert "35 (deletes 1) since created" in out
+        data = json.loads(run("stat", name + ".grow", "--json").stdout)
+        assert data["tiers"] == 3 and data["max_capacity"] == 1000
+    finally:
+        table.unlink()
+
+
 def _hold_stripe(name: str, conn) -> None:
     table = shmdict.open(name, shmdict.Counter(), capacity=100, create=False)
     table._stripes.acquire(2)
