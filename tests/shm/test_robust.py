@@ -88,6 +88,37 @@ def test_garbage_holder_word_naming_a_live_process_does_not_wedge(name):
     table.close()
 
 
+def test_garbage_holder_word_over_a_held_stripe_does_not_wedge(name):
+    """pid 1's id written over the holder word of a stripe that a process
+    holds.  Its release used to find its word gone and, as after a
+    takeover, leave the post to the word's owner: the semaphore stayed taken
+    for good under a word naming a live process.  A word without the
+    takeover bit is never a taker's, so the holder clears it and posts."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=100, stall_timeout=0.3,
+                         stripe_poll=0.05)
+    stripe = 5
+    keys = keys_in_stripe(table, stripe, 2)
+    try:
+        table._stripes.acquire(stripe)
+        _core.store_u64(table._segment.mm, stripe_record(table, stripe, "holder"), owner_id(1))
+    finally:
+        table._stripes.release(stripe)
+    code, out, err = run_python(f"""
+        import shmdict
+        d = shmdict.open({name!r}, shmdict.Counter(), capacity=100, create=False,
+                         stall_timeout=0.3, stripe_poll=0.05)
+        for k in {keys!r}:
+            d.add(k)
+        d.delete({keys[0]!r})
+        print("ok")
+    """, timeout=20)
+    assert code == 0 and out.strip() == "ok", err
+    assert table.read(keys[1]) == (1, True)
+    assert table.check(), str(table.check())
+    assert table._stripes.semaphores[stripe].value == 1
+    table.close()
+
+
 def test_stall_takeover_of_a_stopped_holder_leaves_one_count(name):
     """A process stopped between its stripe wait and its CAS is taken over
     after stall_timeout; when it resumes it must not hold the stripe as well

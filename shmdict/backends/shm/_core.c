@@ -2600,7 +2600,11 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
         } else if (is_me(h) && c->stripe_thread[stripe] == 0) {
             take = 1;              /* a previous incarnation of our pid */
         } else if (!id_alive(h)) {
+            /* Dead: its count is ours now.  The takeover bit tells a live
+             * process that still believes it holds the stripe (a garbage
+             * dead id was written over its word) not to post as well. */
             take = 1;
+            want = me | TAKEOVER_BIT;
         } else if ((h & TAKEOVER_BIT) && now - stuck_since >= c->stall_seconds) {
             take = 1;              /* a takeover that never ends: garbage */
             want = me | TAKEOVER_BIT;
@@ -2628,13 +2632,20 @@ stripe_release(Core *c, uint64_t stripe)
     if (!c->has_view)
         return 0;
     uint64_t *word = &stripe_at(c, stripe)->holder;
-    uint64_t me = my_id(), h = load_acq(word);
-    if (id_pid(h) != id_pid(me) || (h & ~TAKEOVER_BIT) != me)
-        return 0;
-    if (!cas64(word, &h, 0))
-        return 0;
-    sem_post(c->sems[stripe]);
-    return 1;
+    uint64_t me = my_id();
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t h = load_acq(word);
+        if (h != 0 && (h & ~TAKEOVER_BIT) != me && (h & TAKEOVER_BIT) && id_alive(h))
+            return 0;       /* taken over from us: the taker posts */
+        /* Ours; or garbage written over our word (no takeover of a live,
+         * recorded holder writes a word without the takeover bit: left
+         * alone, the count would stay taken under it for good). */
+        if (cas64(word, &h, 0)) {
+            sem_post(c->sems[stripe]);
+            return 1;
+        }
+    }
+    return 0;               /* the word keeps changing: someone else writes it */
 }
 
 static int
