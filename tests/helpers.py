@@ -194,3 +194,15 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def fenced_write(resource, fence: int, value: int) -> bool:
+    """What a resource guarded by a lock does with fencing tokens: keep the
+    largest token it has seen, and refuse a write that carries a smaller one."""
+    while True:
+        seen, _ = resource.read("fence")
+        if fence < seen:
+            return False
+        if resource.cas("fence", seen, fence, set_on_not_exists=True):
+            resource.set("value", value)
+            return True

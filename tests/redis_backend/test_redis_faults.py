@@ -23,7 +23,7 @@ import time
 import warnings
 
 import pytest
-from helpers import TcpProxy, redis_server_binary, started_server
+from helpers import TcpProxy, fenced_write, redis_server_binary, started_server
 
 import shmdict
 
@@ -37,18 +37,6 @@ SOCKET_TIMEOUT = 0.3
 def server():
     with started_server(redis_server_binary()) as server:
         yield server
-
-
-def fenced_write(resource, fence: int, value: int) -> bool:
-    """What a resource guarded by a lock does with fencing tokens: keep the
-    largest token it has seen, and refuse a write that carries a smaller one."""
-    while True:
-        seen, _ = resource.read("fence")
-        if fence < seen:
-            return False
-        if resource.cas("fence", seen, fence, set_on_not_exists=True):
-            resource.set("value", value)
-            return True
 
 
 def _holder(url, name, ready, tell, write, outcome):
