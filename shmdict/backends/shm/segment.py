@@ -223,8 +223,7 @@ class Segment:
             # The lock says "being created" to attachers until this process
             # publishes the table or dies (the kernel drops it then): an
             # unpublished segment that nobody holds was abandoned.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not _names_file(path, fd):
+            if not _lock_new(fd) or not _names_file(path, fd):
                 shm.close_fd()
                 return None      # an attacher removed it before we locked it
             ours = True
@@ -409,8 +408,7 @@ def _create_tier(tname: str, g: Geometry, k: int, header0: Dict[str, Any],
     ours = False
     try:
         # Locked until published, as a table's creation (see Segment._create).
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not _names_file(segment_path(tname), fd):
+        if not _lock_new(fd) or not _names_file(segment_path(tname), fd):
             shm.close_fd()
             return None
         ours = True
@@ -571,6 +569,20 @@ def _open_segment(name: str, sharing: Sharing) -> posix_ipc.SharedMemory:
         shm.close_fd()
         raise
     return shm
+
+
+def _lock_new(fd: int) -> bool:
+    """Take the creation lock on a segment this process just created (O_EXCL).
+
+    False when an attacher holds it: between our create and this lock the
+    new file was unpublished and unlocked, which :func:`_abandoned` takes for
+    a dead creator's, so that attacher is removing it; the caller starts
+    over (its create then makes a fresh file)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _abandoned(fd: int, path: str, remove: bool) -> bool:
