@@ -161,7 +161,7 @@ def save(table: Any, path: Any, *, timeout: float = 10.0) -> Dict[str, Any]:
     else:
         entries, fence = snapshot.generic_entries(table), 0
     data = snapshot.encode(table.name, table.layout, table.capacity, table.key_size,
-                           entries, fence)
+                           entries, fence, getattr(table, "max_capacity", table.capacity))
     snapshot.write_file(path, data)
     return {"name": table.name, "layout": repr(table.layout), "count": len(entries),
             "fence": fence, "bytes": len(data), "path": str(path)}
@@ -170,8 +170,8 @@ def save(table: Any, path: Any, *, timeout: float = 10.0) -> Dict[str, Any]:
 def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
          merge: bool = False, backend: Optional[str] = None) -> Any:
     """Recreate a table from the snapshot file ``path`` (see :func:`save`) and
-    return it open: the same layout, capacity and key size, under the saved
-    name or ``name``.
+    return it open: the same layout, capacity, max_capacity and key size,
+    under the saved name or ``name``.
 
     The whole file is read and checked first (``shmdict.snapshot.SnapshotError``
     for a truncated, damaged or foreign file), so a bad file creates nothing.
@@ -219,7 +219,7 @@ def load(path: Any, name: Optional[str] = None, *, replace: bool = False,
         raise snapshot.SnapshotError(
             f"table {target!r} exists; load with replace=True (`--replace`) to remove it "
             f"first, merge=True (`--merge`) to load into it, or name=... another name")
-    table = shm.open_table(target, *shape)
+    table = shm.open_table(target, *shape, max_capacity=snap.max_capacity)
     if not table._segment.created:
         table.close()
         raise snapshot.SnapshotError(f"table {target!r} was created by another process "
@@ -240,7 +240,8 @@ def _load_remote(snap: Any, target: str, backend: str, replace: bool, merge: boo
     module = _remote(backend)
     if replace:
         module.unlink_table(backend, target)
-    table = module.open_table(backend, target, snap.layout, snap.capacity, snap.key_size,
+    # (A Redis table's limit is its max_capacity, as shmdict.open passes it.)
+    table = module.open_table(backend, target, snap.layout, snap.max_capacity, snap.key_size,
                               create=True)
     try:
         if not (replace or merge) and len(table):

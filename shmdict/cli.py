@@ -126,7 +126,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         try:
             stats = table.stats()
             row.update(layout=stats["layout"], capacity=stats["capacity"], used=stats["live"],
-                       size=stats["bytes"])
+                       size=stats["bytes"],
+                       max_capacity=stats.get("max_capacity", stats["capacity"]))
         except Exception as exc:     # a table corrupted past its header
             row["error"] = str(exc)
         finally:
@@ -147,7 +148,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             text_rows.append((r["name"], layout, "-", "-",
                               human_bytes(r["size"]) if r["size"] is not None else "-", pids))
         else:
-            text_rows.append((r["name"], r["layout"], f"{r['capacity']:,}", f"{r['used']:,}",
+            grows = r["max_capacity"] > r["capacity"]
+            capacity = (f"{r['capacity']:,}..{r['max_capacity']:,}" if grows
+                        else f"{r['capacity']:,}")
+            text_rows.append((r["name"], r["layout"], capacity, f"{r['used']:,}",
                               human_bytes(r["size"]), pids))
     print(render_table(("NAME", "LAYOUT", "CAPACITY", "USED", "SIZE", "PIDS"), text_rows,
                        right=(2, 3, 4)))

@@ -67,10 +67,13 @@ class Snapshot:
 
     def __init__(self, name: str, layout: Layout, capacity: int, key_size: int,
                  entries: List[Tuple[bytes, Any]], fence: int = 0,
-                 saved_at: float = 0.0, keys: Optional[List[Any]] = None) -> None:
+                 saved_at: float = 0.0, keys: Optional[List[Any]] = None,
+                 max_capacity: Optional[int] = None) -> None:
         self.name = name
         self.layout = layout
         self.capacity = capacity
+        #: What the table may grow to (files from before growth: capacity).
+        self.max_capacity = capacity if max_capacity is None else max_capacity
         self.key_size = key_size
         self.entries = entries
         self.keys = [decode_key(k) for k, _ in entries] if keys is None else keys
@@ -90,10 +93,12 @@ class Snapshot:
 
 # ------------------------------------------------------------------ write
 def encode(name: str, layout: Layout, capacity: int, key_size: int,
-           entries: Sequence[Tuple[bytes, Any]], fence: int = 0) -> bytes:
+           entries: Sequence[Tuple[bytes, Any]], fence: int = 0,
+           max_capacity: Optional[int] = None) -> bytes:
     """The bytes of a snapshot file of these entries (see the module)."""
     meta = {"format": FORMAT_NAME, "name": name, "layout": json.loads(layout.spec_json()),
             "kind": layout.kind, "capacity": capacity, "key_size": key_size,
+            "max_capacity": capacity if max_capacity is None else max_capacity,
             "count": len(entries), "fence": int(fence), "saved_at": time.time(),
             "shmdict": _package_version()}
     meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
@@ -189,8 +194,11 @@ def decode(data: bytes, source: str = "snapshot") -> Snapshot:
         layout = from_spec(meta["layout"])
         name, capacity, key_size = meta["name"], meta["capacity"], meta["key_size"]
         count, fence = meta["count"], meta.get("fence", 0)
+        max_capacity = meta.get("max_capacity", capacity)
         if layout.kind != meta["kind"] or not all(
-                isinstance(v, int) and v >= 0 for v in (capacity, key_size, count, fence)):
+                isinstance(v, int) and v >= 0
+                for v in (capacity, key_size, count, fence, max_capacity)) \
+                or max_capacity < capacity:
             raise ValueError("inconsistent shape")
         if not isinstance(name, str):
             raise ValueError("name is not a string")
@@ -200,7 +208,7 @@ def decode(data: bytes, source: str = "snapshot") -> Snapshot:
                             f"{exc})") from None
     entries, keys = _entries(body, pos, count, layout, key_size, source)
     return Snapshot(name, layout, capacity, key_size, entries, fence,
-                    float(meta.get("saved_at", 0.0)), keys)
+                    float(meta.get("saved_at", 0.0)), keys, max_capacity)
 
 
 def _entries(body: bytes, pos: int, count: int, layout: Layout, key_size: int,
@@ -298,7 +306,8 @@ def _package_version() -> str:
 def describe(snapshot: Snapshot) -> Dict[str, Any]:
     """A snapshot's shape as JSON-ready data (for the CLI)."""
     return {"name": snapshot.name, "layout": repr(snapshot.layout),
-            "capacity": snapshot.capacity, "key_size": snapshot.key_size,
+            "capacity": snapshot.capacity, "max_capacity": snapshot.max_capacity,
+            "key_size": snapshot.key_size,
             "count": len(snapshot.entries), "fence": snapshot.fence,
             "saved_at": snapshot.saved_at}
 

@@ -146,7 +146,8 @@ def read_table(table: Any) -> Dict[str, Any]:
     kind = table.layout.kind
     out: Dict[str, Any] = {
         "layout": stats["layout"], "kind": kind, "live": stats["live"],
-        "capacity": stats["capacity"], "load_factor": stats["load_factor"],
+        "capacity": stats.get("max_capacity", stats["capacity"]),
+        "load_factor": stats["load_factor"],
         "tiers": stats.get("tiers", 1), "inserts": stats.get("inserts"),
         "deletes": stats.get("deletes"), "adds": None,
         "takeovers": stats.get("takeovers"), "repairs": stats.get("repairs")}
@@ -242,8 +243,9 @@ def render(sample: Dict[str, Any], interval: float, width: int = 0,
     lines = [f"shmdict top  {stamp}  every {interval:g} s  {len(rows)} table"
              f"{'' if len(rows) == 1 else 's'}",
              "ADDS/s: Counter = increments/s (change of the sum of the values); "
-             "Lock = exclusive acquisitions/s (fence)",
-             "INS/s ~: net change of the key count (the table keeps no insert counter)"]
+             "Lock = exclusive acquisitions/s (fence)"]
+    if any(r["error"] is None and r["inserts"]["source"] != "counter" for r in rows):
+        lines.append("INS/s ~: net change of the key count (the table keeps no insert counter)")
     if sample["elapsed"] is None:
         lines.append("(rates from the next refresh on)")
     lines.append("")

@@ -371,3 +371,22 @@ def test_redis_table_saved_from_items_and_loaded_back(name, tmp_path, redis_url)
         shmdict.unlink(name + ".r", backend=redis_url)
     finally:
         remote.unlink()
+
+
+def test_a_grown_table_loads_with_its_max_capacity(name, tmp_path):
+    """A table that grew past its capacity saves its max_capacity, and loads
+    back whole (it used to be recreated at its first tier's capacity and
+    fail with TableFull)."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=10, max_capacity=1000)
+    for i in range(35):
+        table.add(i, i)
+    path = tmp_path / "grown.snap"
+    shmdict.save(table, path)
+    table.unlink()
+    loaded = shmdict.load(path)
+    try:
+        assert loaded.max_capacity == 1000 and loaded.capacity == 10
+        assert dict(loaded.items()) == {i: i for i in range(35)}
+        assert loaded.check()
+    finally:
+        loaded.unlink()
