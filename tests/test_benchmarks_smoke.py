@@ -161,6 +161,23 @@ def test_no_tables_left_behind():
 def test_bench_redis_runs(redis_url, capsys):
     """benchmarks/bench_redis.py at a tiny size, so it cannot rot."""
     module = load("bench_redis")
-    assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002"]) == 0
+    assert module.main(["--url", redis_url, "--repeats", "1", "--budget", "0.002",
+                        "--clients", "2", "--client-adds", "50"]) == 0
     out = capsys.readouterr().out
     assert "| Counter add (HINCRBY) |" in out and "RateLimiter.hit" in out
+    assert "2 client processes at once" in out and "| shmdict on Redis (`add`) |" in out
+
+
+def test_bench_tools(capsys):
+    tools = load("bench_tools")
+    assert tools.main(["--keys", "300", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "shmdict save (whole)" in out and "one top sample" in out
+
+
+def test_bench_growth(capsys):
+    growth = load("bench_growth")
+    assert growth.main(["--keys", "400", "--start", "20", "--repeats", "2",
+                        "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "growth steps" in out and "key in the last tier" in out

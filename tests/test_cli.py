@@ -15,7 +15,7 @@ import pytest
 import shmdict
 from shmdict.backends.shm import _core
 
-VERBS = ["ls", "stat", "dump", "check", "rm", "demo", "bench"]
+VERBS = ["ls", "stat", "dump", "check", "rm", "top", "save", "load", "demo", "bench"]
 SCRIPT = shutil.which("shmdict", path=str(Path(sys.executable).parent)) or ""
 
 
@@ -99,6 +99,22 @@ def test_stat(name, tables):
     assert holders[("read", "shared")]["alive"] is True
     assert data["recovery"]["bound"] == pytest.approx(
         data["recovery"]["stripe_poll"] + data["recovery"]["stall_timeout"])
+
+
+def test_stat_of_a_grown_table_counts_against_max_capacity(name):
+    table = shmdict.open(name + ".grow", shmdict.Counter(), capacity=10, max_capacity=1000)
+    try:
+        for i in range(35):
+            table.add(i)
+        table.delete(0)
+        out = run("stat", name + ".grow").stdout
+        assert "34 of 1,000" in out                        # not "of 10"
+        assert "3: 9/10, 10/10, 15/20 keys (grows to 1,000 keys)" in out   # 0 in tier 0
+        assert "35 (deletes 1) since created" in out
+        data = json.loads(run("stat", name + ".grow", "--json").stdout)
+        assert data["tiers"] == 3 and data["max_capacity"] == 1000
+    finally:
+        table.unlink()
 
 
 def _hold_stripe(name: str, conn) -> None:
@@ -200,6 +216,62 @@ def test_rm(name):
     assert run("rm", name).returncode == 1
     assert run("rm", "-f", name).returncode == 0
     assert run("rm", "bad/name").returncode == 2
+
+
+def test_ls_with_patterns(name):
+    for suffix in (".a1", ".a2", ".b1"):
+        shmdict.open(name + suffix, shmdict.Counter(), capacity=10).close()
+    try:
+        rows = json.loads(run("ls", "--json", name + ".a*").stdout)
+        assert [r["name"] for r in rows] == [name + ".a1", name + ".a2"]
+        both = json.loads(run("ls", "--json", name + ".?1", name + ".a2").stdout)
+        assert [r["name"] for r in both] == [name + ".a1", name + ".a2", name + ".b1"]
+        text = run("ls", name + ".b[0-9]").stdout
+        assert name + ".b1" in text and name + ".a1" not in text
+        none = run("ls", name + ".zz*")
+        assert none.returncode == 0 and "no shmdict tables" in none.stdout
+        assert json.loads(run("ls", "--json", name + ".zz*").stdout) == []
+    finally:
+        for suffix in (".a1", ".a2", ".b1"):
+            shmdict.unlink(name + suffix)
+
+
+def _map_until_stdin_closes(name):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, shmdict\n"
+                               f"d = shmdict.open({name!r}, shmdict.Counter(), capacity=10)\n"
+                               f"print('ready', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_rm_with_patterns_dry_run_and_tables_in_use(name):
+    names = [name + s for s in (".a1", ".a2", ".b1", ".busy")]
+    for n in names:
+        shmdict.open(n, shmdict.Counter(), capacity=10).close()
+    user = _map_until_stdin_closes(name + ".busy")
+    try:
+        dry = run("rm", "--dry-run", name + ".*")
+        assert dry.returncode == 1                  # .busy would be refused
+        assert dry.stdout.splitlines() == [f"would remove {n}" for n in names[:3]]
+        assert f"{name}.busy' is in use by pid {user.pid}" in dry.stderr
+        assert all(n in shmdict.list_tables() for n in names)
+        none = run("rm", name + ".zz*")
+        assert none.returncode == 1 and f"no table matches '{name}.zz*'" in none.stderr
+        assert run("rm", "-f", name + ".zz*").returncode == 0
+        # A pattern and an exact name that overlap remove each table once;
+        # the in-use one is refused while the others go.
+        proc = run("rm", name + ".a*", name + ".a1", name + ".b1", name + ".busy")
+        assert proc.returncode == 1
+        assert proc.stdout.splitlines() == [f"removed {n}" for n in names[:3]]
+        assert "in use" in proc.stderr
+        assert [n for n in names if n in shmdict.list_tables()] == [name + ".busy"]
+    finally:
+        user.stdin.close()
+        user.wait(30)
+        for n in names:
+            shmdict.unlink(n)
 
 
 def test_usage_errors():

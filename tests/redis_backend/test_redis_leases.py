@@ -13,6 +13,7 @@ import time
 import warnings
 
 import pytest
+from helpers import fenced_write
 
 import shmdict
 
@@ -178,18 +179,6 @@ def test_ownership_compares_the_whole_token(redis_url, name):
         assert handle.locked()
     finally:
         locks.unlink()
-
-
-def fenced_write(resource, fence: int, value: int) -> bool:
-    """What a resource guarded by a lock does with fencing tokens: keep the
-    largest token it has seen, and refuse a write that carries a smaller one."""
-    while True:
-        seen, _ = resource.read("fence")
-        if fence < seen:
-            return False
-        if resource.cas("fence", seen, fence, set_on_not_exists=True):
-            resource.set("value", value)
-            return True
 
 
 def _paused_fenced_writer(url, name, ready, outcome):

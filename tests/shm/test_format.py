@@ -16,7 +16,7 @@ def test_max_key_size_is_the_cores():
 
 def test_magic_and_version():
     assert _core.MAGIC == int.from_bytes(b"SHMDICT1", "little")
-    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 2
+    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 3
 
 
 def test_header_fields_tile_the_header_without_overlap():
@@ -80,3 +80,26 @@ def test_stripe_count_limit_is_one_number():
         _core.geometry(10, 8, 0, _core.MAX_STRIPES + 1)
     with pytest.raises(ValueError, match="stripe count"):
         segment.Geometry(shmdict.Counter(), 10, 8, nstripes=_core.MAX_STRIPES + 1)
+
+
+def test_version_3_growth_fields():
+    # Online growth (format.h, "Tiers") and the insert/delete statistics,
+    # taken from the spec area; the fence keeps the last cache line alone.
+    fields = _core.HEADER_FIELDS
+    assert [fields[f] for f in ("max_capacity", "tiers", "tier", "inserts", "deletes")] == [
+        (128, "Q"), (136, "Q"), (144, "Q"), (152, "Q"), (160, "Q")]
+    assert fields["spec_length"] == (168, "H") and fields["spec"][0] == 170
+    assert fields["spec"][0] + _core.SPEC_MAX <= fields["fence"][0] == _core.HEADER_SIZE - 64
+    assert _core.MAX_TIERS == 64 and _core.TIER_SHIFT == 48
+
+
+def test_a_new_table_is_tier_0_of_1(name):
+    table = shmdict.open(name, shmdict.Counter(), capacity=10, max_capacity=30)
+    try:
+        mm = table._segment.mm
+        read = {f: struct.unpack_from("<" + code, mm, offset)[0]
+                for f, (offset, code) in _core.HEADER_FIELDS.items() if code == "Q"}
+        assert (read["max_capacity"], read["tiers"], read["tier"]) == (30, 1, 0)
+        assert (read["inserts"], read["deletes"]) == (0, 0)
+    finally:
+        table.close()

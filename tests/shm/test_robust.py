@@ -73,9 +73,18 @@ def test_garbage_holder_word_naming_a_live_process_does_not_wedge(name):
     assert any(f"stripe {stripe}" in line for line in report.problems + report.repaired), report
     _core.store_u64(mm, stripe_record(table, stripe, "holder"), owner_id(1))
     keys = keys_in_stripe(table, stripe, 3)
+    inserts_go_on_in_another_process(table, stripe, keys)
+    table.close()
+
+
+def inserts_go_on_in_another_process(table, stripe, keys):
+    """Another process adds ``keys`` (all in ``stripe``) and deletes the
+    first, within 20 s; then the table holds them, passes check() and the
+    stripe's semaphore has its one count."""
     code, out, err = run_python(f"""
         import shmdict
-        d = shmdict.open({name!r}, shmdict.Counter(), capacity=100, create=False)
+        d = shmdict.open({table.name!r}, shmdict.Counter(), capacity=100, create=False,
+                         stall_timeout=0.3, stripe_poll=0.05)
         for k in {keys!r}:
             d.add(k)
         d.delete({keys[0]!r})
@@ -85,6 +94,24 @@ def test_garbage_holder_word_naming_a_live_process_does_not_wedge(name):
     assert table.read(keys[1]) == (1, True)
     assert table.check(), str(table.check())
     assert table._stripes.semaphores[stripe].value == 1
+
+
+def test_garbage_holder_word_over_a_held_stripe_does_not_wedge(name):
+    """pid 1's id written over the holder word of a stripe that a process
+    holds.  Its release used to find its word gone and, as after a
+    takeover, leave the post to the word's owner: the semaphore stayed taken
+    for good under a word naming a live process.  A word without the
+    takeover bit is never a taker's, so the holder clears it and posts."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=100, stall_timeout=0.3,
+                         stripe_poll=0.05)
+    stripe = 5
+    keys = keys_in_stripe(table, stripe, 2)
+    try:
+        table._stripes.acquire(stripe)
+        _core.store_u64(table._segment.mm, stripe_record(table, stripe, "holder"), owner_id(1))
+    finally:
+        table._stripes.release(stripe)
+    inserts_go_on_in_another_process(table, stripe, keys)
     table.close()
 
 

@@ -149,3 +149,34 @@ def test_segment_size_per_slot(name):
     assert header["slot_size"] <= 64 + 24
     assert header["capacity"] / header["nslots"] <= 0.75
     d.close()
+
+
+def test_an_attacher_checking_a_new_segment_in_the_creators_first_instant(name, monkeypatch):
+    """Between a creator's O_EXCL create and its creation lock, an attacher
+    may find the new file unpublished and unlocked, take it for a dead
+    creator's, lock it and remove it.  The creator, whose lock then fails,
+    starts over (it used to raise "Resource temporarily unavailable")."""
+    import fcntl
+    import threading
+    from shmdict.backends.shm import segment
+    real = posix_ipc.SharedMemory
+    path = segment.segment_path(name)
+    raced = []
+
+    def racing(shm_name, flags=0, *args, **kwargs):
+        made = real(shm_name, flags, *args, **kwargs)
+        if flags == posix_ipc.O_CREX and not raced and shm_name == segment.segment_name(name):
+            # The attacher's _abandoned(): lock, see no magic, remove, unlock.
+            fd = os.open(path, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.unlink(path)
+            raced.append(fd)
+            threading.Timer(0.3, os.close, (fd,)).start()
+        return made
+
+    monkeypatch.setattr(segment.posix_ipc, "SharedMemory", racing)
+    table = shmdict.open(name, shmdict.Counter(), capacity=10)
+    assert raced, "the race was not staged"
+    table.add("k", 2)
+    assert shmdict.open(name, shmdict.Counter(), capacity=10).read("k") == (2, True)
+    table.close()

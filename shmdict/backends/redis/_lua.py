@@ -53,11 +53,21 @@ local function fail(status)
                            redis.call('HGET', META, 'capacity'))
 end
 
+-- Abort the script with an error reply.  Redis 7 and Valkey return a
+-- raised reply table as it is; Redis 6's error handler concatenates what was
+-- raised with its position and fails on a table, so it gets the reply's text
+-- (which then comes back after a position prefix: the Python side looks for
+-- the SHMDICT_ word anywhere in the message).
+local function raise(reply)
+  if redis.REDIS_VERSION_NUM then error(reply) end
+  error(reply['err'], 0)
+end
+
 -- ensure(), raising the table-full / no-table error reply instead of
 -- returning it: 'existed' or 'created'.
 local function ensured(f, default)
   local st = ensure(f, default)
-  if st ~= 'existed' and st ~= 'created' then error(fail(st)) end
+  if st ~= 'existed' and st ~= 'created' then raise(fail(st)) end
   return st
 end
 

@@ -234,6 +234,9 @@ class RedisTable(BaseTable):
         self.name = name
         self.layout = layout
         self.capacity = capacity
+        #: Redis has no slot array to grow: its limit is the capacity it was
+        #: opened with (shmdict.open passes max_capacity as that).
+        self.max_capacity = capacity
         self.key_size = key_size
         self.backend = conn.url
         self._conn = conn
@@ -310,6 +313,11 @@ class RedisTable(BaseTable):
         """The shmdict exception for a Redis one."""
         if isinstance(exc, ResponseError):
             message = str(exc)
+            # The reply starts with the script's SHMDICT_ word, except on
+            # Redis 6, which puts the script's position in front of it.
+            at = message.find("SHMDICT_")
+            if at > 0:
+                message = message[at:]
             word = message.split(" ", 1)[0]
             if word == "SHMDICT_FULL":
                 _, live, capacity = message.split()[:3]
@@ -531,6 +539,13 @@ class _LeaseKeeper:
     server is away) is retried at the next tick; if the server stays away
     longer than the lease, the lock is lost and its release raises
     ``NotOwner``.
+
+    It also keeps, per lease, when the server last confirmed it (this host's
+    monotonic clock when the confirming call was *sent*, so earlier than the
+    server's own reading): the lease cannot have expired on the server
+    before ``confirmed + lease``.  Past that, the holder is told it may have
+    lost the lock without asking the server, which a partition or a stopped
+    server would keep from answering (:meth:`valid_until`).
     """
 
     def __init__(self, table: RedisTable) -> None:
@@ -541,15 +556,20 @@ class _LeaseKeeper:
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._held: Dict[Tuple[str, bytes, bool], int] = {}
+        #: entry -> monotonic time the server last confirmed the lease (the
+        #: time its confirming call was sent); -inf once a renewal was refused.
+        self._confirmed: Dict[Tuple[str, bytes, bool], float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped = threading.Event()
 
-    def hold(self, where: str, field: bytes, shared: bool) -> None:
+    def hold(self, where: str, field: bytes, shared: bool, sent_at: float) -> None:
+        """Count a lease taken by a call sent at ``sent_at`` (monotonic)."""
         if self._pid != os.getpid():    # forked: the parent's leases are not ours
             self._reset()
         with self._mutex:
             entry = (where, field, shared)
             self._held[entry] = self._held.get(entry, 0) + 1
+            self._confirmed[entry] = sent_at
             if self._thread is None and not self._stopped.is_set():
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"shmdict-lease-{self._table.name}")
@@ -565,6 +585,16 @@ class _LeaseKeeper:
                 self._held[entry] = count
             else:
                 self._held.pop(entry, None)
+                self._confirmed.pop(entry, None)
+
+    def valid_until(self, where: str, field: bytes, shared: bool) -> Optional[float]:
+        """The monotonic time up to which this process's lease on ``field``
+        is sure to be live on the server (None: it holds none)."""
+        if self._pid != os.getpid():
+            return None
+        with self._mutex:
+            confirmed = self._confirmed.get((where, field, shared))
+        return None if confirmed is None else confirmed + self._table._conn.options["lease"]
 
     def stop(self) -> None:
         self._stopped.set()
@@ -578,13 +608,23 @@ class _LeaseKeeper:
                 if not self._held:
                     self._thread = None
                     return
+                entries = list(self._held)
                 args: List[Any] = [table._conn.lease_ms]
-                for where, field, shared in self._held:
+                for where, field, shared in entries:
                     args += [where, field, token, int(shared)]
+            sent_at = time.monotonic()
             try:
-                table._eval(_lua.LEASE_RENEW, *args)
+                renewed = table._eval(_lua.LEASE_RENEW, *args)
             except (ShmDictError, ValueError):
-                pass    # the server is away: try again at the next tick
+                continue    # the server is away: try again at the next tick
+            with self._mutex:
+                for entry, ok in zip(entries, renewed):
+                    # (An entry taken again since the call was sent has a
+                    # later confirmation of its own: leave it.)
+                    if self._confirmed.get(entry, sent_at) <= sent_at:
+                        # A refused renewal: the lease had expired (it may be
+                        # another's now); never confirmed again.
+                        self._confirmed[entry] = sent_at if ok == 1 else float("-inf")
         with self._mutex:
             self._thread = None
 
@@ -742,8 +782,22 @@ class RedisLockTable(LockVerbs, RedisTable):
 
     def held_by_me(self, key: Key, shared: bool = False) -> bool:
         """Whether this process holds a live lease on ``key`` (the exclusive
-        side, or with ``shared`` the shared one), judged by its whole token."""
-        writer, readers = self._holders(key)
+        side, or with ``shared`` the shared one), judged by its whole token.
+
+        A lease the server has not confirmed for ``lease`` seconds (renewals
+        failed: the server was stopped, or this host cut off from it) is
+        answered False without asking the server, which may not answer; one
+        confirmed less than ``lease`` ago is True even when the server
+        cannot be reached, since it cannot have expired there yet."""
+        valid_until = self._keeper.valid_until("d", self._field(key), shared)
+        if valid_until is not None and time.monotonic() >= valid_until:
+            return False
+        try:
+            writer, readers = self._holders(key)
+        except BackendError:
+            if valid_until is None:
+                raise
+            return True
         return process_token() in readers if shared else writer == process_token()
 
     # LockHandle's hooks.
@@ -757,15 +811,18 @@ class RedisLockTable(LockVerbs, RedisTable):
         for an exclusive acquire (0 otherwise)."""
         field = self._field(key)
         args = (field, process_token(), self._conn.lease_ms, int(shared))
+        sent_at = 0.0
 
         def attempt() -> Tuple[bool, Any]:
+            nonlocal sent_at
+            sent_at = time.monotonic()
             reply = self._eval(_lua.LOCK_ACQUIRE, *args)
             return reply[0] == 1, reply
 
         got, reply = self._wait(attempt, blocking, timeout)
         if not got:
             return Outcome.TIMEOUT, 0
-        self._keeper.hold("d", field, shared)
+        self._keeper.hold("d", field, shared, sent_at)
         return (Outcome.RECOVERED if reply[1] == 1 else Outcome.OK), int(reply[2])
 
     def _release_lock(self, key: Key, shared: bool) -> int:
@@ -855,7 +912,11 @@ class RedisStructTable(StructVerbs, RedisTable):
         token = process_token()
         args = (field, token, self._conn.lease_ms, self._default_value())
 
+        sent_at = 0.0
+
         def attempt() -> Tuple[bool, Any]:
+            nonlocal sent_at
+            sent_at = time.monotonic()
             reply = self._eval(_lua.STRUCT_BEGIN, *args)
             return reply[0] == 1, reply
 
@@ -865,7 +926,7 @@ class RedisStructTable(StructVerbs, RedisTable):
             warnings.warn(OwnerDiedWarning(
                 f"an updater of table {self.name!r} died inside an update; the record "
                 f"keeps whatever it had written"), stacklevel=3)
-        self._keeper.hold("r", field, False)
+        self._keeper.hold("r", field, False, sent_at)
         try:
             try:
                 rec = make_record(record_class(self.layout), self.layout.unpack_values(reply[2]),

@@ -53,9 +53,9 @@ TABLE_CLASSES: Dict[str, type] = {"Counter": CounterTable, "Lock": LockTable,
 def open_table(name: str, layout: Layout, capacity: int, key_size: int, *,
                create: bool = True, mode: Optional[int] = None,
                stripe_poll: Optional[float] = None, stall_timeout: Optional[float] = None,
-               sharing: Optional[Sharing] = None) -> Table:
+               sharing: Optional[Sharing] = None, max_capacity: Optional[int] = None) -> Table:
     """Create table ``name`` in shared memory or attach to it (see ``shmdict.open``)."""
-    geometry = Geometry(layout, capacity, key_size)
+    geometry = Geometry(layout, capacity, key_size, max_capacity=max_capacity)
     segment = Segment.open(name, geometry, create=create, mode=mode, sharing=sharing)
     return _configured(_table(segment), stripe_poll, stall_timeout)
 

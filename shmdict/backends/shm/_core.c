@@ -31,6 +31,15 @@
  * caller looked up.  Counter values live in word0; Lock and Struct keep their
  * lock word there.
  *
+ * A table may grow (format.h, "Tiers"): the Core holds an array of tiers,
+ * each a segment of the same format with its own counts; a slot index is
+ * (tier << SHMDICT_TIER_SHIFT) | local, so the key cache and every method
+ * taking a slot work unchanged.  Lookups probe the tiers in order; a miss
+ * in all of them looks at tier 0's published tier count and, when others
+ * grew the table, asks Python (Core(attach_tiers=...)) to map the new ones.
+ * A new key is inserted entirely in C (insert_new_slot): its stripe taken
+ * and released here, Python called only to grow or repair.
+ *
  * Nothing read from the segment is trusted: every index and length is checked
  * against the geometry given at construction, which was itself checked against
  * the size of the mapping, and every loop is bounded.
@@ -107,6 +116,7 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
 #define RC_BUSY          5   /* delete refused: the lock is held            */
 #define RC_FULL          6   /* internal: the live count reached capacity   */
 #define RC_NO_FREE_SLOT  7   /* internal: no free slot below capacity       */
+#define RC_FOUND         8   /* internal: the key to insert was there       */
 
 /* The exceptions the core raises besides Python's own, kept in the module's
  * state (as msgspec does): shmdict.errors' TableFull and CorruptSegment,
@@ -330,6 +340,20 @@ sleep_seconds(double s)
 /* The Core object                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* One tier of the table (format.h, "Tiers"): tier 0 is the segment the
+ * Core was made on; tiers k >= 1 are added by add_tier() as the table grows
+ * (each keeps its own mapping exported while the Core lives). */
+typedef struct {
+    char *base;
+    struct shmdict_header *header;
+    struct shmdict_stripe *stripes;  /* the tier's stripe records (live counts) */
+    char *slots;
+    uint16_t *reach;         /* nslots entries, see the header comment      */
+    uint64_t nslots, capacity;
+    Py_buffer view;          /* tiers k >= 1: their own mapping            */
+    int has_view;
+} Tier;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;          /* keeps the mapping exported while we live   */
@@ -350,47 +374,82 @@ typedef struct {
     PyObject *resolve_fn;    /* resolve(key, create) -> (slot, state, ...) | None */
     PyObject *insert_fn;     /* insert(encoded, hash) -> (slot, state, created) */
     PyObject *insert_with_fn; /* insert_with(key, word0) -> bool (created)  */
+    PyObject *grow_fn;       /* grow(tiers_seen): make room, or raise TableFull */
+    PyObject *attach_fn;     /* attach_tiers(): add_tier() the published tiers */
     Py_ssize_t cache_limit;
     double stall_seconds;    /* stall timeout: stripes and admission lock   */
     double stripe_poll;      /* seconds between looks at a stripe's holder  */
     sem_t **sems;            /* the stripe semaphores (attach_semaphores)   */
     unsigned long *stripe_thread; /* per stripe: the thread of ours holding it */
+    uint64_t max_capacity;   /* tier 0's header, checked at construction    */
+    unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
+    int attaching;           /* inside Core(attach_tiers=...)'s call         */
+    long long takeovers;     /* stripes this Core took over from the dead   */
+    Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
 
-static inline char *slot_at(Core *c, uint64_t i) { return c->slots + i * c->slot_size; }
+#define TIER_SHIFT  SHMDICT_TIER_SHIFT
+#define LOCAL_MASK  ((1ull << TIER_SHIFT) - 1)
+
+static inline uint64_t tier_of(uint64_t i) { return i >> TIER_SHIFT; }
+static inline uint64_t slot_index(uint64_t tier, uint64_t local)
+{ return (tier << TIER_SHIFT) | local; }
+
+/* A slot by its (tier, local) index; the caller checked it (valid_slot). */
+static inline char *slot_at(Core *c, uint64_t i)
+{
+    if (__builtin_expect(i >> TIER_SHIFT == 0, 1))
+        return c->slots + i * c->slot_size;
+    return c->tiers[i >> TIER_SHIFT].slots + (i & LOCAL_MASK) * c->slot_size;
+}
+/* Whether a slot index names a slot of an attached tier. */
+static inline int valid_slot(Core *c, uint64_t i)
+{
+    uint64_t t = i >> TIER_SHIFT;
+    return t < c->ntiers && (i & LOCAL_MASK) < c->tiers[t].nslots;
+}
 static inline char *slot_key(char *slot)
 { return slot + offsetof(struct shmdict_slot, key); }
 static inline char *slot_extra(Core *c, char *slot)
 { return slot_key(slot) + c->key_area; }
 static inline uint64_t *word0_of(char *slot)
 { return (uint64_t *)(slot + offsetof(struct shmdict_slot, word0)); }
+/* Stripe i's record in tier 0: its holder word is the stripe's, for every
+ * tier.  (Per-tier live counts: tier->stripes[i].live.) */
 static inline struct shmdict_stripe *stripe_at(Core *c, uint64_t i)
 { return &c->stripes[i]; }
+
+/* Tiers published in tier 0's header (clamped: the word is not trusted). */
+static inline unsigned published_tiers(Core *c)
+{
+    uint64_t n = load_acq(&c->header->tiers);
+    return n == 0 ? 1 : n > SHMDICT_MAX_TIERS ? SHMDICT_MAX_TIERS : (unsigned)n;
+}
 
 /* Which stripe serialises inserts and deletes of a hash. */
 static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; }
 
 /* Where a hash's probe sequence starts: Lemire's multiply-shift reduction,
  * so the slot count need not be a power of two. */
-static inline uint64_t home_of(Core *c, uint64_t h)
-{ return (uint64_t)(((u128)h * c->nslots) >> 64); }
+static inline uint64_t home_of(Tier *t, uint64_t h)
+{ return (uint64_t)(((u128)h * t->nslots) >> 64); }
 
-/* How many slots past `home` a lookup must probe (bounded by the table). */
-static inline uint64_t reach_limit(Core *c, uint64_t home)
+/* How many slots past `home` a lookup must probe (bounded by the tier). */
+static inline uint64_t reach_limit(Tier *t, uint64_t home)
 {
-    uint16_t r = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
-    return (r == SHMDICT_REACH_UNBOUNDED || r >= c->nslots) ? c->nslots - 1 : r;
+    uint16_t r = __atomic_load_n(&t->reach[home], __ATOMIC_ACQUIRE);
+    return (r == SHMDICT_REACH_UNBOUNDED || r >= t->nslots) ? t->nslots - 1 : r;
 }
 
 /* Record that a key with this home now sits `distance` slots past it.  The
  * store happens before the key is published (release), so any reader that
  * sees the key also sees a reach that covers it. */
-static inline void reach_extend(Core *c, uint64_t home, uint64_t distance)
+static inline void reach_extend(Tier *t, uint64_t home, uint64_t distance)
 {
     uint16_t want = distance >= SHMDICT_REACH_UNBOUNDED ? SHMDICT_REACH_UNBOUNDED : (uint16_t)distance;
-    uint16_t cur = __atomic_load_n(&c->reach[home], __ATOMIC_ACQUIRE);
+    uint16_t cur = __atomic_load_n(&t->reach[home], __ATOMIC_ACQUIRE);
     while (cur < want &&
-           !__atomic_compare_exchange_n(&c->reach[home], &cur, want, 0,
+           !__atomic_compare_exchange_n(&t->reach[home], &cur, want, 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         ;
 }
@@ -404,15 +463,16 @@ static void close_semaphores(Core *self);
 static char *core_kwlist[] = {
     "buffer", "name", "nslots", "slot_size", "key_size", "extra_size", "nstripes",
     "capacity", "stripes_offset", "data_offset", "default_word0", "default_extra",
-    "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit", NULL};
+    "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit",
+    "max_capacity", "grow", "attach_tiers", NULL};
 
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
 {
     PyObject *buffer, *name, *default_extra, *hash_fn, *seed, *resolve_fn, *insert_fn;
-    PyObject *insert_with_fn;
+    PyObject *insert_with_fn, *grow_fn = Py_None, *attach_fn = Py_None;
     unsigned long long nslots, slot_size, key_size, extra_size, nstripes;
-    unsigned long long capacity, stripes_offset, data_offset;
+    unsigned long long capacity, stripes_offset, data_offset, max_capacity = 0;
     long long default_word0;
     Py_ssize_t cache_limit;
     /* PyArg_ParseTupleAndKeywords makes keyword-only arguments optional:
@@ -425,11 +485,18 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOn", core_kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOnKOO", core_kwlist,
             &buffer, &name, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
             &capacity, &stripes_offset, &data_offset, &default_word0, &default_extra,
-            &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit))
+            &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit,
+            &max_capacity, &grow_fn, &attach_fn))
         return -1;
+    if ((grow_fn != Py_None && !PyCallable_Check(grow_fn))
+            || (attach_fn != Py_None && !PyCallable_Check(attach_fn))) {
+        PyErr_SetString(PyExc_TypeError, "Core(): grow and attach_tiers must be callable "
+                        "or None");
+        return -1;
+    }
     if (!PyCallable_Check(hash_fn) || !PyCallable_Check(resolve_fn)
             || !PyCallable_Check(insert_fn) || !PyCallable_Check(insert_with_fn)) {
         PyErr_SetString(PyExc_TypeError, "Core(): hash_function, resolve, insert and "
@@ -465,6 +532,8 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
         bad = "the segment is smaller than its geometry";
     else if ((uint64_t)PyBytes_GET_SIZE(default_extra) != extra_size)
         bad = "default value has the wrong size";
+    else if (max_capacity < capacity || max_capacity > (1ull << 40))
+        bad = "max_capacity is below capacity or out of range";
     if (bad) {
         /* Give the buffer back: a Core left with has_view set but no base
          * would dereference NULL on its next call. */
@@ -488,6 +557,17 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->stripes = (struct shmdict_stripe *)(self->base + stripes_offset);
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
+    self->max_capacity = max_capacity;
+    self->ntiers = 1;
+    Tier *t0 = &self->tiers[0];
+    t0->base = self->base;
+    t0->header = self->header;
+    t0->stripes = self->stripes;
+    t0->slots = self->slots;
+    t0->reach = self->reach;
+    t0->nslots = nslots;
+    t0->capacity = capacity;
+    t0->has_view = 0;        /* tier 0's mapping is self->view */
     self->default_word0 = default_word0;
     /* XSETREF: __init__ may run again on a closed Core. */
     Py_INCREF(default_extra);
@@ -498,6 +578,8 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->resolve_fn, Py_NewRef(resolve_fn));
     Py_XSETREF(self->insert_fn, Py_NewRef(insert_fn));
     Py_XSETREF(self->insert_with_fn, Py_NewRef(insert_with_fn));
+    Py_XSETREF(self->grow_fn, Py_NewRef(grow_fn));
+    Py_XSETREF(self->attach_fn, Py_NewRef(attach_fn));
     Py_XSETREF(self->cache, PyDict_New());
     self->cache_limit = cache_limit;
     self->stall_seconds = 2.0;
@@ -512,6 +594,13 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
 static void
 Core_release_view(Core *self)
 {
+    for (unsigned k = 1; k < SHMDICT_MAX_TIERS; k++) {
+        if (self->tiers[k].has_view) {
+            PyBuffer_Release(&self->tiers[k].view);
+            self->tiers[k].has_view = 0;
+        }
+    }
+    self->ntiers = 1;
     if (self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -533,6 +622,8 @@ Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->resolve_fn);
     Py_VISIT(self->insert_fn);
     Py_VISIT(self->insert_with_fn);
+    Py_VISIT(self->grow_fn);
+    Py_VISIT(self->attach_fn);
     return 0;
 }
 
@@ -548,6 +639,8 @@ Core_clear(Core *self)
     Py_CLEAR(self->resolve_fn);
     Py_CLEAR(self->insert_fn);
     Py_CLEAR(self->insert_with_fn);
+    Py_CLEAR(self->grow_fn);
+    Py_CLEAR(self->attach_fn);
     return 0;
 }
 
@@ -565,6 +658,8 @@ Core_dealloc(Core *self)
     Py_XDECREF(self->resolve_fn);
     Py_XDECREF(self->insert_fn);
     Py_XDECREF(self->insert_with_fn);
+    Py_XDECREF(self->grow_fn);
+    Py_XDECREF(self->attach_fn);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -594,7 +689,7 @@ closed_meanwhile(Core *self)
 static int
 parse_slot(Core *self, unsigned long long slot)
 {
-    if (slot >= self->nslots) {
+    if (!valid_slot(self, slot)) {
         PyErr_SetString(PyExc_IndexError, "slot index out of range");
         return -1;
     }
@@ -605,16 +700,17 @@ parse_slot(Core *self, unsigned long long slot)
 /* Lookup (lock-free)                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* Find the published slot holding key[0:klen] with hash h.  Returns 1 with
- * the slot index and its state word filled in, or 0 when the key is absent.  The key bytes of a
+/* Find the published slot of tier `t` holding key[0:klen] with hash h.
+ * Returns 1 with the tier-local slot index and its state word filled in,
+ * or 0 when the key is absent from the tier.  The key bytes of a
  * published slot can change only after its state word changes, so a match is
  * confirmed by re-reading the state word after comparing the bytes. */
 static int
-find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-          uint64_t *slot_out, uint64_t *state_out)
+find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
+             uint64_t *slot_out, uint64_t *state_out)
 {
     uint64_t high = h >> TAG_SHIFT;
-    uint64_t home = home_of(c, h);
+    uint64_t home = home_of(t, h);
     for (int restarts = 0; restarts < 1000; restarts++) {
         /* The reach word lives in another cache line: read it only when the
          * home slot does not settle the lookup (most lookups end there). */
@@ -623,11 +719,11 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
         int changed = 0;
         for (uint64_t probes = 0; probes <= limit; probes++) {
             if (probes == 1) {
-                limit = reach_limit(c, home);
+                limit = reach_limit(t, home);
                 if (limit == 0)
                     break;
             }
-            char *slot = slot_at(c, i);
+            char *slot = t->slots + i * c->slot_size;
             uint64_t s = load_acq(slot);
             unsigned kind = st_kind(s);
             if (kind == KIND_EMPTY)
@@ -643,11 +739,75 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
                 changed = 1;    /* the slot changed while we compared */
                 break;
             }
-            i = (i + 1 == c->nslots) ? 0 : i + 1;
+            i = (i + 1 == t->nslots) ? 0 : i + 1;
         }
         if (!changed)
             return 0;
         /* Look again from the home slot, with the whole probe budget. */
+    }
+    return 0;
+}
+
+/* Find a key in the attached tiers, in order (a key is in one tier at
+ * most: every insert looks in all of them under the key's stripe).
+ * Returns 1 with the (tier, local) slot index and its state, 0 if absent
+ * from every attached tier. */
+static int
+find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
+          uint64_t *slot_out, uint64_t *state_out)
+{
+    for (unsigned k = 0; k < c->ntiers; k++) {
+        uint64_t local;
+        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+            *slot_out = slot_index(k, local);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Attach the tiers other processes published since we last looked, through
+ * Core(attach_tiers=...), which maps them and calls add_tier().  Returns 1
+ * if tiers were added, 0 if none, -1 with an exception set. */
+static int closed_meanwhile(Core *self);
+
+static int
+refresh_tiers(Core *c)
+{
+    if (published_tiers(c) <= c->ntiers || c->attach_fn == NULL || c->attach_fn == Py_None
+            || c->attaching)
+        return 0;       /* (attaching: the callable itself asks us, see tiers()) */
+    unsigned before = c->ntiers;
+    c->attaching = 1;
+    PyObject *r = PyObject_CallNoArgs(c->attach_fn);
+    c->attaching = 0;
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    if (closed_meanwhile(c))
+        return -1;
+    return c->ntiers > before;
+}
+
+/* find_slot, and on a miss look at tier 0's published tier count: a
+ * process that opened before a growth finds keys that others inserted in
+ * tiers it has not mapped yet.  Returns 1, 0, or -1 with an exception. */
+static int
+find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
+         uint64_t *slot_out, uint64_t *state_out)
+{
+    if (find_slot(c, key, klen, h, slot_out, state_out))
+        return 1;
+    unsigned before = c->ntiers;
+    int r = refresh_tiers(c);
+    if (r <= 0)
+        return r;
+    for (unsigned k = before; k < c->ntiers; k++) {
+        uint64_t local;
+        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+            *slot_out = slot_index(k, local);
+            return 1;
+        }
     }
     return 0;
 }
@@ -663,7 +823,9 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
  * must change together; a crash between two stores would leave them apart.
  * So both change under this tiny spinlock, whose holder id lets a waiter
  * steal it from a dead holder and recompute the global count from the
- * stripes (which it can, since nobody else changes them meanwhile). */
+ * stripes (which it can, since nobody else changes them meanwhile).
+ * Each tier has its own: header.live, the lock and the stripes' counts of
+ * tier k count tier k's keys against tier k's capacity. */
 
 /* A live holder keeps the admission lock for a few stores.  One that has
  * kept the same word for longer than the table's stall timeout (Core's
@@ -678,10 +840,10 @@ find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
  * resumed holder whose CAS fails goes round again; it never writes a count
  * computed from a stale read, and never unlocks another's lock. */
 static void
-admit_lock(Core *c)
+admit_lock(Core *c, Tier *t)
 {
     uint64_t me = my_id();
-    uint64_t *word = &c->header->admit;
+    uint64_t *word = &t->header->admit;
     uint64_t stuck_word = 0;
     double stuck_since = 0;
     for (unsigned long spins = 0;; spins++) {
@@ -702,8 +864,8 @@ admit_lock(Core *c)
                 if (cas64(word, &expected, me)) {
                     int64_t sum = 0;
                     for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(&stripe_at(c, s)->live);
-                    store_rel(&c->header->live, (uint64_t)sum);
+                        sum += (int64_t)load_acq(&t->stripes[s].live);
+                    store_rel(&t->header->live, (uint64_t)sum);
                     return;
                 }
             }
@@ -713,10 +875,10 @@ admit_lock(Core *c)
 }
 
 static void
-admit_unlock(Core *c)
+admit_unlock(Core *c, Tier *t)
 {
     uint64_t me = my_id();
-    cas64(&c->header->admit, &me, 0);    /* not ours any more: leave it */
+    cas64(&t->header->admit, &me, 0);    /* not ours any more: leave it */
 }
 
 /* Add `delta` to a stripe's count and the global count together; with
@@ -725,59 +887,59 @@ admit_unlock(Core *c)
  * lock: if either moved, the lock was taken over while we were stopped, and
  * we start again. */
 static int
-admit_change(Core *c, uint64_t stripe, int64_t delta, int reserve)
+admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
 {
-    int64_t *live = &c->header->live;
-    int64_t *sl = &stripe_at(c, stripe)->live;
+    int64_t *live = &t->header->live;
+    int64_t *sl = &t->stripes[stripe].live;
     for (;;) {
-        admit_lock(c);
+        admit_lock(c, t);
         uint64_t g = load_acq(live), k = load_acq(sl);
-        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < c->capacity)) {
-            admit_unlock(c);
+        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < t->capacity)) {
+            admit_unlock(c, t);
             return 0;
         }
         uint64_t e = g;
         if (cas64(live, &e, (uint64_t)((int64_t)g + delta))) {
             e = k;
             if (cas64(sl, &e, (uint64_t)((int64_t)k + delta))) {
-                admit_unlock(c);
+                admit_unlock(c, t);
                 return 1;
             }
             /* The stripe count moved (only the stripe's holder, which is us,
              * changes it: so a taker's repair): undo ours and retry. */
             __atomic_fetch_sub(live, delta, __ATOMIC_ACQ_REL);
         }
-        admit_unlock(c);
+        admit_unlock(c, t);
     }
 }
 
 /* Reserve room for one more key in `stripe`; 0 when the table is full. */
 static int
-admit_reserve(Core *c, uint64_t stripe)
+admit_reserve(Core *c, Tier *t, uint64_t stripe)
 {
-    return admit_change(c, stripe, 1, 1);
+    return admit_change(c, t, stripe, 1, 1);
 }
 
 /* Add `delta` to a stripe's count and the global count together. */
 static void
-admit_adjust(Core *c, uint64_t stripe, int64_t delta)
+admit_adjust(Core *c, Tier *t, uint64_t stripe, int64_t delta)
 {
     if (delta != 0)
-        admit_change(c, stripe, delta, 0);
+        admit_change(c, t, stripe, delta, 0);
 }
 
 /* Set the global count to the sum of the stripes' counts (under the
  * admission lock, which every change of either takes): repairs a garbage
  * global count.  Returns the count it replaced. */
 static int64_t
-admit_recount(Core *c)
+admit_recount(Core *c, Tier *t)
 {
-    admit_lock(c);
+    admit_lock(c, t);
     int64_t sum = 0;
     for (uint64_t s = 0; s < c->nstripes; s++)
-        sum += (int64_t)load_acq(&stripe_at(c, s)->live);
-    int64_t old = (int64_t)__atomic_exchange_n(&c->header->live, sum, __ATOMIC_ACQ_REL);
-    admit_unlock(c);
+        sum += (int64_t)load_acq(&t->stripes[s].live);
+    int64_t old = (int64_t)__atomic_exchange_n(&t->header->live, sum, __ATOMIC_ACQ_REL);
+    admit_unlock(c, t);
     return old;
 }
 
@@ -785,28 +947,35 @@ admit_recount(Core *c)
 /* Insert and delete (caller holds the key's stripe)                        */
 /* ------------------------------------------------------------------------ */
 
-/* Insert a key known to be absent.  Returns RC_OK with the slot and its
- * state filled in, RC_FULL when the table is full, RC_NO_FREE_SLOT when no
- * free slot was found (only possible in a corrupt table). */
+/* Insert a key known to be absent into tier `k`.  Returns RC_OK with the
+ * (tier, local) slot and its state filled in, RC_FULL when the tier is
+ * full, RC_NO_FREE_SLOT when no free slot was found (only possible in a
+ * corrupt table). */
 static int
-insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
+               int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
 {
+    Tier *t = &c->tiers[k];
     uint64_t stripe = stripe_of(c, h);
-    if (!admit_reserve(c, stripe))
+    /* A full tier (all but the last, in a grown table) is passed over
+     * without its admission lock; the reservation below decides. */
+    uint64_t live = load_acq(&t->header->live);
+    if ((int64_t)live >= 0 && live >= t->capacity)
         return RC_FULL;
-    uint64_t home = home_of(c, h);
+    if (!admit_reserve(c, t, stripe))
+        return RC_FULL;
+    uint64_t home = home_of(t, h);
     uint64_t i = home;
-    for (uint64_t probes = 0; probes < c->nslots; probes++) {
-        char *slot = slot_at(c, i);
+    for (uint64_t probes = 0; probes < t->nslots; probes++) {
+        char *slot = t->slots + i * c->slot_size;
         uint64_t s = load_acq(slot);
         unsigned kind = st_kind(s);
         if (kind == KIND_EMPTY || kind == KIND_TOMBSTONE) {
             uint64_t claimed = st_make(KIND_CLAIMED, st_gen(s), 0, stripe);
             if (cas64(slot, &s, claimed)) {
                 if (kind == KIND_TOMBSTONE)
-                    __atomic_fetch_sub(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
-                reach_extend(c, home, probes);   /* before the publish below */
+                    __atomic_fetch_sub(&t->header->tombstones, 1, __ATOMIC_ACQ_REL);
+                reach_extend(t, home, probes);   /* before the publish below */
                 memcpy(slot_key(slot), key, klen);
                 memset(slot_key(slot) + klen, 0, c->key_area - klen);
                 if (c->extra_size)
@@ -815,16 +984,33 @@ insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
                 store_rel(slot, published);
-                *slot_out = i;
+                /* Statistics only (shmdict top's insert rate). */
+                __atomic_fetch_add(&c->header->inserts, 1, __ATOMIC_RELAXED);
+                *slot_out = slot_index(k, i);
                 *state_out = published;
                 return RC_OK;
             }
             continue;  /* lost the slot to another stripe's insert: retry it */
         }
-        i = (i + 1 == c->nslots) ? 0 : i + 1;
+        i = (i + 1 == t->nslots) ? 0 : i + 1;
     }
-    admit_adjust(c, stripe, -1);
+    admit_adjust(c, t, stripe, -1);
     return RC_NO_FREE_SLOT;
+}
+
+/* Insert a key known to be absent (the caller holds its stripe and has
+ * looked in every attached tier) into the first attached tier with room.
+ * RC_FULL when every attached tier is full. */
+static int
+insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
+            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+{
+    for (unsigned k = 0; k < c->ntiers; k++) {
+        int rc = insert_in_tier(c, k, key, klen, h, word0, extra, slot_out, state_out);
+        if (rc != RC_FULL)
+            return rc;
+    }
+    return RC_FULL;
 }
 
 /* Turn a published slot into a tombstone if (state, word0) still match. */
@@ -835,11 +1021,124 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
     uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(state), 0, 0);
     if (!cas_pair(slot, state, word0, tomb, 0, NULL))
         return 0;
-    __atomic_fetch_add(&c->header->tombstones, 1, __ATOMIC_ACQ_REL);
+    __atomic_fetch_add(&c->tiers[tier_of(i)].header->tombstones, 1, __ATOMIC_ACQ_REL);
+    __atomic_fetch_add(&c->header->deletes, 1, __ATOMIC_RELAXED);   /* statistics */
     /* The stripe is that of the key's hash; the slot's state only keeps the
      * high 32 bits of it, so the caller's stripe index is recomputed by the
      * Python layer and passed through `stripe` in Core_delete. */
     return 1;
+}
+
+/* (slot, state) or, with created >= 0, (slot, state, created): what the
+ * lookups return and the key cache keeps.  Built by hand: Py_BuildValue
+ * parses its format on every call, a quarter of a new key's insert. */
+static PyObject *
+slot_tuple(uint64_t i, uint64_t s, int created)
+{
+    PyObject *t = PyTuple_New(created >= 0 ? 3 : 2);
+    if (t == NULL)
+        return NULL;
+    PyObject *a = PyLong_FromUnsignedLongLong(i), *b = PyLong_FromUnsignedLongLong(s);
+    if (a == NULL || b == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_DECREF(t);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    if (created >= 0)
+        PyTuple_SET_ITEM(t, 2, Py_NewRef(created ? Py_True : Py_False));
+    /* Only ints inside, so never part of a cycle: untracked, the key cache's
+     * entries cost the cyclic collector nothing (it would untrack them
+     * itself, after traversing each once). */
+    PyObject_GC_UnTrack(t);
+    return t;
+}
+
+/* The stripe protocol, further down ("Stripe locks"). */
+static int stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
+                          long long *delta);
+static int stripe_release(Core *c, uint64_t stripe);
+static void raise_table_full(Core *c);
+
+
+/* Insert key[0:klen] (hash h) if absent, taking its stripe here: (slot,
+ * state, created), or NULL with an exception set.  Between the stripe's
+ * acquire and release only C runs (no Python code, so no signal handler,
+ * and the GIL is kept unless the stripe is taken and we must wait): a
+ * SIGKILL anywhere in between is repaired by the next waiter as for any
+ * holder.  Python is called, with the stripe released, only to attach tiers
+ * another process published, or when every tier is full: Core(grow=...)
+ * then repairs dead stripes, adds a tier, or raises TableFull. */
+static int
+insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t word0,
+                const char *extra, uint64_t *slot_out, uint64_t *state_out, int *created)
+{
+    uint64_t stripe = stripe_of(c, h);
+    for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
+        long long dropped, delta;
+        unsigned seen = c->ntiers;
+        int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
+        if (r == RC_ERROR)
+            return -1;
+        if (r == RC_RECOVERED)
+            c->takeovers++;
+        uint64_t i = 0, s = 0;
+        int rc;
+        if (published_tiers(c) > c->ntiers)
+            rc = RC_STALE;          /* attach the new tiers first, unlocked */
+        else if (find_slot(c, key, klen, h, &i, &s))
+            rc = RC_FOUND;
+        else
+            rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
+        stripe_release(c, stripe);
+        if (rc == RC_FOUND || rc == RC_OK) {
+            *slot_out = i;
+            *state_out = s;
+            *created = rc == RC_OK;
+            return 0;
+        }
+        if (rc == RC_NO_FREE_SLOT) {
+            CoreState *st = core_state();
+            if (st != NULL)
+                PyErr_Format(st->CorruptSegment,
+                             "table %R: no free slot although the live count is below "
+                             "capacity (corrupt table: run `shmdict check %U`)",
+                             c->name, c->name);
+            return -1;
+        }
+        if (rc == RC_STALE) {
+            if (refresh_tiers(c) < 0)
+                return -1;
+            continue;
+        }
+        /* RC_FULL: every attached tier is full. */
+        if (c->grow_fn == NULL || c->grow_fn == Py_None) {
+            raise_table_full(c);
+            return -1;
+        }
+        PyObject *g = PyObject_CallFunction(c->grow_fn, "I", seen);
+        if (g == NULL)
+            return -1;
+        Py_DECREF(g);
+        if (closed_meanwhile(c))
+            return -1;
+    }
+    raise_table_full(c);
+    return -1;
+}
+
+/* insert_new_slot, as the (slot, state, created) tuple Core.insert_new gives. */
+static PyObject *
+insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
+           int64_t word0, const char *extra)
+{
+    uint64_t i, s;
+    int created;
+    if (insert_new_slot(c, key, klen, h, word0, extra, &i, &s, &created) < 0)
+        return NULL;
+    return slot_tuple(i, s, created);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -972,7 +1271,8 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     PyObject *kb = PyBytes_FromStringAndSize(encoded, n);
     if (kb == NULL)
         return -1;
-    PyObject *hv = PyObject_CallFunctionObjArgs(c->hash_fn, kb, c->seed, NULL);
+    PyObject *argv[2] = {kb, c->seed};
+    PyObject *hv = PyObject_Vectorcall(c->hash_fn, argv, 2, NULL);
     Py_DECREF(kb);
     *h = hv ? PyLong_AsUnsignedLongLong(hv) : (unsigned long long)-1;
     Py_XDECREF(hv);
@@ -981,35 +1281,65 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
     return 0;
 }
 
-/* The resolve callable's work done in C, for keys encode_key_c takes: encode, hash
- * (xxhash's own function, with the table's seed), probe, and only for a new
- * key call back into Python to insert it under the stripe lock.  Returns a
- * new (slot, state, ...) tuple, Py_None (absent, not created), or NULL with
- * an exception; sets *handled to 0 when the key needs the Python resolve callable. */
-static PyObject *
-resolve_in_c(Core *c, PyObject *key, int create, int *handled)
+/* The resolve callable's work done in C, for keys encode_key_c takes:
+ * encode, hash (xxhash's own function, with the table's seed), probe every
+ * tier, and for a new key insert it, taking its stripe in C (insert_new_slot).
+ * Returns 1 with slot and state, 0 (absent, not created), or -1 with an
+ * exception; sets *handled to 0 when the key needs the Python resolve
+ * callable. */
+static int
+resolve_in_c(Core *c, PyObject *key, int create, int *handled,
+             uint64_t *slot, uint64_t *state)
 {
     char buf[KLEN_MASK + 1];
     *handled = 0;
     Py_ssize_t n = encode_key_c(key, buf, (Py_ssize_t)c->key_size, 0);
     if (n < 0)
-        return NULL;
+        return 0;
     *handled = 1;
     unsigned long long h;
     if (hash_key(c, buf, n, &h) < 0)
-        return NULL;
-    uint64_t i, s;
-    if (find_slot(c, buf, (uint64_t)n, h, &i, &s))
-        return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
-    if (!create)
-        Py_RETURN_NONE;
-    return PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
+        return -1;
+    int found = find_any(c, buf, (uint64_t)n, h, slot, state);
+    if (found != 0 || !create)
+        return found;
+    if (c->sems == NULL) {      /* no stripe semaphores here: Python inserts */
+        PyObject *res = PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
+        if (res == NULL)
+            return -1;
+        int ok = PyTuple_Check(res) && PyTuple_GET_SIZE(res) >= 2;
+        if (ok) {
+            *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
+            *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+        }
+        Py_DECREF(res);
+        if (!ok) {
+            PyErr_SetString(PyExc_TypeError, "insert must return (slot, state, created)");
+            return -1;
+        }
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    /* The insert, in C: the stripe taken and released there (Python runs
+     * only to grow the table or repair a dead holder's stripe). */
+    PyObject *extra = Py_NewRef(c->default_extra);
+    int created;
+    int r = insert_new_slot(c, buf, (uint64_t)n, h, c->default_word0,
+                            PyBytes_AS_STRING(extra), slot, state, &created);
+    Py_DECREF(extra);
+    return r < 0 ? -1 : 1;
 }
 
+/* The key cache's entries: the 16 bytes of {slot, state}.  A bytes object,
+ * not a tuple of ints: it costs the cyclic collector nothing and is read
+ * with one copy (a state word, and a slot beyond tier 0, are ints of more
+ * than one digit, which CPython converts slowly). */
+typedef struct { uint64_t slot, state; } cache_entry;
+
 /* Look a key up: from the cache when its entry is still current, else
- * through the Python resolve callable (which encodes, hashes, probes and, when
- * `create`, inserts under the stripe lock).  Returns 1 and fills slot/state,
- * 0 when absent (create false), -1 with an exception set. */
+ * in C (resolve_in_c) or through the Python resolve callable (which
+ * encodes, hashes, probes and, when `create`, inserts under the stripe
+ * lock).  Returns 1 and fills slot/state, 0 when absent (create false), -1
+ * with an exception set. */
 static int
 resolve(Core *c, PyObject *key, int create, int use_cache,
         uint64_t *slot, uint64_t *state)
@@ -1019,88 +1349,95 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     int cacheable = cacheable_key(key, 0);
     if (use_cache && cacheable) {
         PyObject *hit = PyDict_GetItemWithError(c->cache, key);
-        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) >= 2) {
-            uint64_t i = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 0));
-            uint64_t s = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 1));
-            if (PyErr_Occurred())
-                return -1;
-            if (i < c->nslots && load_acq(slot_at(c, i)) == s) {
-                *slot = i;
-                *state = s;
+        if (hit != NULL && PyBytes_CheckExact(hit)
+                && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
+            cache_entry e;
+            memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
+            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
+                *slot = e.slot;
+                *state = e.state;
                 return 1;
             }
         } else if (hit == NULL && PyErr_Occurred()) {
             return -1;
         }
     }
-    /* Common keys are resolved in C; others by the Python resolve callable.  Both
-     * give (slot, state, ...) or None. */
-    int handled = 0;
-    PyObject *res = cacheable ? resolve_in_c(c, key, create, &handled) : NULL;
-    if (!handled)
-        res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
-                                           create ? Py_True : Py_False, NULL);
-    if (res == NULL)
-        return -1;
-    if (closed_meanwhile(c)) {      /* by another thread, while in Python */
+    /* Common keys are resolved in C; others by the Python resolve callable,
+     * which gives (slot, state, ...) or None. */
+    int handled = 0, r = 0;
+    if (cacheable)
+        r = resolve_in_c(c, key, create, &handled, slot, state);
+    if (!handled) {
+        PyObject *res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
+                                                     create ? Py_True : Py_False, NULL);
+        if (res == NULL)
+            return -1;
+        if (res == Py_None) {
+            r = 0;
+        } else if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
+            return -1;
+        } else {
+            *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
+            *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+            r = PyErr_Occurred() ? -1 : 1;
+        }
         Py_DECREF(res);
-        return -1;
     }
-    if (res == Py_None) {
-        Py_DECREF(res);
+    if (r < 0)
+        return -1;
+    if (closed_meanwhile(c))        /* by another thread, while in Python */
+        return -1;
+    if (r == 0)
         return 0;
-    }
-    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) < 2) {
-        Py_DECREF(res);
-        PyErr_SetString(PyExc_TypeError, "resolve must return (slot, state, ...) or None");
-        return -1;
-    }
-    *slot = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 0));
-    *state = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
-    if (PyErr_Occurred() || *slot >= c->nslots) {
-        Py_DECREF(res);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
+    if (!valid_slot(c, *slot)) {
+        PyErr_SetString(PyExc_IndexError, "resolve returned a bad slot");
         return -1;
     }
     if (cacheable) {
+        cache_entry e = {*slot, *state};
+        PyObject *entry = PyBytes_FromStringAndSize((const char *)&e, sizeof e);
+        if (entry == NULL)
+            return -1;
         if (PyDict_GET_SIZE(c->cache) >= c->cache_limit)
             PyDict_Clear(c->cache);
-        if (PyDict_SetItem(c->cache, key, res) < 0) {
-            Py_DECREF(res);
+        int failed = PyDict_SetItem(c->cache, key, entry) < 0;
+        Py_DECREF(entry);
+        if (failed)
             return -1;
-        }
     }
-    Py_DECREF(res);
     return 1;
 }
 
-/* resolve() for the verbs' hot path: a cache hit converted with the digit
- * mask (PyLong_AsUnsignedLongLongMask; the checked conversion goes through
- * _PyLong_AsByteArray for a state word above 2**62, which is most of them,
- * and cost a fifth of an add), validated as resolve validates it (index in
- * range, state word unchanged).  Anything else is resolve's. */
+/* resolve() for the verbs' hot path, inlined into each verb: a cache hit
+ * (the 16-byte {slot, state} entry, read with one copy) validated as
+ * resolve validates it (the index names a slot of an attached tier, the
+ * state word is unchanged).  A miss or a stale entry is resolve's, told not
+ * to look the cache up a second time.  (perf's digit-mask conversion of a
+ * cached (slot, state) tuple is moot here: entries hold no ints.) */
 static inline int
 resolve_fast(Core *c, PyObject *key, int create, int use_cache,
              uint64_t *slot, uint64_t *state)
 {
-    if (use_cache && c->has_view && cacheable_key(key, 0)) {
-        PyObject *hit = PyDict_GetItemWithError(c->cache, key);
-        if (hit != NULL && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) >= 2
-                && PyLong_CheckExact(PyTuple_GET_ITEM(hit, 0))
-                && PyLong_CheckExact(PyTuple_GET_ITEM(hit, 1))) {
-            uint64_t i = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(hit, 0));
-            uint64_t s = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(hit, 1));
-            if (i < c->nslots && load_acq(slot_at(c, i)) == s) {
-                *slot = i;
-                *state = s;
+    if (!(use_cache && c->has_view && cacheable_key(key, 0)))
+        return resolve(c, key, create, use_cache, slot, state);
+    PyObject *hit = PyDict_GetItemWithError(c->cache, key);
+    if (hit != NULL) {
+        if (PyBytes_CheckExact(hit)
+                && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
+            cache_entry e;
+            memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
+            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
+                *slot = e.slot;
+                *state = e.state;
                 return 1;
             }
-        } else if (hit == NULL && PyErr_Occurred()) {
-            return -1;
         }
+    } else if (PyErr_Occurred()) {
+        return -1;
     }
-    return resolve(c, key, create, use_cache, slot, state);
+    return resolve(c, key, create, 0, slot, state);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1808,11 +2145,13 @@ Core_find(Core *self, PyObject *args)
         return NULL;
     }
     uint64_t i, s;
-    int found = find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s);
+    int found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s);
     PyBuffer_Release(&key);
+    if (found < 0)
+        return NULL;
     if (!found)
         Py_RETURN_NONE;
-    return Py_BuildValue("(KK)", (unsigned long long)i, (unsigned long long)s);
+    return slot_tuple(i, s, -1);
 }
 
 /* Raise shmdict.errors.TableFull with the message shmdict has always given. */
@@ -1822,11 +2161,13 @@ raise_table_full(Core *c)
     CoreState *st = core_state();
     if (st == NULL)
         return;
+    long long live = 0;
+    for (unsigned k = 0; k < c->ntiers; k++)
+        live += (long long)load_acq(&c->tiers[k].header->live);
     PyErr_Format(st->TableFull,
                  "table %R is full: %lld of %llu keys in use; delete keys or open a "
                  "table with a larger capacity",
-                 c->name, (long long)load_acq(&c->header->live),
-                 (unsigned long long)c->capacity);
+                 c->name, live, (unsigned long long)c->max_capacity);
 }
 
 /* insert(key_bytes, hash, word0, extra) -> (slot, state, created); raises
@@ -1842,6 +2183,7 @@ Core_insert(Core *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     uint64_t i, s;
+    int found;
     if (!self->has_view) {
         PyErr_SetString(PyExc_ValueError, "table is closed");
     } else if (!identity_ready()) {
@@ -1850,8 +2192,10 @@ Core_insert(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
-    } else if (find_slot(self, key.buf, (uint64_t)key.len, h, &i, &s)) {
-        result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s, Py_False);
+    } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0) {
+        if (found > 0)
+            result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
+                                   Py_False);
     } else {
         int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &i, &s);
         if (rc == RC_OK) {
@@ -1867,6 +2211,37 @@ Core_insert(Core *self, PyObject *args)
                              "capacity (corrupt table: run `shmdict check %U`)",
                              self->name, self->name);
         }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&extra);
+    return result;
+}
+
+/* insert_new(key_bytes, hash, word0, extra) -> (slot, state, created): as
+ * insert, but takes (and releases) the key's stripe itself, and grows the
+ * table through Core(grow=...) when every tier is full.  The caller must
+ * not hold the key's stripe. */
+static PyObject *
+Core_insert_new(Core *self, PyObject *args)
+{
+    Py_buffer key, extra;
+    unsigned long long h;
+    long long word0;
+    if (!PyArg_ParseTuple(args, "y*KLy*", &key, &h, &word0, &extra))
+        return NULL;
+    PyObject *result = NULL;
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "table is closed");
+    } else if (!identity_ready()) {
+        /* the OSError is set */
+    } else if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+    } else if ((uint64_t)key.len > self->key_size) {
+        PyErr_SetString(PyExc_ValueError, "key too long");
+    } else if ((uint64_t)extra.len != self->extra_size) {
+        PyErr_SetString(PyExc_ValueError, "value has the wrong size");
+    } else {
+        result = insert_new(self, key.buf, (uint64_t)key.len, h, word0, extra.buf);
     }
     PyBuffer_Release(&key);
     PyBuffer_Release(&extra);
@@ -1959,7 +2334,7 @@ Core_delete(Core *self, PyObject *args)
                 if (tombstone_slot(self, i, s, w)) {
                     if (w & WAITERS_BIT)
                         futex_wake_all(word0_of(slot));
-                    admit_adjust(self, stripe, -1);
+                    admit_adjust(self, &self->tiers[tier_of(i)], stripe, -1);
                     return Py_BuildValue("(iL)", RC_OK, 0LL);
                 }
                 if (load_acq(slot) != s)
@@ -1975,7 +2350,7 @@ Core_delete(Core *self, PyObject *args)
              * see the slot changed (else they sleep out their slice). */
             if (mode != 0 && ((uint64_t)v & WAITERS_BIT))
                 futex_wake_all(word0_of(slot));
-            admit_adjust(self, stripe, -1);
+            admit_adjust(self, &self->tiers[tier_of(i)], stripe, -1);
             return Py_BuildValue("(iL)", RC_OK, (long long)v);
         }
     }
@@ -2013,34 +2388,40 @@ Core_slot_info(Core *self, PyObject *arg)
     return NULL;
 }
 
-/* published() -> list of (slot, state, key_bytes): a snapshot of the keys. */
+/* published() -> list of (slot, state, key_bytes): a snapshot of the keys,
+ * tier by tier. */
 static PyObject *
 Core_published(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
-    for (uint64_t i = 0; i < self->nslots; i++) {
-        char *slot = slot_at(self, i);
-        uint64_t s = load_acq(slot);
-        if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size)
-            continue;
-        PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
-        if (kb == NULL)
-            goto fail;
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (load_acq(slot) != s) {      /* deleted while we copied: skip it */
-            Py_DECREF(kb);
-            continue;
+    for (unsigned k = 0; k < self->ntiers; k++) {
+        Tier *t = &self->tiers[k];
+        for (uint64_t i = 0; i < t->nslots; i++) {
+            char *slot = t->slots + i * self->slot_size;
+            uint64_t s = load_acq(slot);
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size)
+                continue;
+            PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
+            if (kb == NULL)
+                goto fail;
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (load_acq(slot) != s) {      /* deleted while we copied: skip it */
+                Py_DECREF(kb);
+                continue;
+            }
+            PyObject *item = Py_BuildValue("(KKN)", (unsigned long long)slot_index(k, i),
+                                           (unsigned long long)s, kb);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
         }
-        PyObject *item = Py_BuildValue("(KKN)", (unsigned long long)i,
-                                       (unsigned long long)s, kb);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            goto fail;
-        }
-        Py_DECREF(item);
     }
     return out;
 fail:
@@ -2110,31 +2491,41 @@ Core_stripe_cas(Core *self, PyObject *args)
 static int
 repair_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *delta_out)
 {
-    long long dropped = 0, counted = 0;
-    for (uint64_t i = 0; i < self->nslots; i++) {
-        char *slot = slot_at(self, i);
-        uint64_t s = load_acq(slot);
-        if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
-            uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
-            if (cas64(slot, &s, tomb)) {
-                __atomic_fetch_add(&self->header->tombstones, 1, __ATOMIC_ACQ_REL);
-                dropped++;
+    long long dropped = 0, total_delta = 0;
+    /* Every tier, published ones this process had not mapped included: the
+     * stripe covers its hashes in all of them.  Each tier's own count of the
+     * stripe is recounted from that tier's slots. */
+    if (refresh_tiers(self) < 0)
+        return -1;
+    for (unsigned k = 0; k < self->ntiers; k++) {
+        Tier *t = &self->tiers[k];
+        long long counted = 0;
+        for (uint64_t i = 0; i < t->nslots; i++) {
+            char *slot = t->slots + i * self->slot_size;
+            uint64_t s = load_acq(slot);
+            if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
+                uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
+                if (cas64(slot, &s, tomb)) {
+                    __atomic_fetch_add(&t->header->tombstones, 1, __ATOMIC_ACQ_REL);
+                    dropped++;
+                }
+            } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
+                /* Which stripe a published key belongs to needs its full hash. */
+                unsigned long long h;
+                if (hash_key(self, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
+                    return -1;
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                if (load_acq(slot) == s && stripe_of(self, h) == stripe)
+                    counted++;
             }
-        } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= self->key_size) {
-            /* Which stripe a published key belongs to needs its full hash. */
-            unsigned long long h;
-            if (hash_key(self, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
-                return -1;
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (load_acq(slot) == s && stripe_of(self, h) == stripe)
-                counted++;
         }
+        int64_t have = (int64_t)load_acq(&t->stripes[stripe].live);
+        int64_t delta = counted - have;
+        admit_adjust(self, t, stripe, delta);
+        total_delta += delta;
     }
-    int64_t have = (int64_t)load_acq(&stripe_at(self, stripe)->live);
-    int64_t delta = counted - have;
-    admit_adjust(self, stripe, delta);
     *dropped_out = dropped;
-    *delta_out = delta;
+    *delta_out = total_delta;
     return 0;
 }
 
@@ -2335,7 +2726,11 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
         } else if (is_me(h) && c->stripe_thread[stripe] == 0) {
             take = 1;              /* a previous incarnation of our pid */
         } else if (!id_alive(h)) {
+            /* Dead: its count is ours now.  The takeover bit tells a live
+             * process that still believes it holds the stripe (a garbage
+             * dead id was written over its word) not to post as well. */
             take = 1;
+            want = me | TAKEOVER_BIT;
         } else if ((h & TAKEOVER_BIT) && now - stuck_since >= c->stall_seconds) {
             take = 1;              /* a takeover that never ends: garbage */
             want = me | TAKEOVER_BIT;
@@ -2363,13 +2758,20 @@ stripe_release(Core *c, uint64_t stripe)
     if (!c->has_view)
         return 0;
     uint64_t *word = &stripe_at(c, stripe)->holder;
-    uint64_t me = my_id(), h = load_acq(word);
-    if (id_pid(h) != id_pid(me) || (h & ~TAKEOVER_BIT) != me)
-        return 0;
-    if (!cas64(word, &h, 0))
-        return 0;
-    sem_post(c->sems[stripe]);
-    return 1;
+    uint64_t me = my_id();
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t h = load_acq(word);
+        if (h != 0 && (h & ~TAKEOVER_BIT) != me && (h & TAKEOVER_BIT) && id_alive(h))
+            return 0;       /* taken over from us: the taker posts */
+        /* Ours; or garbage written over our word (no takeover of a live,
+         * recorded holder writes a word without the takeover bit: left
+         * alone, the count would stay taken under it for good). */
+        if (cas64(word, &h, 0)) {
+            sem_post(c->sems[stripe]);
+            return 1;
+        }
+    }
+    return 0;               /* the word keeps changing: someone else writes it */
 }
 
 static int
@@ -2514,8 +2916,14 @@ static PyObject *
 Core_recount_live(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
-    int64_t old = admit_recount(self);
-    return Py_BuildValue("(LL)", (long long)old, (long long)load_acq(&self->header->live));
+    if (refresh_tiers(self) < 0)
+        return NULL;
+    long long old = 0, now = 0;
+    for (unsigned k = 0; k < self->ntiers; k++) {
+        old += (long long)admit_recount(self, &self->tiers[k]);
+        now += (long long)load_acq(&self->tiers[k].header->live);
+    }
+    return Py_BuildValue("(LL)", old, now);
 }
 
 /* dead_stripes() -> [i]: stripes whose holder word names a dead process. */
@@ -4132,7 +4540,7 @@ cell_update(FloatCells *self, Py_ssize_t k, double x, int set)
     }
     uint64_t i = self->at[2 * k], s = self->at[2 * k + 1];
     for (int attempt = 0; attempt < 1000000; attempt++) {
-        if (i >= c->nslots || load_acq(slot_at(c, i)) != s) {
+        if (!valid_slot(c, i) || load_acq(slot_at(c, i)) != s) {
             if (resolve_fast(c, PyTuple_GET_ITEM(self->keys, k), 1, attempt < 2, &i, &s) < 0)
                 return -1;
             self->at[2 * k] = i;
@@ -4342,35 +4750,57 @@ static PyTypeObject FloatCellsType = {
 /* Module plumbing                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* counts() -> (live, tombstones) */
+/* counts() -> (live, tombstones), over every attached tier */
 static PyObject *
 Core_counts(Core *self, PyObject *Py_UNUSED(ignored))
 {
     REQUIRE_OPEN(self);
-    return Py_BuildValue("(LL)", (long long)load_acq(&self->header->live),
-                         (long long)load_acq(&self->header->tombstones));
+    if (refresh_tiers(self) < 0)
+        return NULL;
+    long long live = 0, tombstones = 0;
+    for (unsigned k = 0; k < self->ntiers; k++) {
+        live += (long long)load_acq(&self->tiers[k].header->live);
+        tombstones += (long long)load_acq(&self->tiers[k].header->tombstones);
+    }
+    return Py_BuildValue("(LL)", live, tombstones);
 }
 
-/* correct_tombstones(count) -> the count it replaces.  The tombstone count
- * is statistics only (a process killed between a slot's CAS and the count's
- * update leaves it off by one); check() recounts the slots and sets it. */
-static PyObject *
-Core_correct_tombstones(Core *self, PyObject *arg)
+/* Tier argument of the per-tier methods. */
+static Tier *
+tier_arg(Core *self, unsigned long long k)
 {
-    long long count = PyLong_AsLongLong(arg);
-    if (count == -1 && PyErr_Occurred())
+    if (k >= self->ntiers) {
+        PyErr_SetString(PyExc_IndexError, "tier out of range");
+        return NULL;
+    }
+    return &self->tiers[k];
+}
+
+/* correct_tombstones(count, tier=0) -> the count it replaces.  The
+ * tombstone count is statistics only (a process killed between a slot's
+ * CAS and the count's update leaves it off by one); check() recounts the
+ * slots of each tier and sets it. */
+static PyObject *
+Core_correct_tombstones(Core *self, PyObject *args)
+{
+    long long count;
+    unsigned long long k = 0;
+    if (!PyArg_ParseTuple(args, "L|K", &count, &k))
         return NULL;
     REQUIRE_OPEN(self);
     if (count < 0) {
         PyErr_SetString(PyExc_ValueError, "a tombstone count is >= 0");
         return NULL;
     }
-    int64_t old = __atomic_exchange_n(&self->header->tombstones, (int64_t)count,
+    Tier *t = tier_arg(self, k);
+    if (t == NULL)
+        return NULL;
+    int64_t old = __atomic_exchange_n(&t->header->tombstones, (int64_t)count,
                                       __ATOMIC_ACQ_REL);
     return PyLong_FromLongLong(old);
 }
 
-/* stripe_live(i) -> the stripe's own live count */
+/* stripe_live(i) -> the stripe's own live count, summed over the tiers */
 static PyObject *
 Core_stripe_live(Core *self, PyObject *arg)
 {
@@ -4382,7 +4812,139 @@ Core_stripe_live(Core *self, PyObject *arg)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
-    return PyLong_FromLongLong((long long)load_acq(&stripe_at(self, i)->live));
+    if (refresh_tiers(self) < 0)
+        return NULL;
+    long long sum = 0;
+    for (unsigned k = 0; k < self->ntiers; k++)
+        sum += (long long)load_acq(&self->tiers[k].stripes[i].live);
+    return PyLong_FromLongLong(sum);
+}
+
+/* tiers() -> [(nslots, capacity, live, tombstones)], one per attached tier */
+static PyObject *
+Core_tiers(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    if (refresh_tiers(self) < 0)
+        return NULL;
+    PyObject *out = PyList_New(self->ntiers);
+    for (unsigned k = 0; out && k < self->ntiers; k++) {
+        Tier *t = &self->tiers[k];
+        PyObject *row = Py_BuildValue("(KKLL)", (unsigned long long)t->nslots,
+                                      (unsigned long long)t->capacity,
+                                      (long long)load_acq(&t->header->live),
+                                      (long long)load_acq(&t->header->tombstones));
+        if (row == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, k, row);
+    }
+    return out;
+}
+
+/* published_tiers() -> the tier count tier 0's header publishes */
+static PyObject *
+Core_published_tiers(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    return PyLong_FromUnsignedLong(published_tiers(self));
+}
+
+/* publish_tier(k) -> the published count after: tier k's segment is
+ * complete, so CAS tier 0's count from k to k + 1 (whoever finds it at k:
+ * its creator, or anyone who attached it after the creator died). */
+static PyObject *
+Core_publish_tier(Core *self, PyObject *arg)
+{
+    unsigned long long k = PyLong_AsUnsignedLongLong(arg);
+    if (k == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (k == 0 || k >= SHMDICT_MAX_TIERS || k >= self->ntiers) {
+        PyErr_SetString(PyExc_IndexError, "publish_tier: tier not attached here");
+        return NULL;
+    }
+    uint64_t expected = k;
+    cas64(&self->header->tiers, &expected, k + 1);
+    return PyLong_FromUnsignedLong(published_tiers(self));
+}
+
+/* add_tier(buffer, capacity) -> tiers attached: map tier `ntiers` (a
+ * segment of this table's format whose header says so), checked like the
+ * first against format.h's geometry and the mapping. */
+static PyObject *
+Core_add_tier(Core *self, PyObject *args)
+{
+    PyObject *buffer;
+    unsigned long long capacity;
+    if (!PyArg_ParseTuple(args, "OK", &buffer, &capacity))
+        return NULL;
+    REQUIRE_OPEN(self);
+    unsigned k = self->ntiers;
+    if (k >= SHMDICT_MAX_TIERS) {
+        PyErr_SetString(PyExc_ValueError, "too many tiers");
+        return NULL;
+    }
+    Tier *t = &self->tiers[k];
+    if (PyObject_GetBuffer(buffer, &t->view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    struct shmdict_geometry g;
+    const char *bad = NULL;
+    struct shmdict_header *hd = (struct shmdict_header *)t->view.buf;
+    if (((uintptr_t)t->view.buf & (SHMDICT_DATA_ALIGN - 1)) != 0)
+        bad = "mapping is not 64-byte aligned";
+    else if ((uint64_t)t->view.len < SHMDICT_HEADER_SIZE)
+        bad = "the segment is smaller than a header";
+    else if (capacity != shmdict_tier_capacity(self->capacity, self->max_capacity, k))
+        bad = "tier capacity does not follow the format";
+    else if (!shmdict_geometry(capacity, self->key_size, self->extra_size, self->nstripes, &g))
+        bad = "tier capacity out of range";
+    else if ((uint64_t)t->view.len < g.size)
+        bad = "the tier's segment is smaller than its geometry";
+    else if (load_acq(&hd->magic) != SHMDICT_MAGIC || hd->version != SHMDICT_FORMAT_VERSION
+             || hd->tier != k || hd->capacity != capacity || hd->nslots != g.nslots
+             || hd->slot_size != self->slot_size || hd->key_size != self->key_size
+             || hd->extra_size != self->extra_size || hd->nstripes != self->nstripes
+             || hd->seed != self->header->seed
+             || hd->fingerprint != self->header->fingerprint
+             || hd->data_offset != g.data_offset || hd->stripes_offset != g.stripes_offset)
+        bad = "the tier's header is not this table's";
+    if (bad) {
+        PyBuffer_Release(&t->view);
+        CoreState *st = core_state();
+        if (st != NULL)
+            PyErr_Format(st->CorruptGeometry, "corrupt table geometry: tier %u: %s", k, bad);
+        return NULL;
+    }
+    t->has_view = 1;
+    t->base = t->view.buf;
+    t->header = hd;
+    t->stripes = (struct shmdict_stripe *)(t->base + g.stripes_offset);
+    t->slots = t->base + g.data_offset;
+    t->reach = (uint16_t *)(t->slots + g.nslots * self->slot_size);
+    t->nslots = g.nslots;
+    t->capacity = capacity;
+    /* Publish the tier to this process's lookups last. */
+    __atomic_store_n(&self->ntiers, k + 1, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLong(self->ntiers);
+}
+
+/* stats() -> (inserts, deletes, max_capacity): tier 0's statistics words */
+static PyObject *
+Core_stats(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    return Py_BuildValue("(KKK)", (unsigned long long)load_acq(&self->header->inserts),
+                         (unsigned long long)load_acq(&self->header->deletes),
+                         (unsigned long long)self->max_capacity);
+}
+
+/* takeovers() -> how many times this Core's own inserts took a stripe over
+ * from a dead holder (those by Stripes.acquire are counted there). */
+static PyObject *
+Core_takeovers(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(self->takeovers);
 }
 
 static PyObject *
@@ -4434,8 +4996,11 @@ static PyMethodDef Core_methods[] = {
     {"find", (PyCFunction)Core_find, METH_VARARGS,
      "find(key_bytes, hash) -> (slot, state) or None: lock-free lookup."},
     {"insert", (PyCFunction)Core_insert, METH_VARARGS,
-     "insert(key_bytes, hash, word0, extra) -> (slot, state, created) or None "
-     "when full.  The caller holds the key's stripe."},
+     "insert(key_bytes, hash, word0, extra) -> (slot, state, created); TableFull "
+     "when every attached tier is full.  The caller holds the key's stripe."},
+    {"insert_new", (PyCFunction)Core_insert_new, METH_VARARGS,
+     "insert_new(key_bytes, hash, word0, extra) -> (slot, state, created): takes "
+     "the key's stripe itself, and grows the table (Core(grow=...)) when full."},
     {"delete", (PyCFunction)Core_delete, METH_VARARGS,
      "delete(slot, state, stripe, mode) -> (code, word0).  Caller holds stripe."},
     {"slot_info", (PyCFunction)Core_slot_info, METH_O,
@@ -4485,10 +5050,22 @@ static PyMethodDef Core_methods[] = {
      "record_commit(slot, state, data or None) -> code: write (unless None), unlock."},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS,
      "counts() -> (live, tombstones) from the header."},
-    {"correct_tombstones", (PyCFunction)Core_correct_tombstones, METH_O,
-     "correct_tombstones(count) -> old count: set the header's tombstone count."},
+    {"correct_tombstones", (PyCFunction)Core_correct_tombstones, METH_VARARGS,
+     "correct_tombstones(count, tier=0) -> old count: set a tier's tombstone count."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
-     "stripe_live(i) -> the live count kept by stripe i."},
+     "stripe_live(i) -> the live count kept by stripe i (all tiers)."},
+    {"tiers", (PyCFunction)Core_tiers, METH_NOARGS,
+     "tiers() -> [(nslots, capacity, live, tombstones)] of the attached tiers."},
+    {"published_tiers", (PyCFunction)Core_published_tiers, METH_NOARGS,
+     "published_tiers() -> the tier count tier 0's header publishes."},
+    {"publish_tier", (PyCFunction)Core_publish_tier, METH_O,
+     "publish_tier(k) -> count: CAS the published tier count from k to k + 1."},
+    {"add_tier", (PyCFunction)Core_add_tier, METH_VARARGS,
+     "add_tier(buffer, capacity) -> tiers attached: map the next tier's segment."},
+    {"stats", (PyCFunction)Core_stats, METH_NOARGS,
+     "stats() -> (inserts, deletes, max_capacity) from tier 0's header."},
+    {"takeovers", (PyCFunction)Core_takeovers, METH_NOARGS,
+     "takeovers() -> stripes this Core's C inserts took over from dead holders."},
     {"clear_cache", (PyCFunction)Core_clear_cache, METH_NOARGS,
      "Forget this process's key -> slot cache."},
     {"close", (PyCFunction)Core_close, METH_NOARGS,
@@ -4499,7 +5076,7 @@ static PyMethodDef Core_methods[] = {
 PyDoc_STRVAR(CORE_DOC,
 "Core(buffer, *, name, nslots, slot_size, key_size, extra_size, nstripes, capacity, "
 "stripes_offset, data_offset, default_word0, default_extra, hash_function, seed, "
-"resolve, insert, insert_with, cache_limit)\n--\n\n"
+"resolve, insert, insert_with, cache_limit, max_capacity, grow, attach_tiers)\n--\n\n"
 "The hash table inside one mapped segment (one per attached table and process).\n\n"
 "buffer: the writable, 64-byte aligned mapping of the whole segment.\n"
 "name: the table's name (str), for error messages.\n"
@@ -4516,7 +5093,12 @@ PyDoc_STRVAR(CORE_DOC,
 "  the core found absent, under its stripe lock (raises TableFull).\n"
 "insert_with(key, word0: int) -> bool: create key holding word0 if absent;\n"
 "  True if this call created it (cas(..., set_on_not_exists=True)).\n"
-"cache_limit: entries of the per-process key -> slot cache before it is cleared.");
+"cache_limit: entries of the per-process key -> slot cache before it is cleared.\n"
+"max_capacity: tier 0's header's (the table grows in tiers up to it).\n"
+"grow(tiers_seen: int) -> None, or None: every tier is full (stripe not held):\n"
+"  repair dead stripes, or add tier tiers_seen, or raise TableFull.\n"
+"attach_tiers() -> None, or None: add_tier() every tier published but not\n"
+"  attached.");
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -4605,6 +5187,16 @@ mod_store_u64(PyObject *m, PyObject *args)
 /* The format, as Python sees it                                            */
 /* ------------------------------------------------------------------------ */
 
+/* tier_capacity(capacity, max_capacity, k) -> format.h's growth rule */
+static PyObject *
+mod_tier_capacity(PyObject *m, PyObject *args)
+{
+    unsigned long long capacity, max_capacity, k;
+    if (!PyArg_ParseTuple(args, "KKK", &capacity, &max_capacity, &k))
+        return NULL;
+    return PyLong_FromUnsignedLongLong(shmdict_tier_capacity(capacity, max_capacity, k));
+}
+
 /* geometry(capacity, key_size, extra_size, nstripes) -> {nslots, slot_size,
  * stripes_offset, data_offset, size}: format.h's geometry rule, the one
  * place a table's shape is computed (the creator's header and the
@@ -4642,7 +5234,7 @@ struct field_desc {
 #define STRIPE_FIELD(f, code) {#f, offsetof(struct shmdict_stripe, f), code}
 #define SLOT_FIELD(f, code)   {#f, offsetof(struct shmdict_slot, f), code}
 
-_Static_assert(SHMDICT_SPEC_MAX == 830, "the spec field's struct code below");
+_Static_assert(SHMDICT_SPEC_MAX == 790, "the spec field's struct code below");
 static const struct field_desc header_fields[] = {
     HEADER_FIELD(magic, "Q"), HEADER_FIELD(version, "I"), HEADER_FIELD(header_size, "I"),
     HEADER_FIELD(fingerprint, "Q"), HEADER_FIELD(capacity, "Q"), HEADER_FIELD(nslots, "Q"),
@@ -4650,7 +5242,9 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(nstripes, "Q"), HEADER_FIELD(seed, "Q"), HEADER_FIELD(live, "q"),
     HEADER_FIELD(tombstones, "q"), HEADER_FIELD(admit, "Q"),
     HEADER_FIELD(stripes_offset, "Q"), HEADER_FIELD(data_offset, "Q"),
-    HEADER_FIELD(created, "Q"), HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "830s"),
+    HEADER_FIELD(created, "Q"), HEADER_FIELD(max_capacity, "Q"), HEADER_FIELD(tiers, "Q"),
+    HEADER_FIELD(tier, "Q"), HEADER_FIELD(inserts, "Q"), HEADER_FIELD(deletes, "Q"),
+    HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "790s"),
     HEADER_FIELD(fence, "Q"), HEADER_FIELD(reserved, "56s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
@@ -4708,6 +5302,8 @@ add_format_constants(PyObject *m)
         {"STRIPE_SIZE", sizeof(struct shmdict_stripe)},
         {"SLOT_HEADER", SHMDICT_SLOT_HEADER},
         {"MAX_STRIPES", SHMDICT_MAX_STRIPES},
+        {"MAX_TIERS", SHMDICT_MAX_TIERS},
+        {"TIER_SHIFT", SHMDICT_TIER_SHIFT},
         {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
         {"READER_CELLS", SHMDICT_READER_CELLS},
         {"KIND_EMPTY", KIND_EMPTY},
@@ -4727,6 +5323,8 @@ add_format_constants(PyObject *m)
 }
 
 static PyMethodDef module_methods[] = {
+    {"tier_capacity", mod_tier_capacity, METH_VARARGS,
+     "tier_capacity(capacity, max_capacity, k) -> capacity of tier k (0: none)."},
     {"geometry", mod_geometry, METH_VARARGS,
      "geometry(capacity, key_size, extra_size, nstripes) -> dict: the table's shape."},
     {"encode_key", mod_encode_key, METH_VARARGS,

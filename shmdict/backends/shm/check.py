@@ -22,6 +22,11 @@ It reads every slot and the counters and reports what does not add up:
   and the counter's update leaves it off by one; it is only statistics, so
   ``check`` corrects it and says so under ``repaired``).
 
+A grown table is checked tier by tier (every published tier is attached
+first): each tier's slots against its own counts, keys present in two tiers,
+and the whole against ``max_capacity``.  Slots are named ``slot I`` in tier
+0 and ``tier K slot I`` beyond.
+
 Counts are exact only while no other process changes the table; run it when
 the table is quiet, or read mismatches of one or two as "in flight".
 """
@@ -48,7 +53,7 @@ def check_table(table: Any) -> Report:
     core = table._core
     header = table._segment.header
     nslots, nstripes, key_size = header["nslots"], header["nstripes"], header["key_size"]
-    report = Report(table.name, slots=nslots)
+    report = Report(table.name, slots=nslots)     # all tiers' slots, below
 
     # Dead stripe holders first: taking the stripe over repairs it.  A stripe
     # whose semaphore is taken but names no holder is waited for the same way
@@ -95,44 +100,59 @@ def check_table(table: Any) -> Report:
 
     counted = {name: 0 for name in KIND_NAMES.values()}
     per_stripe = [0] * nstripes
-    seen: Dict[bytes, int] = {}
-    for i in range(nslots):
-        kind, state, encoded = core.slot_info(i)
-        counted[KIND_NAMES[kind]] += 1
-        if kind == _core.KIND_CLAIMED:
-            report.problems.append(f"slot {i}: claimed but never published")
-            continue
-        if kind != _core.KIND_PUBLISHED:
-            continue
-        if encoded is None:
-            report.problems.append(f"slot {i}: key length {_key_length(state)} "
-                                   f"exceeds key_size {key_size}")
-            continue
-        try:
-            decode_key(encoded)
-        except (ValueError, RecursionError) as exc:
-            report.problems.append(f"slot {i}: undecodable key ({exc})")
-        h = xxhash.xxh3_64_intdigest(encoded, table._seed)
-        if (h >> _core.TAG_SHIFT) != (state >> _core.TAG_SHIFT):
-            report.problems.append(f"slot {i}: stored hash tag does not match its key")
-            continue
-        if encoded in seen:
-            report.problems.append(f"slot {i}: key also present in slot {seen[encoded]}")
-        seen[encoded] = i
-        per_stripe[h % nstripes] += 1
-        found = core.find(encoded, h)
-        if found is None or found[0] != i:
-            report.problems.append(f"slot {i}: key not reachable from its home slot "
-                                   f"(broken probe chain)")
+    seen: Dict[bytes, str] = {}
+    table._attach_tiers()
+    tiers = core.tiers()
+    report.slots = sum(t[0] for t in tiers)
+    tombstones_by_tier = [0] * len(tiers)
+    for k, (tier_slots, _, _, _) in enumerate(tiers):
+        for local in range(tier_slots):
+            i = (k << _core.TIER_SHIFT) | local
+            where = f"slot {local}" if k == 0 else f"tier {k} slot {local}"
+            kind, state, encoded = core.slot_info(i)
+            counted[KIND_NAMES[kind]] += 1
+            if kind == _core.KIND_TOMBSTONE:
+                tombstones_by_tier[k] += 1
+            if kind == _core.KIND_CLAIMED:
+                report.problems.append(f"{where}: claimed but never published")
+                continue
+            if kind != _core.KIND_PUBLISHED:
+                continue
+            if encoded is None:
+                report.problems.append(f"{where}: key length {_key_length(state)} "
+                                       f"exceeds key_size {key_size}")
+                continue
+            try:
+                decode_key(encoded)
+            except (ValueError, RecursionError) as exc:
+                report.problems.append(f"{where}: undecodable key ({exc})")
+            h = xxhash.xxh3_64_intdigest(encoded, table._seed)
+            if (h >> _core.TAG_SHIFT) != (state >> _core.TAG_SHIFT):
+                report.problems.append(f"{where}: stored hash tag does not match its key")
+                continue
+            if encoded in seen:
+                report.problems.append(f"{where}: key also present in {seen[encoded]}")
+            seen[encoded] = where
+            per_stripe[h % nstripes] += 1
+            found = core.find(encoded, h)
+            if found is None or found[0] != i:
+                report.problems.append(f"{where}: key not reachable from its home slot "
+                                       f"(broken probe chain)")
     report.counted = counted
     report.live, report.tombstones = core.counts()
     if report.live != counted["published"]:
         report.problems.append(f"live count {report.live} but {counted['published']} "
                                f"published slots")
-    if not 0 <= report.live <= table.capacity:
-        report.problems.append(f"live count {report.live} outside 0..{table.capacity}")
+    if not 0 <= report.live <= table.max_capacity:
+        report.problems.append(f"live count {report.live} outside 0..{table.max_capacity}")
+    for k, (_, tier_capacity, tier_live, _) in enumerate(tiers):
+        if not 0 <= tier_live <= tier_capacity:
+            report.problems.append(f"tier {k}: live count {tier_live} outside "
+                                   f"0..{tier_capacity}")
     if report.tombstones != counted["tombstone"]:
-        core.correct_tombstones(counted["tombstone"])
+        for k, (_, _, _, tier_tombstones) in enumerate(tiers):
+            if tier_tombstones != tombstones_by_tier[k]:
+                core.correct_tombstones(tombstones_by_tier[k], k)
         report.repaired.append(f"tombstone count {report.tombstones} corrected to "
                                f"{counted['tombstone']}")
         report.tombstones = counted["tombstone"]

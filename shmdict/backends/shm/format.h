@@ -46,15 +46,18 @@
 /* The version of everything in this file.  1: shmdict 0.1's format.  2: the
  * header's last cache line holds the fencing counter, stripe holder words
  * carry SHMDICT_TAKEOVER_BIT, and the semaphore, not the word, owns a stripe
- * (a version 1 process and a version 2 process must not share a table). */
-#define SHMDICT_FORMAT_VERSION  2u
+ * (a version 1 process and a version 2 process must not share a table).
+ * 3: online growth: the header holds max_capacity, the count of published
+ * tiers and the segment's own tier index (see "Tiers" below), and the
+ * inserts/deletes statistics; the spec area shrank by 40 bytes for them. */
+#define SHMDICT_FORMAT_VERSION  3u
 
 /* ------------------------------------------------------------------------ */
 /* The header (offset 0)                                                    */
 /* ------------------------------------------------------------------------ */
 
 #define SHMDICT_HEADER_SIZE     1024u   /* header bytes, stripes follow       */
-#define SHMDICT_SPEC_MAX        830u    /* bytes of layout JSON that fit      */
+#define SHMDICT_SPEC_MAX        790u    /* bytes of layout JSON that fit      */
 
 struct shmdict_header {
     uint64_t magic;          /* SHMDICT_MAGIC, stored last by the creator   */
@@ -74,6 +77,17 @@ struct shmdict_header {
     uint64_t stripes_offset; /* where the stripe records start              */
     uint64_t data_offset;    /* where the slot array starts                 */
     uint64_t created;        /* creation time, Unix seconds                 */
+    uint64_t max_capacity;   /* the table grows (in tiers) up to this many
+                                keys; == capacity: it never grows           */
+    uint64_t tiers;          /* tier 0 only: tiers published, this one
+                                included (1 until the first growth); bumped
+                                by CAS once a tier's segment is complete    */
+    uint64_t tier;           /* this segment's tier index (0: the table's
+                                own segment, NAME; k >= 1: NAME+tK)         */
+    uint64_t inserts;        /* tier 0 only: keys ever inserted (statistics,
+                                relaxed atomic add, in every tier's insert) */
+    uint64_t deletes;        /* tier 0 only: slots ever tombstoned by a
+                                delete (statistics, relaxed atomic add)     */
     uint16_t spec_length;    /* bytes of spec that are used                 */
     char     spec[SHMDICT_SPEC_MAX]; /* the layout, as compact JSON         */
     /* The last cache line, alone: every exclusive lock acquire of the table
@@ -99,8 +113,13 @@ _Static_assert(offsetof(struct shmdict_header, admit) == 96, "header.admit");
 _Static_assert(offsetof(struct shmdict_header, stripes_offset) == 104, "header.stripes_offset");
 _Static_assert(offsetof(struct shmdict_header, data_offset) == 112, "header.data_offset");
 _Static_assert(offsetof(struct shmdict_header, created) == 120, "header.created");
-_Static_assert(offsetof(struct shmdict_header, spec_length) == 128, "header.spec_length");
-_Static_assert(offsetof(struct shmdict_header, spec) == 130, "header.spec");
+_Static_assert(offsetof(struct shmdict_header, max_capacity) == 128, "header.max_capacity");
+_Static_assert(offsetof(struct shmdict_header, tiers) == 136, "header.tiers");
+_Static_assert(offsetof(struct shmdict_header, tier) == 144, "header.tier");
+_Static_assert(offsetof(struct shmdict_header, inserts) == 152, "header.inserts");
+_Static_assert(offsetof(struct shmdict_header, deletes) == 160, "header.deletes");
+_Static_assert(offsetof(struct shmdict_header, spec_length) == 168, "header.spec_length");
+_Static_assert(offsetof(struct shmdict_header, spec) == 170, "header.spec");
 _Static_assert(offsetof(struct shmdict_header, fence) == 960, "header.fence");
 _Static_assert(sizeof(struct shmdict_header) == SHMDICT_HEADER_SIZE, "header size");
 
@@ -232,6 +251,46 @@ shmdict_geometry(uint64_t capacity, uint64_t key_size, uint64_t extra_size,
                                       SHMDICT_DATA_ALIGN);
     g->size = g->data_offset + g->nslots * (g->slot_size + SHMDICT_REACH_SIZE);
     return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tiers: online growth                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* A table opened with max_capacity > capacity grows in tiers.  Tier 0 is
+ * the table's segment; tier k >= 1 is another segment of this same format
+ * (same spec, seed, key_size, extra_size and nstripes; its own header,
+ * stripe records, slots and reach array) named NAME+tK ('+' is never in a
+ * table name, so a tier never collides with a table).  Keys never move
+ * between tiers: a lookup probes tier 0, 1, ... in order; an insert takes
+ * the first tier with room.  Only tier 0's stripe holder words (and
+ * semaphores) are used: one stripe lock covers a hash in every tier.  Each
+ * tier keeps its own live/tombstone counts, admission lock and per-stripe
+ * live counts (header.live of tier k counts tier k's keys).
+ *
+ * A slot index outside the segment (the per-process cache, the core's
+ * methods) is (tier << SHMDICT_TIER_SHIFT) | local index. */
+#define SHMDICT_MAX_TIERS       64u
+#define SHMDICT_TIER_SHIFT      48
+
+/* The capacity of tier k >= 1 of a table created with `capacity` and
+ * `max_capacity`: the total of the tiers before it (so the table doubles),
+ * capped so that the total never passes max_capacity.  0: there is no tier
+ * k (the table is at max_capacity, or k is out of range). */
+static inline uint64_t
+shmdict_tier_capacity(uint64_t capacity, uint64_t max_capacity, uint64_t k)
+{
+    if (k == 0)
+        return capacity;
+    if (k >= SHMDICT_MAX_TIERS || max_capacity < capacity)
+        return 0;
+    uint64_t total = capacity, next = 0;
+    for (uint64_t j = 1; j <= k; j++) {
+        uint64_t room = max_capacity - total;
+        next = total < room ? total : room;
+        total += next;
+    }
+    return next;
 }
 
 #endif /* SHMDICT_FORMAT_H */

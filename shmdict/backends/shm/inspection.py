@@ -8,7 +8,7 @@ They read the table through the C core without changing it.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...keys import decode_key
 from . import _core
@@ -89,6 +89,69 @@ def lock_holders(table: Table) -> List[Dict[str, Any]]:
     return held
 
 
+def lock_summary(table: Table, most: int = 1000) -> Dict[str, Any]:
+    """What ``top`` shows of a table's locks, in one pass over the slots:
+    ``{"held": n, "waiting": n, "holders": [...]}``, where ``waiting`` counts
+    the locks whose word has the waiters bit set (someone sleeps on it; the
+    bit says "at least one", not how many), and ``holders`` lists at most
+    ``most`` of them as :func:`lock_holders` does.  Only the keys of held
+    locks are decoded, so a big idle table costs one walk."""
+    out: Dict[str, Any] = {"held": 0, "waiting": 0, "holders": []}
+    kind = lock_kind(table)
+    if not kind:
+        return out
+    table._check_open()
+    core = table._core
+    rw = bool(getattr(table.layout, "rw", False))
+    for slot, state, encoded in core.published():
+        word0 = core.word0(slot, state)
+        if word0 is None:
+            continue
+        if word0 & _core.WAITERS_BIT:
+            out["waiting"] += 1
+        pid = _core.id_pid(word0)
+        readers = core.rw_readers(slot, state) if rw else []
+        if not pid and not readers:
+            continue
+        out["held"] += 1
+        if len(out["holders"]) >= most:
+            continue
+        try:
+            key: Any = decode_key(encoded)
+        except (ValueError, RecursionError):
+            key = {"undecodable": encoded.hex()}
+        if pid:
+            out["holders"].append({"key": key, "pid": pid, "alive": _core.id_alive(word0),
+                                   "mode": "exclusive" if kind == "lock" else "writer"})
+        for reader in readers:
+            out["holders"].append({"key": key, "pid": reader, "alive": _pid_exists(reader),
+                                   "mode": "shared"})
+    return out
+
+
+def counter_sum(table: Table) -> int:
+    """The sum of every value of a Counter table, each read atomically (not
+    one atomic snapshot of them all: an add lands before or after)."""
+    table._check_open()
+    core = table._core
+    total = 0
+    for slot, state, _ in core.published():
+        word0 = core.word0(slot, state)
+        if word0 is not None:
+            total += word0
+    return total
+
+
+def fence(table: Table) -> int:
+    """The last fencing token the table handed out (Lock tables: the number
+    of exclusive acquisitions since the table was made)."""
+    table._check_open()
+    return _core.load_u64(table._segment.mm, _FENCE_AT)
+
+
+_FENCE_AT: int = _core.HEADER_FIELDS["fence"][0]
+
+
 def _pid_exists(pid: int) -> bool:
     """Whether a process with this pid exists (rw reader cells report bare pids)."""
     try:
@@ -130,37 +193,52 @@ def mapped_by(name: str, exclude_self: bool = True) -> List[Dict[str, Any]]:
     removed, older segment of the same name does not count): ``[{"pid",
     "command"}]``, sorted by pid.  Only processes whose maps this user may
     read are seen (all of them as root)."""
-    try:
-        st = os.lstat(segment_path(name))
-    except OSError:
-        return []
-    inode = str(st.st_ino)
-    suffix = " " + segment_path(name)
-    out = []
+    return mapped_by_many([name], exclude_self)[name]
+
+
+def mapped_by_many(names: Sequence[str],
+                   exclude_self: bool = True) -> Dict[str, List[Dict[str, Any]]]:
+    """:func:`mapped_by` of several tables, reading each ``/proc/PID/maps``
+    once (``ls`` and ``top`` look at every table of the host each time)."""
+    wanted: Dict[Tuple[str, str], str] = {}     # (inode, path) -> table name
+    out: Dict[str, List[Dict[str, Any]]] = {n: [] for n in names}
+    for name in names:
+        try:
+            st = os.lstat(segment_path(name))
+        except OSError:
+            continue
+        wanted[(str(st.st_ino), segment_path(name))] = name
+    if not wanted:
+        return out
     me = os.getpid()
     try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     except OSError:
-        return []
-    for pid in sorted(pids):
+        return out
+    for pid in pids:
         if exclude_self and pid == me:
             continue
         try:
             with open(f"/proc/{pid}/maps", "rb") as f:
-                found = any(_maps_line_is(line, inode, suffix) for line in f)
+                found = {name for line in f
+                         for name in (_maps_line_table(line, wanted),) if name}
         except OSError:
             continue            # gone, or not ours to read
         if found:
-            out.append({"pid": pid, "command": _command(pid)})
+            command = _command(pid)
+            for name in sorted(found):
+                out[name].append({"pid": pid, "command": command})
     return out
 
 
-def _maps_line_is(line: bytes, inode: str, suffix: str) -> bool:
-    text = line.decode("utf-8", "replace").rstrip("\n")
-    if not text.endswith(suffix):
-        return False
-    parts = text.split(None, 5)
-    return len(parts) == 6 and parts[4] == inode
+def _maps_line_table(line: bytes, wanted: Dict[Tuple[str, str], str]) -> Optional[str]:
+    """The table whose segment a ``/proc/PID/maps`` line maps, if wanted."""
+    if b"/shmdict." not in line:
+        return None
+    parts = line.decode("utf-8", "replace").rstrip("\n").split(None, 5)
+    if len(parts) != 6:
+        return None
+    return wanted.get((parts[4], parts[5]))
 
 
 def _command(pid: int) -> str:

@@ -6,7 +6,12 @@ A table named ``NAME`` is
   ``multiprocessing.shared_memory.SharedMemory("shmdict.NAME")`` would open),
   created mode 0600, holding a header, a stripe table and the slot array;
 * ``nstripes`` POSIX named semaphores ``/shmdict.NAME.sI`` (posix_ipc), one per
-  stripe, serialising inserts and deletes of the keys whose hash falls in it.
+  stripe, serialising inserts and deletes of the keys whose hash falls in it;
+* when it was opened with ``max_capacity > capacity`` and has grown, one
+  more segment per tier, ``/dev/shm/shmdict.NAME+tK`` (format.h, "Tiers"),
+  created as the first one is (O_EXCL, mode, flock until published) and
+  removed with the table.  ``+`` is never in a table name, so a tier never
+  collides with a table, and ``shmdict ls`` does not list it.
 
 The segment is opened with posix_ipc and mapped with ``mmap`` rather than
 through ``multiprocessing.shared_memory``: on Python < 3.13 the latter
@@ -47,7 +52,7 @@ from ...errors import (
     UnsafeSegment,
 )
 from ...layouts import Layout, from_spec
-from ...validate import Sharing, table_shape
+from ...validate import Sharing, table_growth, table_shape
 from . import _core
 
 PREFIX = "shmdict."
@@ -71,7 +76,9 @@ _MAGIC_AT = _FIELDS["magic"][0]
 #: counters the core keeps).
 _WRITTEN = ("version", "header_size", "fingerprint", "capacity", "nslots", "slot_size",
             "key_size", "extra_size", "nstripes", "seed", "stripes_offset",
-            "data_offset", "created")
+            "data_offset", "created", "max_capacity", "tiers", "tier")
+#: Between a table's name and a tier's index in the tier's segment name.
+TIER_MARK = "+t"
 
 
 def _read_field(mm: Any, field: str) -> Any:
@@ -93,6 +100,11 @@ def segment_path(name: str) -> str:
     return SHM_DIR + "/" + PREFIX + name
 
 
+def tier_name(name: str, k: int) -> str:
+    """The segment name (after the prefix) of tier ``k`` >= 1 of table ``name``."""
+    return f"{name}{TIER_MARK}{k}"
+
+
 def semaphore_name(name: str, stripe: int) -> str:
     return f"/{PREFIX}{name}.s{stripe}"
 
@@ -105,8 +117,10 @@ class Geometry:
     """
 
     def __init__(self, layout: Layout, capacity: int, key_size: int,
-                 nstripes: int = DEFAULT_STRIPES) -> None:
+                 nstripes: int = DEFAULT_STRIPES, max_capacity: Optional[int] = None) -> None:
         table_shape(capacity, key_size)
+        #: The table grows online (in tiers) up to this many keys.
+        self.max_capacity = table_growth(capacity, max_capacity)
         if not 1 <= nstripes <= _core.MAX_STRIPES:
             raise ValueError(f"stripe count must be between 1 and {_core.MAX_STRIPES}, "
                              f"got {nstripes}")
@@ -124,6 +138,15 @@ class Geometry:
 
     def describe(self) -> str:
         return f"{self.layout!r}, capacity={self.capacity}, key_size={self.key_size}"
+
+    def tier(self, k: int) -> "Geometry":
+        """The geometry of tier ``k`` (format.h's growth rule); ValueError if none."""
+        capacity = _core.tier_capacity(self.capacity, self.max_capacity, k)
+        if capacity == 0:
+            raise ValueError(f"a table of capacity {self.capacity} growing to "
+                             f"{self.max_capacity} has no tier {k}")
+        return Geometry(self.layout, capacity, self.key_size, self.nstripes,
+                        self.max_capacity)
 
 
 class Segment:
@@ -200,8 +223,7 @@ class Segment:
             # The lock says "being created" to attachers until this process
             # publishes the table or dies (the kernel drops it then): an
             # unpublished segment that nobody holds was abandoned.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not _names_file(path, fd):
+            if not _lock_new(fd) or not _names_file(path, fd):
                 shm.close_fd()
                 return None      # an attacher removed it before we locked it
             ours = True
@@ -221,7 +243,8 @@ class Segment:
                       "nslots": g.nslots, "slot_size": g.slot_size, "key_size": g.key_size,
                       "extra_size": g.extra_size, "nstripes": g.nstripes, "seed": seed,
                       "stripes_offset": g.stripes_offset, "data_offset": g.data_offset,
-                      "created": int(time.time())}
+                      "created": int(time.time()), "max_capacity": g.max_capacity,
+                      "tiers": 1, "tier": 0}
             for field in _WRITTEN:
                 _write_field(mm, field, values[field])
             _write_field(mm, "spec_length", len(spec))
@@ -307,6 +330,133 @@ class Segment:
         self.semaphores = []
         if not self.mm.closed:
             self.mm.close()
+
+
+# ---------------------------------------------------------------- tiers
+def open_tier(name: str, k: int, table: Geometry, header0: Dict[str, Any], *,
+              create: bool, sharing: Sharing, attach_timeout: float = 5.0) -> mmap.mmap:
+    """Map tier ``k`` >= 1 of table ``name`` (``table``: tier 0's geometry,
+    with its max_capacity; ``header0``: tier 0's header).
+
+    With ``create``, make it if it does not exist yet: exactly one process
+    creates it (O_EXCL), holding an ``flock`` on it until its magic is
+    published, as for a table; the others wait for the magic (bounded by
+    ``attach_timeout``), and a tier whose creator died before publishing it
+    is removed and created anew.  Without ``create`` the tier must exist
+    (tier 0 says it was published).  The caller then publishes the tier
+    (``Core.publish_tier``) and hands the mapping to ``Core.add_tier``.
+    """
+    g = table.tier(k)
+    tname = tier_name(name, k)
+    path = segment_path(tname)
+    deadline = time.monotonic() + attach_timeout
+    while True:
+        if create:
+            try:
+                made = _create_tier(tname, g, k, header0, sharing)
+            except posix_ipc.ExistentialError:
+                made = None          # another process creates it: wait for it
+            if made is not None:
+                return made
+        try:
+            shm = _open_segment(tname, sharing)
+        except TableNotFound:
+            if create:
+                continue             # removed meanwhile (abandoned): create it
+            raise CorruptSegment(f"table {name!r} has lost its tier {k} ({path}); remove "
+                                 f"it with `shmdict rm {name}` and create it again") from None
+        try:
+            size = os.fstat(shm.fd).st_size
+            if size >= HEADER_SIZE:
+                try:
+                    mm = mmap.mmap(shm.fd, size)
+                except (OSError, MemoryError) as exc:
+                    raise _os_failure(exc, f"cannot map tier {k} of table {name!r}") from None
+                if _core.load_u64(mm, _MAGIC_AT) != 0:
+                    try:
+                        _check_tier(mm, tname, g, k, header0)
+                    except BaseException:
+                        mm.close()
+                        raise
+                    return mm
+                mm.close()
+            if _abandoned(shm.fd, path, remove=create) and create:
+                continue             # its creator died before publishing it
+        finally:
+            shm.close_fd()
+        if time.monotonic() > deadline:
+            raise CorruptSegment(
+                f"tier {k} of table {name!r} ({path}) is still being created by a live "
+                f"process that has not finished it; try again, or remove the table with "
+                f"`shmdict rm {name}`")
+        time.sleep(0.002)
+
+
+def _create_tier(tname: str, g: Geometry, k: int, header0: Dict[str, Any],
+                 sharing: Sharing) -> Optional[mmap.mmap]:
+    """Create tier segment ``tname``; None when another process took the
+    name over while this one was creating it (then wait for that one)."""
+    _check_room(g.size)
+    try:
+        shm = posix_ipc.SharedMemory(segment_name(tname), posix_ipc.O_CREX, mode=sharing.mode)
+    except posix_ipc.ExistentialError:
+        raise
+    except (posix_ipc.Error, OSError, MemoryError) as exc:
+        raise _os_failure(exc, f"cannot create {segment_path(tname)}") from None
+    fd = shm.fd
+    mm = None
+    ours = False
+    try:
+        # Locked until published, as a table's creation (see Segment._create).
+        if not _lock_new(fd) or not _names_file(segment_path(tname), fd):
+            shm.close_fd()
+            return None
+        ours = True
+        os.fchmod(fd, sharing.mode)
+        _chown(fd, None, sharing, f"tier {tname!r}")
+        os.ftruncate(fd, g.size)
+        _reserve(fd, g.size, tname)
+        mm = mmap.mmap(fd, g.size)
+        spec = g.layout.spec_json().encode()
+        values = {"version": VERSION, "header_size": HEADER_SIZE,
+                  "fingerprint": header0["fingerprint"], "capacity": g.capacity,
+                  "nslots": g.nslots, "slot_size": g.slot_size, "key_size": g.key_size,
+                  "extra_size": g.extra_size, "nstripes": g.nstripes, "seed": header0["seed"],
+                  "stripes_offset": g.stripes_offset, "data_offset": g.data_offset,
+                  "created": int(time.time()), "max_capacity": g.max_capacity,
+                  "tiers": 0, "tier": k}
+        for field in _WRITTEN:
+            _write_field(mm, field, values[field])
+        _write_field(mm, "spec_length", len(spec))
+        _write_field(mm, "spec", spec)
+        _core.store_u64(mm, _MAGIC_AT, MAGIC)       # published
+        _check_tier(mm, tname, g, k, header0)
+    except BaseException as exc:
+        if mm is not None:
+            mm.close()
+        if ours:
+            try:
+                posix_ipc.unlink_shared_memory(segment_name(tname))
+            except posix_ipc.Error:
+                pass
+        shm.close_fd()
+        if isinstance(exc, (OSError, MemoryError)) and not isinstance(exc, ShmDictError):
+            raise _os_failure(exc, f"cannot create {segment_path(tname)}") from None
+        raise
+    shm.close_fd()        # and with it the creation lock
+    return mm
+
+
+def _check_tier(mm: Any, tname: str, g: Geometry, k: int, header0: Dict[str, Any]) -> None:
+    """``CorruptSegment`` unless ``mm`` is tier ``k`` of the table of ``header0``."""
+    header = read_header(mm, tname)
+    if (header["tier"], header["capacity"], header["seed"], header["fingerprint"],
+            header["key_size"], header["nstripes"]) != (
+            k, g.capacity, header0["seed"], header0["fingerprint"], header0["key_size"],
+            header0["nstripes"]):
+        raise CorruptSegment(f"{segment_path(tname)} is not tier {k} of table "
+                             f"{header0['name']!r} (another table's leftover?); remove the "
+                             f"table with `shmdict rm {header0['name']}`")
 
 
 # ---------------------------------------------------------------- trust
@@ -419,6 +569,20 @@ def _open_segment(name: str, sharing: Sharing) -> posix_ipc.SharedMemory:
         shm.close_fd()
         raise
     return shm
+
+
+def _lock_new(fd: int) -> bool:
+    """Take the creation lock on a segment this process just created (O_EXCL).
+
+    False when an attacher holds it: between our create and this lock the
+    new file was unpublished and unlocked, which :func:`_abandoned` takes for
+    a dead creator's, so that attacher is removing it; the caller starts
+    over (its create then makes a fresh file)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _abandoned(fd: int, path: str, remove: bool) -> bool:
@@ -634,7 +798,7 @@ def read_header(mm: Any, name: str = "?") -> Dict[str, Any]:
         raise CorruptSegment(f"table {name!r}: unreadable layout description "
                              f"({type(exc).__name__}: {exc})") from None
     try:
-        g = Geometry(layout, capacity, key_size, nstripes)
+        g = Geometry(layout, capacity, key_size, nstripes, fields["max_capacity"])
     except (ValueError, TypeError) as exc:
         raise CorruptSegment(f"table {name!r}: impossible header ({exc})") from None
     shape = ("nslots", "slot_size", "extra_size", "stripes_offset", "data_offset")
@@ -647,7 +811,8 @@ def read_header(mm: Any, name: str = "?") -> Dict[str, Any]:
             "nslots": g.nslots, "slot_size": g.slot_size, "key_size": key_size,
             "extra_size": g.extra_size, "nstripes": nstripes, "seed": fields["seed"],
             "stripes_offset": g.stripes_offset, "data_offset": g.data_offset,
-            "created": fields["created"], "layout": layout, "size": g.size}
+            "created": fields["created"], "layout": layout, "size": g.size,
+            "max_capacity": g.max_capacity, "tier": fields["tier"]}
 
 
 def _fingerprint(spec: bytes) -> int:
@@ -724,6 +889,7 @@ def destroy(name: str) -> bool:
                                    f"root") from None
     for i in range(min(nstripes, _core.MAX_STRIPES)):
         _unlink_semaphore(semaphore_name(name, i))
+    _destroy_tiers(name)
     # Also sweep semaphores whose count the header no longer tells us.
     prefix = f"sem.{PREFIX}{name}.s"
     try:
@@ -735,10 +901,30 @@ def destroy(name: str) -> bool:
     return existed
 
 
+def _destroy_tiers(name: str) -> None:
+    """Remove the tier segments of table ``name`` (``NAME+tK``)."""
+    prefix = PREFIX + tier_name(name, 0)[:-1]
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+            try:
+                posix_ipc.unlink_shared_memory("/" + entry)
+            except posix_ipc.ExistentialError:
+                pass
+            except posix_ipc.PermissionsError:
+                raise PermissionDenied(f"cannot remove {SHM_DIR}/{entry}, a tier of table "
+                                       f"{name!r}; remove it as its owner or root") from None
+
+
 def list_segments() -> List[str]:
     """Names of the shmdict tables on this host (Linux: from /dev/shm)."""
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
-    return sorted(e[len(PREFIX):] for e in entries if e.startswith(PREFIX))
+    # A tier (NAME+tK) is part of its table, not a table.
+    return sorted(e[len(PREFIX):] for e in entries
+                  if e.startswith(PREFIX) and TIER_MARK not in e)

@@ -65,8 +65,7 @@ class Stripes:
         self.stall_timeout = STALL_TIMEOUT
         #: What the last repairs did: (stripe, claims dropped, count delta).
         self.repairs: List[tuple] = []
-        #: How many times this process took a stripe over from a dead holder.
-        self.takeovers = 0
+        self._takeovers = 0
         core.attach_semaphores([sem.name for sem in semaphores], poll=self.poll,
                                stall_timeout=self.stall_timeout)
         #: release(i) -> bool, the core's own method (no Python frame, so a
@@ -83,6 +82,12 @@ class Stripes:
         self.core.attach_semaphores([], poll=self.poll, stall_timeout=self.stall_timeout)
 
     @property
+    def takeovers(self) -> int:
+        """How many times this process took a stripe over from a dead holder
+        (here, and in the core's own inserts, which take stripes in C)."""
+        return self._takeovers + self.core.takeovers()
+
+    @property
     def bound(self) -> float:
         """Worst-case seconds a dead holder stalls a waiter (before scheduling)."""
         return self.stall_timeout + self.poll
@@ -94,7 +99,7 @@ class Stripes:
             self._repaired(i, repaired)
 
     def _repaired(self, i: int, what: tuple) -> None:
-        self.takeovers += 1
+        self._takeovers += 1
         self.repairs.append((i,) + tuple(what))
         del self.repairs[:-16]
 

@@ -6,18 +6,19 @@ Each layout's module subclasses :class:`Table` with its own value verbs:
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import xxhash
 
-from ...errors import KeyTooLong, LockHeld, TableFull
+from ...errors import CorruptSegment, KeyTooLong, LockHeld, TableFull
 from ...keys import Key, decode_key, encode_key
 from ...layouts import Layout, Outcome
 from ...report import Report
 from ...table import BaseTable
 from . import _core
 from .check import check_table
-from .segment import Geometry, Segment, destroy
+from .segment import Geometry, Segment, destroy, open_tier
 from .stripes import Stripes
 
 #: Entries of the per-process key -> slot cache before it is cleared: at
@@ -49,14 +50,18 @@ class Table(BaseTable):
         self.name: str = segment.name
         self.layout = segment.layout
         self.capacity: int = header["capacity"]
+        #: The table grows online up to this many keys (tier 0's header says:
+        #: an attacher's own max_capacity is not compared, see shmdict.open).
+        self.max_capacity: int = header["max_capacity"]
         self.key_size: int = header["key_size"]
         self._segment = segment
         self._seed: int = header["seed"]
         # The C core keeps a per-process cache of key -> (slot, state) and
-        # encodes, hashes and probes common keys itself; on everything else
-        # it calls back here (the slow path): _locate for keys it cannot
-        # encode, _insert for a new key (under the stripe lock) and
-        # _insert_with for cas(..., set_on_not_exists=True).
+        # encodes, hashes, probes and inserts common keys itself (taking the
+        # stripe in C); on everything else it calls back here (the slow
+        # path): _locate for keys it cannot encode, _insert_with for
+        # cas(..., set_on_not_exists=True), _grow when every tier is full and
+        # _attach_tiers when other processes grew the table.
         self._core = _core.Core(
             segment.mm, name=self.name, nslots=header["nslots"],
             slot_size=header["slot_size"], key_size=header["key_size"],
@@ -66,12 +71,28 @@ class Table(BaseTable):
             default_extra=self.layout.default_extra(),
             hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
             insert=self._insert, insert_with=self._insert_with,
-            cache_limit=cache_limit(header["capacity"]))
+            cache_limit=cache_limit(header["max_capacity"]),
+            max_capacity=header["max_capacity"], grow=self._grow,
+            attach_tiers=self._attach_tiers)
+        #: Mappings of tiers 1.. (the core holds their buffers until close).
+        self._tier_maps: List[Any] = []
+        #: Serialises this process's threads' growth and tier attaching (two
+        #: threads must not add the same tier twice).  Reentrant: the core's
+        #: counts call back into _attach_tiers.
+        self._growing = threading.RLock()
+        self._geometry = Geometry(self.layout, self.capacity, self.key_size,
+                                  header["nstripes"], self.max_capacity)
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
         self._default_extra = self.layout.default_extra()
         self._closed = False
+        if self.max_capacity > self.capacity:
+            try:
+                self._attach_tiers()
+            except BaseException:
+                self.close()       # the core first: it holds the mappings' buffers
+                raise
 
     # ------------------------------------------------------------------ keys
     def _stripe_of_key(self, key: Any) -> int:
@@ -108,33 +129,69 @@ class Table(BaseTable):
                 extra: Optional[bytes] = None) -> Tuple[int, int, bool]:
         """Insert an encoded key under its stripe lock: (slot, state, created).
 
-        Under the lock the core looks once more, so a key another process
-        inserted meanwhile is returned (created False), never inserted twice.
-        A full table raises :class:`~shmdict.TableFull` (from the core).
+        The core takes the stripe, looks once more under it (so a key
+        another process inserted meanwhile is returned, created False, never
+        inserted twice), inserts in the first tier with room, and releases
+        it; when every tier is full it calls :meth:`_grow`.  A table full at
+        its max_capacity raises :class:`~shmdict.TableFull`.
         """
         if word0 is None:
             word0 = self._default_word0
         if extra is None:
             extra = self._default_extra
-        stripe = h % self._nstripes
-        stripes = self._stripes
-        for attempt in (0, 1):
-            # Acquire inside the try: an exception (a signal handler's) right
-            # after the stripe was taken still releases it; a release of a
-            # stripe this thread does not hold does nothing.
-            try:                          # try/finally: a context manager costs 1.5 us
-                stripes.acquire(stripe)
-                return self._core.insert(encoded, h, word0, extra)
-            except TableFull:
-                # A process killed inside an insert leaves its reservation
-                # counted until its stripe is repaired: repair such stripes
-                # now, and look again, rather than refuse a key early.
-                if attempt or not self._core.dead_stripes():
-                    raise
-            finally:
-                stripes.release(stripe)
-            stripes.repair_dead()
-        raise AssertionError("unreachable")
+        return self._core.insert_new(encoded, h, word0, extra)
+
+    # ---------------------------------------------------------------- growth
+    def _grow(self, seen: int) -> None:
+        """Every one of the ``seen`` tiers was full (no stripe held): make room.
+
+        A process killed inside an insert leaves its reservation counted
+        until its stripe is repaired: repair such stripes, and let the core
+        look again, rather than refuse a key early or grow for nothing.
+        Else attach the tiers others added meanwhile, or add tier ``seen``
+        (one creator; the others wait for it), or raise ``TableFull`` at
+        max_capacity.
+        """
+        core = self._core
+        if core.dead_stripes() and self._stripes.repair_dead():
+            return
+        with self._growing:
+            self._attach_tiers()
+            k = core.published_tiers()
+            if k > seen:
+                return
+            if 1 + len(self._tier_maps) > k:
+                # Added here, but this thread was interrupted before
+                # publishing it: publish it now (nothing was inserted there).
+                core.publish_tier(k)
+                return
+            if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
+                live = core.counts()[0]
+                raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
+                                f"keys in use; delete keys or open a table with a larger "
+                                f"capacity")
+            mm = open_tier(self.name, k, self._geometry, self._segment.header, create=True,
+                           sharing=self._segment.sharing)
+            self._add_tier(mm, k)
+            core.publish_tier(k)
+
+    def _attach_tiers(self) -> None:
+        """Map the tiers other processes published that this one has not."""
+        with self._growing:
+            published = self._core.published_tiers()
+            while 1 + len(self._tier_maps) < published:
+                k = 1 + len(self._tier_maps)
+                mm = open_tier(self.name, k, self._geometry, self._segment.header,
+                               create=False, sharing=self._segment.sharing)
+                self._add_tier(mm, k)
+
+    def _add_tier(self, mm: Any, k: int) -> None:
+        try:
+            self._core.add_tier(mm, self._geometry.tier(k).capacity)
+        except BaseException:
+            mm.close()
+            raise
+        self._tier_maps.append(mm)
 
     # ------------------------------------------- BaseTable's primitives
     def _create(self, key: Key) -> bool:
@@ -183,7 +240,15 @@ class Table(BaseTable):
         for slot, state, encoded in self._core.published():
             key = cache.get(encoded)
             if key is None:
-                key = decode_key(encoded)
+                try:
+                    key = decode_key(encoded)
+                except ValueError:
+                    # Key bytes no shmdict process writes: the segment was
+                    # written by something else.
+                    raise CorruptSegment(
+                        f"table {self.name!r}: slot {slot} holds bytes that are no "
+                        f"encoded key ({encoded[:16]!r}...); the segment was overwritten: "
+                        f"run `shmdict check {self.name}`") from None
                 if len(cache) >= _DECODED_LIMIT:
                     cache.clear()
                 cache[encoded] = key
@@ -208,7 +273,14 @@ class Table(BaseTable):
         self._check_open()
         if self._core.dead_stripes():     # a process died inside an insert or delete
             self._stripes.repair_dead()
-        return self._core.counts()[0]
+        live = self._core.counts()[0]
+        if not 0 <= live <= self.max_capacity:
+            raise CorruptSegment(
+                f"table {self.name!r}: its live count {live} is outside "
+                f"0..{self.max_capacity}; "
+                f"the segment was overwritten: `shmdict check {self.name}` "
+                f"recounts it")
+        return live
 
     def __contains__(self, key: object) -> bool:
         self._check_open()
@@ -234,7 +306,9 @@ class Table(BaseTable):
         return check_table(self)
 
     def stats(self) -> Dict[str, Any]:
-        """Numbers for ``shmdict stat``: counts, load, stripes and their holders."""
+        """Numbers for ``shmdict stat``: counts, load, stripes and their holders,
+        tiers (``tiers``, per-tier ``tier_capacity``/``tier_live``) and the
+        ``inserts``/``deletes`` statistics (monotonic, for rates)."""
         self._check_open()
         header = self._segment.header
         live, tombstones = self._core.counts()
@@ -243,19 +317,30 @@ class Table(BaseTable):
             holder = self._core.stripe_holder(i)
             if holder:
                 holders[i] = {"pid": _core.id_pid(holder), "alive": _core.id_alive(holder)}
+        self._attach_tiers()
+        tiers = self._core.tiers()
+        inserts, deletes, _ = self._core.stats()
+        nslots = sum(t[0] for t in tiers)
+        size = sum(self._geometry.tier(k).size for k in range(len(tiers)))
         return {"name": self.name, "layout": repr(self.layout), "capacity": self.capacity,
-                "key_size": self.key_size, "live": live, "tombstones": tombstones,
-                "slots": header["nslots"], "slot_size": header["slot_size"],
-                "bytes": header["size"], "load_factor": (live + tombstones) / header["nslots"],
+                "max_capacity": self.max_capacity, "key_size": self.key_size,
+                "live": live, "tombstones": tombstones,
+                "slots": nslots, "slot_size": header["slot_size"],
+                "bytes": size, "load_factor": (live + tombstones) / nslots,
                 "stripes": self._nstripes, "stripe_holders": holders,
-                "created": header["created"]}
+                "created": header["created"], "tiers": len(tiers),
+                "tier_capacity": [t[1] for t in tiers], "tier_live": [t[2] for t in tiers],
+                "inserts": inserts, "deletes": deletes}
 
     # ---------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Detach from the table (the table itself stays)."""
         if not self._closed:
             self._closed = True
-            self._core.close()
+            self._core.close()          # gives back the tiers' buffers too
+            for mm in self._tier_maps:
+                mm.close()
+            self._tier_maps = []
             self._segment.close()
 
     def unlink(self) -> None:

@@ -1,0 +1,156 @@
+"""A consistent snapshot of a shared-memory table, for ``shmdict save``.
+
+The walk holds every stripe of the table, in stripe order (the order any
+code taking several stripes uses), so no insert or delete interleaves with
+it: the set of keys saved is the set the table held at one instant.  Values
+are read atomically one by one (a Counter's value word, a Struct record
+through its seqlock) without stopping the processes that update existing
+keys, so a concurrent ``add`` to an existing key lands, per key, either
+before the snapshot or after it.  Lock tables are saved as keys only, never
+held.  Inserts of new keys wait while the stripes are held, which is as long
+as the walk takes (a few ms per 10,000 keys).
+
+Every wait is bounded: a stripe held by a live process for longer than
+``timeout`` seconds (a stuck or stopped process) makes the save fail with
+:class:`~shmdict.snapshot.SnapshotError` and release what it took; a stripe
+held by a dead process is taken over and repaired as any waiter would.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, List, Tuple
+
+import posix_ipc
+
+from ...layouts import Outcome
+from ...snapshot import SnapshotError
+from . import _core
+from .inspection import fence
+from .table import Table
+
+#: Seconds a save waits for a stripe or a record held by a live process.
+DEFAULT_TIMEOUT = 10.0
+_FENCE_AT: int = _core.HEADER_FIELDS["fence"][0]
+
+
+def take(table: Table, timeout: float = DEFAULT_TIMEOUT) -> Tuple[List[Tuple[bytes, Any]], int]:
+    """``(entries, fence)`` of ``table`` at one instant: entries are
+    ``(encoded key, value)`` sorted by key, values as :class:`Snapshot`
+    keeps them (int, record bytes, None for a lock)."""
+    table._check_open()
+    deadline = time.monotonic() + timeout
+    taken: List[int] = []
+    try:
+        for stripe in range(table._nstripes):
+            _acquire_bounded(table, stripe, deadline)
+            taken.append(stripe)
+        entries, last_fence = _walk(table, deadline), fence(table)
+    finally:
+        for stripe in reversed(taken):
+            table._stripes.release(stripe)
+    entries.sort()      # keys are unique: only the keys are compared
+    return entries, last_fence
+
+
+def _acquire_bounded(table: Table, stripe: int, deadline: float) -> None:
+    """Take ``stripe`` by the stripe protocol, waiting at most until ``deadline``
+    for a live holder.
+
+    The core's ``stripe_acquire`` waits as long as a live holder holds; so
+    the semaphore is waited on here, with a timeout, and a count won is
+    handed to the core's post-wait step (``_stripe_after_wait``, which
+    records this process as the holder).  When the timed wait expires and
+    the recorded holder is dead (or none is recorded), the core's own
+    acquire takes the stripe over within its recovery bound.
+    """
+    stripes = table._stripes
+    core = table._core
+    sem = stripes.semaphores[stripe]
+    while True:
+        wait = max(0.0, min(stripes.poll, deadline - time.monotonic()))
+        try:
+            sem.acquire(wait)
+        except posix_ipc.BusyError:
+            pass
+        else:
+            try:
+                repaired = core._stripe_after_wait(stripe)
+            except BaseException:
+                stripes.release(stripe)
+                raise
+            if repaired is not None:
+                stripes._repaired(stripe, repaired)
+            return
+        holder = core.stripe_holder(stripe)
+        if not holder or not _core.id_alive(holder):
+            stripes.acquire(stripe)          # takeover: bounded by the recovery settings
+            return
+        if time.monotonic() >= deadline:
+            raise SnapshotError(
+                f"table {table.name!r}: stripe {stripe} is held by live pid "
+                f"{_core.id_pid(holder)} and was not released in time; nothing was saved. "
+                f"Is that process stopped? (`shmdict stat {table.name}`)")
+
+
+def _walk(table: Table, deadline: float) -> List[Tuple[bytes, Any]]:
+    """The entries, unsorted, with every stripe held (slots cannot change
+    key); kept short, as inserts wait meanwhile."""
+    core = table._core
+    kind = table.layout.kind
+    published = core.published()
+    if kind == "Counter":
+        word0 = core.word0
+        values = [word0(slot, state) for slot, state, _ in published]
+        # None cannot happen with the stripes held (a slot changes key only
+        # under its stripe); skipped all the same.
+        return [(e, v) for (_, _, e), v in zip(published, values) if v is not None]
+    size = getattr(table.layout, "size", 0)
+    out: List[Tuple[bytes, Any]] = []
+    for slot, state, encoded in published:
+        if kind == "Struct":
+            record = _record(table, slot, state, deadline)
+            if record is None:
+                continue
+            value = record[:size]
+        else:
+            value = None
+        out.append((encoded, value))
+    return out
+
+
+def _record(table: Table, slot: int, state: int, deadline: float) -> Any:
+    """A record's bytes, read through its seqlock; a record left torn by a
+    writer that died mid-copy is repaired under its lock (at most until
+    ``deadline``), as :meth:`StructTable._snapshot_at` does."""
+    core = table._core
+    for _ in range(1000):
+        try:
+            return core.record_read(slot, state)
+        except _core.TornRecord:
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.001)
+    left = max(0.0, deadline - time.monotonic())
+    code = core.lock_acquire(slot, state, True, left)
+    if code == Outcome.STALE:
+        return None
+    if code not in (Outcome.OK, Outcome.RECOVERED):
+        raise SnapshotError(f"table {table.name!r}: a record stays half-written while pid "
+                            f"{core.lock_owner(slot, state)} holds it; nothing was saved")
+    data = core.record_read(slot, state, True)
+    core.record_commit(slot, state, data)
+    return data
+
+
+def raise_fence(table: Table, value: int) -> None:
+    """Make the table's fencing counter at least ``value`` (a reloaded Lock
+    table goes on handing out tokens above those of its saved past, so a
+    resource that remembers the last token still accepts new holders).
+    Call it only on a table this process just created, before others use
+    it: it is a load and a store, not a compare-and-swap, so an acquire
+    racing with it could see a token handed out twice."""
+    table._check_open()
+    mm = table._segment.mm
+    if _core.load_u64(mm, _FENCE_AT) < value:
+        _core.store_u64(mm, _FENCE_AT, value)
