@@ -771,7 +771,9 @@ class MpLockPeer(Peer):
 
     name = "multiprocessing.Lock per key"
     only = ("lock", "with lock")
-    notes = {"lock": "multiprocessing.Lock() (keys fixed before the fork)",
+    notes = {"lock, 2 processes, 10": "with locks[key]: a dict of multiprocessing.Lock, "
+                                      "fixed before the fork",
+             "lock": "multiprocessing.Lock() (keys fixed before the fork)",
              "with lock": "with locks[key]: a dict of multiprocessing.Lock, fixed before "
                           "the fork"}
 

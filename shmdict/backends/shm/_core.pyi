@@ -175,6 +175,13 @@ def bind_lock_handle(handle_class: type, table_class: type) -> None:
     and ``held_by_me`` on ``handle_class`` (a LockHandle subclass with a
     ``_core`` slot) and C ``get`` / ``__getitem__`` on ``table_class``."""
     ...
+def bind_record_update(update_class: type, table_class: type) -> None:
+    """Install C ``__enter__`` / ``__exit__`` on a Struct table's ``update()``
+    context manager class (slots ``_table``, ``_key``, ``_slot``, ``_state``,
+    ``_rec``) and a C ``update(key)`` on ``table_class``; they call back the
+    table's ``_make_record``, ``_pack_record``, ``_refuse_self_deadlock``,
+    ``_recovered_warning`` and ``_lost_record_lock``."""
+    ...
 def bind_counter_handle(handle_class: type) -> None:
     """Install a C ``add(n=1)`` on ``handle_class`` (a CounterHandle subclass
     with a ``_core`` slot)."""
