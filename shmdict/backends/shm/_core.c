@@ -839,6 +839,19 @@ find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
  * values it read, and the unlock is a CAS of its own id back to 0.  A
  * resumed holder whose CAS fails goes round again; it never writes a count
  * computed from a stale read, and never unlocks another's lock. */
+/* The sum of a tier's per-stripe live counts: what the global count must
+ * be when nobody is between the two stores of admit_change (the caller
+ * holds the admission lock).  Wrapping arithmetic: the words may be
+ * garbage. */
+static int64_t
+admit_sum(Core *c, Tier *t)
+{
+    uint64_t sum = 0;
+    for (uint64_t s = 0; s < c->nstripes; s++)
+        sum += load_acq(&t->stripes[s].live);
+    return (int64_t)sum;
+}
+
 static void
 admit_lock(Core *c, Tier *t)
 {
@@ -862,10 +875,7 @@ admit_lock(Core *c, Tier *t)
                 /* The holder died (or is a previous incarnation of our pid
                  * from before a fork): take over and rebuild the sum. */
                 if (cas64(word, &expected, me)) {
-                    int64_t sum = 0;
-                    for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(&t->stripes[s].live);
-                    store_rel(&t->header->live, (uint64_t)sum);
+                    store_rel(&t->header->live, (uint64_t)admit_sum(c, t));
                     return;
                 }
             }
@@ -881,20 +891,55 @@ admit_unlock(Core *c, Tier *t)
     cas64(&t->header->admit, &me, 0);    /* not ours any more: leave it */
 }
 
+/* Raise CorruptSegment for a tier whose live count is outside
+ * 0..capacity even when rebuilt from its stripes' counts. */
+static void
+raise_garbage_count(Core *c, Tier *t, int64_t count)
+{
+    CoreState *st = core_state();
+    if (st != NULL)
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: the live count of tier %llu is %lld, outside 0..%llu, "
+                     "even recounted from its stripes: the segment was overwritten; "
+                     "`shmdict check %U` rebuilds the counts from the slots",
+                     c->name, (unsigned long long)(t - c->tiers), (long long)count,
+                     (unsigned long long)t->capacity, c->name);
+}
+
 /* Add `delta` to a stripe's count and the global count together; with
- * `reserve`, only if the global count stays below capacity (returns 0 when
- * the table is full).  Both CASes are against the values read under the
- * lock: if either moved, the lock was taken over while we were stopped, and
- * we start again. */
+ * `reserve`, only if the global count stays below capacity.  Returns 1
+ * when done, 0 when the tier is full, and -1 with CorruptSegment set when
+ * reserving finds a count no process can have written.  Both CASes are
+ * against the values read under the lock: if either moved, the lock was
+ * taken over while we were stopped, and we start again.
+ *
+ * A reservation that reads a global count outside 0..capacity reads
+ * garbage (reservations keep it at most capacity, and every decrement
+ * follows an increment): it rebuilds the count from the stripes once, as
+ * a taker of the lock does, and looks again; a count still impossible
+ * after that is corruption, never "the table is full". */
 static int
 admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
 {
     int64_t *live = &t->header->live;
     int64_t *sl = &t->stripes[stripe].live;
+    int recounted = 0;
     for (;;) {
         admit_lock(c, t);
         uint64_t g = load_acq(live), k = load_acq(sl);
-        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < t->capacity)) {
+        if (reserve && !((int64_t)g >= 0 && g <= t->capacity)) {
+            if (recounted) {
+                admit_unlock(c, t);
+                raise_garbage_count(c, t, (int64_t)g);
+                return -1;
+            }
+            uint64_t e = g;
+            cas64(live, &e, (uint64_t)admit_sum(c, t));   /* lost: retry as it is */
+            recounted = 1;
+            admit_unlock(c, t);
+            continue;
+        }
+        if (reserve && g == t->capacity) {
             admit_unlock(c, t);
             return 0;
         }
@@ -913,7 +958,8 @@ admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
     }
 }
 
-/* Reserve room for one more key in `stripe`; 0 when the table is full. */
+/* Reserve room for one more key in `stripe`: 1, 0 when the table is
+ * full, -1 with CorruptSegment set (admit_change). */
 static int
 admit_reserve(Core *c, Tier *t, uint64_t stripe)
 {
@@ -935,9 +981,7 @@ static int64_t
 admit_recount(Core *c, Tier *t)
 {
     admit_lock(c, t);
-    int64_t sum = 0;
-    for (uint64_t s = 0; s < c->nstripes; s++)
-        sum += (int64_t)load_acq(&t->stripes[s].live);
+    int64_t sum = admit_sum(c, t);
     int64_t old = (int64_t)__atomic_exchange_n(&t->header->live, sum, __ATOMIC_ACQ_REL);
     admit_unlock(c, t);
     return old;
@@ -950,7 +994,8 @@ admit_recount(Core *c, Tier *t)
 /* Insert a key known to be absent into tier `k`.  Returns RC_OK with the
  * (tier, local) slot and its state filled in, RC_FULL when the tier is
  * full, RC_NO_FREE_SLOT when no free slot was found (only possible in a
- * corrupt table). */
+ * corrupt table), RC_ERROR with CorruptSegment set when its live count is
+ * garbage (admit_change). */
 static int
 insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
                int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
@@ -960,10 +1005,11 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
     /* A full tier (all but the last, in a grown table) is passed over
      * without its admission lock; the reservation below decides. */
     uint64_t live = load_acq(&t->header->live);
-    if ((int64_t)live >= 0 && live >= t->capacity)
+    if (live == t->capacity)
         return RC_FULL;
-    if (!admit_reserve(c, t, stripe))
-        return RC_FULL;
+    int admitted = admit_reserve(c, t, stripe);
+    if (admitted <= 0)
+        return admitted < 0 ? RC_ERROR : RC_FULL;
     uint64_t home = home_of(t, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < t->nslots; probes++) {
@@ -1093,6 +1139,8 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
         else
             rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
         stripe_release(c, stripe);
+        if (rc == RC_ERROR)
+            return -1;
         if (rc == RC_FOUND || rc == RC_OK) {
             *slot_out = i;
             *state_out = s;
@@ -2028,16 +2076,27 @@ Core_find(Core *self, PyObject *args)
     return slot_tuple(i, s, -1);
 }
 
-/* Raise shmdict.errors.TableFull with the message shmdict has always given. */
+/* Raise shmdict.errors.TableFull with the message shmdict has always given.
+ * The count is read again here, after the admissions said "full"; one that
+ * no process can have written (another process overwrote it since) is
+ * CorruptSegment instead: a TableFull never names an impossible count. */
 static void
 raise_table_full(Core *c)
 {
     CoreState *st = core_state();
     if (st == NULL)
         return;
-    long long live = 0;
+    uint64_t sum = 0;
     for (unsigned k = 0; k < c->ntiers; k++)
-        live += (long long)load_acq(&c->tiers[k].header->live);
+        sum += load_acq(&c->tiers[k].header->live);
+    long long live = (long long)sum;
+    if (live < 0 || (uint64_t)live > c->max_capacity) {
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: its live count %lld is outside 0..%llu: the segment was "
+                     "overwritten; `shmdict check %U` recounts it",
+                     c->name, live, (unsigned long long)c->max_capacity, c->name);
+        return;
+    }
     PyErr_Format(st->TableFull,
                  "table %R is full: %lld of %llu keys in use; delete keys or open a "
                  "table with a larger capacity",
@@ -2077,6 +2136,8 @@ Core_insert(Core *self, PyObject *args)
                                    Py_True);
         } else if (rc == RC_FULL) {
             raise_table_full(self);
+        } else if (rc == RC_ERROR) {
+            /* the CorruptSegment is set */
         } else {
             CoreState *st = core_state();
             if (st != NULL)

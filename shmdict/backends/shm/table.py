@@ -167,6 +167,13 @@ class Table(BaseTable):
                 return
             if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
                 live = core.counts()[0]
+                if not 0 <= live <= self.max_capacity:
+                    # Overwritten since the core's admissions looked: never
+                    # a TableFull naming a count no process can have made.
+                    raise CorruptSegment(
+                        f"table {self.name!r}: its live count {live} is outside "
+                        f"0..{self.max_capacity}; the segment was overwritten: "
+                        f"`shmdict check {self.name}` recounts it")
                 raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
                                 f"keys in use; delete keys or open a table with a larger "
                                 f"capacity")
