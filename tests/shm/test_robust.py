@@ -412,8 +412,6 @@ def _release_later(conn, name):
     conn.send("released")
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: close() releases the mapping under "
-                   "a writer waiting for readers, which then cannot give its word back")
 def test_close_while_a_writer_waits_for_readers_releases_the_write_lock(name):
     d = shmdict.open(name, shmdict.Lock(rw=True), capacity=10)
     d["k"]

@@ -354,6 +354,20 @@ typedef struct {
     int has_view;
 } Tier;
 
+/* An exclusive lock word a thread of this process holds while it waits,
+ * without the GIL, for something else (a writer waiting for the readers
+ * of an rw lock): a node on the waiting thread's stack, linked into its
+ * Core's list under the GIL.  A close meanwhile (Core_release_view) gives
+ * the word back while the mapping is still there, and marks the node, so
+ * the waiter, which may not touch the segment any more, owes nothing: a
+ * table closed under a waiting writer must not leave the row locked for
+ * as long as this process lives. */
+typedef struct HeldWait {
+    struct HeldWait *next;
+    uint64_t slot, state;    /* the lock: word0 of this slot, in this state */
+    int released;            /* set by the close that gave it back         */
+} HeldWait;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;          /* keeps the mapping exported while we live   */
@@ -385,6 +399,7 @@ typedef struct {
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
+    HeldWait *held_waits;    /* locks held by this Core's waiting threads   */
     Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
 
@@ -591,9 +606,21 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static int owner_release(Core *c, uint64_t i, uint64_t s);
+
 static void
 Core_release_view(Core *self)
 {
+    /* First give back the lock words our waiting threads hold: after the
+     * view goes they cannot (see HeldWait). */
+    if (self->has_view) {
+        for (HeldWait *w = self->held_waits; w != NULL; w = w->next) {
+            if (!w->released) {
+                owner_release(self, w->slot, w->state);
+                w->released = 1;
+            }
+        }
+    }
     for (unsigned k = 1; k < SHMDICT_MAX_TIERS; k++) {
         if (self->tiers[k].has_view) {
             PyBuffer_Release(&self->tiers[k].view);
@@ -3110,10 +3137,46 @@ reader_release(Core *c, uint64_t i, uint64_t s)
     return RC_NOT_OWNER;
 }
 
+/* Link / unlink a HeldWait (the GIL held). */
+static void
+held_wait_push(Core *c, HeldWait *w, uint64_t i, uint64_t s)
+{
+    w->slot = i;
+    w->state = s;
+    w->released = 0;
+    w->next = c->held_waits;
+    c->held_waits = w;
+}
+
+static void
+held_wait_pop(Core *c, HeldWait *w)
+{
+    for (HeldWait **p = &c->held_waits; *p != NULL; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+static int wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline);
+
 /* Wait until no live reader holds the lock (the caller holds the writer
- * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set. */
+ * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set.
+ * While it waits, a close of the table releases the writer word for it
+ * (HeldWait); the caller's owner_release after RC_ERROR is then a no-op. */
 static int
 wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline)
+{
+    HeldWait held;
+    held_wait_push(c, &held, i, s);
+    int r = wait_readers_loop(c, i, s, deadline);
+    held_wait_pop(c, &held);
+    return r;
+}
+
+static int
+wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline)
 {
     char *slot = slot_at(c, i);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
