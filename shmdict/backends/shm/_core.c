@@ -123,8 +123,9 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
  * imported at init, and two classes of this module.  CorruptGeometry is
  * the Core() constructor's "this header cannot be right": a CorruptSegment
  * that is also a ValueError, which it raised before.  TornRecord is private:
- * a record's sequence stayed odd (its writer died mid-copy), which the
- * Python layer repairs under the record lock. */
+ * writers kept completing writes faster than a lock-free read could copy
+ * a record (record_copy), which the Python layer then reads under the
+ * record lock. */
 typedef struct {
     PyObject *TableFull;
     PyObject *CorruptSegment;
@@ -3319,37 +3320,66 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
+/* Struct records: [lock word0] + extra = [seq | copy 0 | copy 1]           */
 /* ------------------------------------------------------------------------ */
 
-/* Copy slot i's record into a new bytes object.  A seqlock read: the
- * sequence is odd while a writer is copying, and a copy is kept only if the
- * sequence was even and unchanged around it; `force` copies whatever is
- * there (the caller holds the record lock).  Returns RC_OK (*out set),
- * RC_STALE (the slot changed), or RC_ERROR with an exception set: TornRecord
- * when the sequence stayed odd for too long (a writer died mid-copy). */
+/* format.h, "A Struct slot's extra area": two copies of the record and a
+ * sequence word saying which is current.  A writer fills the other copy
+ * and publishes it with one release store, so a writer killed mid-copy
+ * (SIGKILL lands anywhere) leaves the current copy whole, and readers
+ * never wait for writers: nothing is ever torn, nothing needs repair. */
+#define RECORD_WRITING  SHMDICT_RECORD_WRITING
+#define RECORD_CURRENT  SHMDICT_RECORD_CURRENT
+
+/* Bytes of one copy of a record (require_records checked the shape). */
+static inline uint64_t record_bytes(Core *c) { return (c->extra_size - 8) / 2; }
+
+/* Copy `k` (0 or 1) of the record whose sequence word is `seq`. */
+static inline uint64_t *
+record_words(Core *c, uint64_t *seq, uint64_t k)
+{
+    return seq + 1 + (k & 1) * (record_bytes(c) / 8);
+}
+
+/* Whether a copy read while seq went from `before` to `after` is one whole
+ * write: no later writer started on the copy read (it starts at the first
+ * odd seq whose CURRENT is the other copy: before + 3 from an even seq,
+ * before + 2 from an odd one).  Unsigned: a seq that went backwards (the
+ * word was overwritten) is not kept either. */
+static inline int
+record_stable(uint64_t before, uint64_t after)
+{
+    return after - before <= 2 - (before & RECORD_WRITING);
+}
+
+/* Copy slot i's current record into a new bytes object.  Lock-free: copy
+ * the current copy between two loads of seq, and keep it if it stayed
+ * stable (record_stable); `force` keeps the first copy (the caller holds
+ * the record lock, so no writer can be filling the current copy).
+ * Returns RC_OK (*out set), RC_STALE (the slot changed), or RC_ERROR with
+ * an exception set: TornRecord when writers completed writes faster than
+ * the copy could be taken, every time (the Python layer then reads under
+ * the record lock). */
 static int
 record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
     char *slot = slot_at(self, i);
     uint64_t *seq = (uint64_t *)slot_extra(self, slot);
-    Py_ssize_t n = (Py_ssize_t)self->extra_size - 8;
-    PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+    uint64_t nwords = record_bytes(self) / 8;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nwords * 8));
     if (bytes == NULL)
         return -1;
-    for (unsigned long spins = 0; spins < 200000; spins++) {
+    for (unsigned attempt = 0; attempt < 1000; attempt++) {
+        if (attempt >= 8)
+            sched_yield();               /* let the writers' process run */
         uint64_t before = load_acq(seq);
-        if ((before & 1) && !force) {
-            if (spins > 1000)
-                sched_yield();
-            continue;
-        }
         /* Copy word by word with relaxed atomic loads (no data race). */
-        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
-        for (Py_ssize_t k = 0; k < n / 8; k++)
+        uint64_t *src = record_words(self, seq, (before & RECORD_CURRENT) ? 1 : 0);
+        uint64_t *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
+        for (uint64_t k = 0; k < nwords; k++)
             dst[k] = __atomic_load_n(&src[k], __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (force || load_acq(seq) == before) {
+        if (force || record_stable(before, __atomic_load_n(seq, __ATOMIC_RELAXED))) {
             if (load_acq(slot) != s) {
                 Py_DECREF(bytes);
                 return RC_STALE;
@@ -3361,12 +3391,16 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
     Py_DECREF(bytes);
     CoreState *st = core_state();
     if (st != NULL)
-        PyErr_SetString(st->TornRecord, "record is being written (or its writer died)");
+        PyErr_SetString(st->TornRecord, "record kept changing while it was read");
     return RC_ERROR;
 }
 
-/* Write a record into slot i: sequence odd, copy, sequence even.  The caller
- * holds the record lock (word0). */
+/* Write a record into slot i: mark WRITING, fill the copy that is not
+ * current, publish it (one release store that clears WRITING, flips
+ * CURRENT and counts the write).  The caller holds the record lock (word0),
+ * so it is the only writer; a WRITING bit left by a writer that died
+ * mid-copy is simply taken over: that writer was filling the same
+ * non-current copy, which is filled again here. */
 static int
 record_store(Core *self, uint64_t i, uint64_t s, const void *data)
 {
@@ -3377,16 +3411,18 @@ record_store(Core *self, uint64_t i, uint64_t s, const void *data)
         return RC_STALE;
     if (id_pid(cur) == 0 || !is_me(cur))
         return RC_NOT_OWNER;
-    uint64_t odd = load_acq(seq) | 1;      /* odd even if a dead writer left it odd */
-    store_rel(seq, odd);
+    uint64_t writing = load_acq(seq) | RECORD_WRITING;
+    __atomic_store_n(seq, writing, __ATOMIC_RELAXED);
+    /* Orders the store above before the copy's stores: a reader that sees
+     * any of them (and fences) sees WRITING or later. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    uint64_t *dst = seq + 1;
-    for (uint64_t k = 0; k < (self->extra_size - 8) / 8; k++) {
+    uint64_t *dst = record_words(self, seq, (writing & RECORD_CURRENT) ? 0 : 1);
+    for (uint64_t k = 0; k < record_bytes(self) / 8; k++) {
         uint64_t w;
         memcpy(&w, (const char *)data + 8 * k, 8);
         __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
     }
-    store_rel(seq, odd + 1);
+    store_rel(seq, writing + 1);       /* the copy is complete before this */
     return RC_OK;
 }
 
@@ -3399,7 +3435,7 @@ require_records(Core *self)
     }
     if (!identity_ready())
         return -1;
-    if (self->extra_size < 8) {
+    if (self->extra_size < 24 || (self->extra_size - 8) % 16 != 0) {
         PyErr_SetString(PyExc_ValueError, "not a record table");
         return -1;
     }
@@ -3407,8 +3443,9 @@ require_records(Core *self)
 }
 
 /* record_read(slot, state, force=False) -> bytes | None (slot changed).
- * Raises TornRecord when the sequence stays odd, so the Python layer
- * can take the record lock (which recovers it) and read with force=True. */
+ * Raises TornRecord when writers kept completing writes faster than the
+ * record could be copied, so the Python layer can take the record lock
+ * and read with force=True. */
 static PyObject *
 Core_record_read(Core *self, PyObject *args)
 {
@@ -3503,7 +3540,7 @@ Core_record_commit(Core *self, PyObject *args)
         return NULL;
     int r = RC_OK;
     if (data != Py_None) {
-        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != self->extra_size - 8) {
+        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != record_bytes(self)) {
             owner_release(self, i, s);
             PyErr_SetString(PyExc_ValueError, "record has the wrong size");
             return NULL;
@@ -4074,6 +4111,8 @@ add_format_constants(PyObject *m)
         {"TIER_SHIFT", SHMDICT_TIER_SHIFT},
         {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
         {"READER_CELLS", SHMDICT_READER_CELLS},
+        {"RECORD_WRITING", SHMDICT_RECORD_WRITING},
+        {"RECORD_CURRENT", SHMDICT_RECORD_CURRENT},
         {"KIND_EMPTY", KIND_EMPTY},
         {"KIND_CLAIMED", KIND_CLAIMED},
         {"KIND_PUBLISHED", KIND_PUBLISHED},
@@ -4168,8 +4207,9 @@ init_exceptions(PyObject *m)
     Py_DECREF(bases);
     st->TornRecord = PyErr_NewExceptionWithDoc(
         "shmdict.backends.shm._core.TornRecord",
-        "Private: a record's sequence word stayed odd (its writer died mid-copy); "
-        "the Python layer repairs it under the record lock.", NULL, NULL);
+        "Private: writers kept completing writes faster than a lock-free read "
+        "could copy the record; the Python layer reads it under the record lock.",
+        NULL, NULL);
     if (st->CorruptGeometry == NULL || st->TornRecord == NULL)
         return -1;
     if (module_add(m, "CorruptGeometry", Py_NewRef(st->CorruptGeometry)) < 0

@@ -68,7 +68,7 @@ class Table(BaseTable):
             extra_size=header["extra_size"], nstripes=header["nstripes"],
             capacity=header["capacity"], stripes_offset=header["stripes_offset"],
             data_offset=header["data_offset"], default_word0=self.layout.default_word0(),
-            default_extra=self.layout.default_extra(),
+            default_extra=self.layout.slot_extra(),
             hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
             insert=self._insert, insert_with=self._insert_with,
             cache_limit=cache_limit(header["max_capacity"]),
@@ -85,7 +85,7 @@ class Table(BaseTable):
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
-        self._default_extra = self.layout.default_extra()
+        self._default_extra = self.layout.slot_extra()
         self._closed = False
         if self.max_capacity > self.capacity:
             try:
