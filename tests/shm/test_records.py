@@ -197,9 +197,9 @@ def test_delete_waits_for_an_update_without_deadlock(records):
     assert "a" not in records and len(records) == 90
 
 
-def test_an_odd_sequence_word_with_a_free_lock_is_repaired_by_a_read(records):
+def test_an_odd_sequence_word_with_a_free_lock_is_read_as_it_is(records):
     """A sequence word left odd (a writer killed mid-copy, or a stray write)
-    with the record lock free: a read repairs it instead of failing forever."""
+    with the record lock free: the current copy is read, never a failure."""
     import mmap
     import struct as struct_module
     records.set("k", (2.0, 5, b"x", True))
