@@ -103,3 +103,27 @@ def test_a_new_table_is_tier_0_of_1(name):
         assert (read["inserts"], read["deletes"]) == (0, 0)
     finally:
         table.close()
+
+
+def test_a_struct_slot_is_a_sequence_word_and_two_copies(name):
+    """format.h, "A Struct slot's extra area": seq 0 (copy 0 current, no
+    write in progress), then two copies of the padded record; a write fills
+    copy 1 and publishes it with seq 2."""
+    layout = shmdict.Struct(a="q", b="5s")
+    assert _core.RECORD_WRITING == 1 and _core.RECORD_CURRENT == 2
+    table = shmdict.open(name, layout, capacity=4, key_size=8)
+    try:
+        header = table._segment.header
+        assert header["extra_size"] == 8 + 2 * layout.padded == 8 + 2 * 16
+        table.set("k", (7, b"old"))
+        slot, state = table._core.locate("k", False)
+        mm = table._segment.mm
+        seq_at = header["data_offset"] + slot * header["slot_size"] + _core.SLOT_HEADER + 8
+        copy = [bytes(mm[seq_at + 8 + k * 16:seq_at + 8 + (k + 1) * 16]) for k in (0, 1)]
+        assert _core.load_u64(mm, seq_at) == 0 and copy == [layout.pack((7, b"old"))] * 2
+        table.set("k", (8, b"new"))
+        assert _core.load_u64(mm, seq_at) == 2
+        assert bytes(mm[seq_at + 8 + 16:seq_at + 8 + 32]) == layout.pack((8, b"new"))
+        assert bytes(mm[seq_at + 8:seq_at + 8 + 16]) == layout.pack((7, b"old"))
+    finally:
+        table.close()

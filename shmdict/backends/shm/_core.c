@@ -123,8 +123,9 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
  * imported at init, and two classes of this module.  CorruptGeometry is
  * the Core() constructor's "this header cannot be right": a CorruptSegment
  * that is also a ValueError, which it raised before.  TornRecord is private:
- * a record's sequence stayed odd (its writer died mid-copy), which the
- * Python layer repairs under the record lock. */
+ * writers kept completing writes faster than a lock-free read could copy
+ * a record (record_copy), which the Python layer then reads under the
+ * record lock. */
 typedef struct {
     PyObject *TableFull;
     PyObject *CorruptSegment;
@@ -354,6 +355,20 @@ typedef struct {
     int has_view;
 } Tier;
 
+/* An exclusive lock word a thread of this process holds while it waits,
+ * without the GIL, for something else (a writer waiting for the readers
+ * of an rw lock): a node on the waiting thread's stack, linked into its
+ * Core's list under the GIL.  A close meanwhile (Core_release_view) gives
+ * the word back while the mapping is still there, and marks the node, so
+ * the waiter, which may not touch the segment any more, owes nothing: a
+ * table closed under a waiting writer must not leave the row locked for
+ * as long as this process lives. */
+typedef struct HeldWait {
+    struct HeldWait *next;
+    uint64_t slot, state;    /* the lock: word0 of this slot, in this state */
+    int released;            /* set by the close that gave it back         */
+} HeldWait;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;          /* keeps the mapping exported while we live   */
@@ -385,6 +400,7 @@ typedef struct {
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
+    HeldWait *held_waits;    /* locks held by this Core's waiting threads   */
     Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
 
@@ -591,9 +607,21 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static int owner_release(Core *c, uint64_t i, uint64_t s);
+
 static void
 Core_release_view(Core *self)
 {
+    /* First give back the lock words our waiting threads hold: after the
+     * view goes they cannot (see HeldWait). */
+    if (self->has_view) {
+        for (HeldWait *w = self->held_waits; w != NULL; w = w->next) {
+            if (!w->released) {
+                owner_release(self, w->slot, w->state);
+                w->released = 1;
+            }
+        }
+    }
     for (unsigned k = 1; k < SHMDICT_MAX_TIERS; k++) {
         if (self->tiers[k].has_view) {
             PyBuffer_Release(&self->tiers[k].view);
@@ -839,6 +867,19 @@ find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
  * values it read, and the unlock is a CAS of its own id back to 0.  A
  * resumed holder whose CAS fails goes round again; it never writes a count
  * computed from a stale read, and never unlocks another's lock. */
+/* The sum of a tier's per-stripe live counts: what the global count must
+ * be when nobody is between the two stores of admit_change (the caller
+ * holds the admission lock).  Wrapping arithmetic: the words may be
+ * garbage. */
+static int64_t
+admit_sum(Core *c, Tier *t)
+{
+    uint64_t sum = 0;
+    for (uint64_t s = 0; s < c->nstripes; s++)
+        sum += load_acq(&t->stripes[s].live);
+    return (int64_t)sum;
+}
+
 static void
 admit_lock(Core *c, Tier *t)
 {
@@ -862,10 +903,7 @@ admit_lock(Core *c, Tier *t)
                 /* The holder died (or is a previous incarnation of our pid
                  * from before a fork): take over and rebuild the sum. */
                 if (cas64(word, &expected, me)) {
-                    int64_t sum = 0;
-                    for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(&t->stripes[s].live);
-                    store_rel(&t->header->live, (uint64_t)sum);
+                    store_rel(&t->header->live, (uint64_t)admit_sum(c, t));
                     return;
                 }
             }
@@ -881,20 +919,55 @@ admit_unlock(Core *c, Tier *t)
     cas64(&t->header->admit, &me, 0);    /* not ours any more: leave it */
 }
 
+/* Raise CorruptSegment for a tier whose live count is outside
+ * 0..capacity even when rebuilt from its stripes' counts. */
+static void
+raise_garbage_count(Core *c, Tier *t, int64_t count)
+{
+    CoreState *st = core_state();
+    if (st != NULL)
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: the live count of tier %llu is %lld, outside 0..%llu, "
+                     "even recounted from its stripes: the segment was overwritten; "
+                     "`shmdict check %U` rebuilds the counts from the slots",
+                     c->name, (unsigned long long)(t - c->tiers), (long long)count,
+                     (unsigned long long)t->capacity, c->name);
+}
+
 /* Add `delta` to a stripe's count and the global count together; with
- * `reserve`, only if the global count stays below capacity (returns 0 when
- * the table is full).  Both CASes are against the values read under the
- * lock: if either moved, the lock was taken over while we were stopped, and
- * we start again. */
+ * `reserve`, only if the global count stays below capacity.  Returns 1
+ * when done, 0 when the tier is full, and -1 with CorruptSegment set when
+ * reserving finds a count no process can have written.  Both CASes are
+ * against the values read under the lock: if either moved, the lock was
+ * taken over while we were stopped, and we start again.
+ *
+ * A reservation that reads a global count outside 0..capacity reads
+ * garbage (reservations keep it at most capacity, and every decrement
+ * follows an increment): it rebuilds the count from the stripes once, as
+ * a taker of the lock does, and looks again; a count still impossible
+ * after that is corruption, never "the table is full". */
 static int
 admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
 {
     int64_t *live = &t->header->live;
     int64_t *sl = &t->stripes[stripe].live;
+    int recounted = 0;
     for (;;) {
         admit_lock(c, t);
         uint64_t g = load_acq(live), k = load_acq(sl);
-        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < t->capacity)) {
+        if (reserve && !((int64_t)g >= 0 && g <= t->capacity)) {
+            if (recounted) {
+                admit_unlock(c, t);
+                raise_garbage_count(c, t, (int64_t)g);
+                return -1;
+            }
+            uint64_t e = g;
+            cas64(live, &e, (uint64_t)admit_sum(c, t));   /* lost: retry as it is */
+            recounted = 1;
+            admit_unlock(c, t);
+            continue;
+        }
+        if (reserve && g == t->capacity) {
             admit_unlock(c, t);
             return 0;
         }
@@ -913,7 +986,8 @@ admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
     }
 }
 
-/* Reserve room for one more key in `stripe`; 0 when the table is full. */
+/* Reserve room for one more key in `stripe`: 1, 0 when the table is
+ * full, -1 with CorruptSegment set (admit_change). */
 static int
 admit_reserve(Core *c, Tier *t, uint64_t stripe)
 {
@@ -935,9 +1009,7 @@ static int64_t
 admit_recount(Core *c, Tier *t)
 {
     admit_lock(c, t);
-    int64_t sum = 0;
-    for (uint64_t s = 0; s < c->nstripes; s++)
-        sum += (int64_t)load_acq(&t->stripes[s].live);
+    int64_t sum = admit_sum(c, t);
     int64_t old = (int64_t)__atomic_exchange_n(&t->header->live, sum, __ATOMIC_ACQ_REL);
     admit_unlock(c, t);
     return old;
@@ -950,7 +1022,8 @@ admit_recount(Core *c, Tier *t)
 /* Insert a key known to be absent into tier `k`.  Returns RC_OK with the
  * (tier, local) slot and its state filled in, RC_FULL when the tier is
  * full, RC_NO_FREE_SLOT when no free slot was found (only possible in a
- * corrupt table). */
+ * corrupt table), RC_ERROR with CorruptSegment set when its live count is
+ * garbage (admit_change). */
 static int
 insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
                int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
@@ -960,10 +1033,11 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
     /* A full tier (all but the last, in a grown table) is passed over
      * without its admission lock; the reservation below decides. */
     uint64_t live = load_acq(&t->header->live);
-    if ((int64_t)live >= 0 && live >= t->capacity)
+    if (live == t->capacity)
         return RC_FULL;
-    if (!admit_reserve(c, t, stripe))
-        return RC_FULL;
+    int admitted = admit_reserve(c, t, stripe);
+    if (admitted <= 0)
+        return admitted < 0 ? RC_ERROR : RC_FULL;
     uint64_t home = home_of(t, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < t->nslots; probes++) {
@@ -1093,6 +1167,8 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
         else
             rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
         stripe_release(c, stripe);
+        if (rc == RC_ERROR)
+            return -1;
         if (rc == RC_FOUND || rc == RC_OK) {
             *slot_out = i;
             *state_out = s;
@@ -2028,16 +2104,27 @@ Core_find(Core *self, PyObject *args)
     return slot_tuple(i, s, -1);
 }
 
-/* Raise shmdict.errors.TableFull with the message shmdict has always given. */
+/* Raise shmdict.errors.TableFull with the message shmdict has always given.
+ * The count is read again here, after the admissions said "full"; one that
+ * no process can have written (another process overwrote it since) is
+ * CorruptSegment instead: a TableFull never names an impossible count. */
 static void
 raise_table_full(Core *c)
 {
     CoreState *st = core_state();
     if (st == NULL)
         return;
-    long long live = 0;
+    uint64_t sum = 0;
     for (unsigned k = 0; k < c->ntiers; k++)
-        live += (long long)load_acq(&c->tiers[k].header->live);
+        sum += load_acq(&c->tiers[k].header->live);
+    long long live = (long long)sum;
+    if (live < 0 || (uint64_t)live > c->max_capacity) {
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: its live count %lld is outside 0..%llu: the segment was "
+                     "overwritten; `shmdict check %U` recounts it",
+                     c->name, live, (unsigned long long)c->max_capacity, c->name);
+        return;
+    }
     PyErr_Format(st->TableFull,
                  "table %R is full: %lld of %llu keys in use; delete keys or open a "
                  "table with a larger capacity",
@@ -2077,6 +2164,8 @@ Core_insert(Core *self, PyObject *args)
                                    Py_True);
         } else if (rc == RC_FULL) {
             raise_table_full(self);
+        } else if (rc == RC_ERROR) {
+            /* the CorruptSegment is set */
         } else {
             CoreState *st = core_state();
             if (st != NULL)
@@ -3060,10 +3149,46 @@ reader_release(Core *c, uint64_t i, uint64_t s)
     return RC_NOT_OWNER;
 }
 
+/* Link / unlink a HeldWait (the GIL held). */
+static void
+held_wait_push(Core *c, HeldWait *w, uint64_t i, uint64_t s)
+{
+    w->slot = i;
+    w->state = s;
+    w->released = 0;
+    w->next = c->held_waits;
+    c->held_waits = w;
+}
+
+static void
+held_wait_pop(Core *c, HeldWait *w)
+{
+    for (HeldWait **p = &c->held_waits; *p != NULL; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+static int wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline);
+
 /* Wait until no live reader holds the lock (the caller holds the writer
- * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set. */
+ * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set.
+ * While it waits, a close of the table releases the writer word for it
+ * (HeldWait); the caller's owner_release after RC_ERROR is then a no-op. */
 static int
 wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline)
+{
+    HeldWait held;
+    held_wait_push(c, &held, i, s);
+    int r = wait_readers_loop(c, i, s, deadline);
+    held_wait_pop(c, &held);
+    return r;
+}
+
+static int
+wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline)
 {
     char *slot = slot_at(c, i);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
@@ -3206,37 +3331,66 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
+/* Struct records: [lock word0] + extra = [seq | copy 0 | copy 1]           */
 /* ------------------------------------------------------------------------ */
 
-/* Copy slot i's record into a new bytes object.  A seqlock read: the
- * sequence is odd while a writer is copying, and a copy is kept only if the
- * sequence was even and unchanged around it; `force` copies whatever is
- * there (the caller holds the record lock).  Returns RC_OK (*out set),
- * RC_STALE (the slot changed), or RC_ERROR with an exception set: TornRecord
- * when the sequence stayed odd for too long (a writer died mid-copy). */
+/* format.h, "A Struct slot's extra area": two copies of the record and a
+ * sequence word saying which is current.  A writer fills the other copy
+ * and publishes it with one release store, so a writer killed mid-copy
+ * (SIGKILL lands anywhere) leaves the current copy whole, and readers
+ * never wait for writers: nothing is ever torn, nothing needs repair. */
+#define RECORD_WRITING  SHMDICT_RECORD_WRITING
+#define RECORD_CURRENT  SHMDICT_RECORD_CURRENT
+
+/* Bytes of one copy of a record (require_records checked the shape). */
+static inline uint64_t record_bytes(Core *c) { return (c->extra_size - 8) / 2; }
+
+/* Copy `k` (0 or 1) of the record whose sequence word is `seq`. */
+static inline uint64_t *
+record_words(Core *c, uint64_t *seq, uint64_t k)
+{
+    return seq + 1 + (k & 1) * (record_bytes(c) / 8);
+}
+
+/* Whether a copy read while seq went from `before` to `after` is one whole
+ * write: no later writer started on the copy read (it starts at the first
+ * odd seq whose CURRENT is the other copy: before + 3 from an even seq,
+ * before + 2 from an odd one).  Unsigned: a seq that went backwards (the
+ * word was overwritten) is not kept either. */
+static inline int
+record_stable(uint64_t before, uint64_t after)
+{
+    return after - before <= 2 - (before & RECORD_WRITING);
+}
+
+/* Copy slot i's current record into a new bytes object.  Lock-free: copy
+ * the current copy between two loads of seq, and keep it if it stayed
+ * stable (record_stable); `force` keeps the first copy (the caller holds
+ * the record lock, so no writer can be filling the current copy).
+ * Returns RC_OK (*out set), RC_STALE (the slot changed), or RC_ERROR with
+ * an exception set: TornRecord when writers completed writes faster than
+ * the copy could be taken, every time (the Python layer then reads under
+ * the record lock). */
 static int
 record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
     char *slot = slot_at(self, i);
     uint64_t *seq = (uint64_t *)slot_extra(self, slot);
-    Py_ssize_t n = (Py_ssize_t)self->extra_size - 8;
-    PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+    uint64_t nwords = record_bytes(self) / 8;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nwords * 8));
     if (bytes == NULL)
         return -1;
-    for (unsigned long spins = 0; spins < 200000; spins++) {
+    for (unsigned attempt = 0; attempt < 1000; attempt++) {
+        if (attempt >= 8)
+            sched_yield();               /* let the writers' process run */
         uint64_t before = load_acq(seq);
-        if ((before & 1) && !force) {
-            if (spins > 1000)
-                sched_yield();
-            continue;
-        }
         /* Copy word by word with relaxed atomic loads (no data race). */
-        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
-        for (Py_ssize_t k = 0; k < n / 8; k++)
+        uint64_t *src = record_words(self, seq, (before & RECORD_CURRENT) ? 1 : 0);
+        uint64_t *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
+        for (uint64_t k = 0; k < nwords; k++)
             dst[k] = __atomic_load_n(&src[k], __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (force || load_acq(seq) == before) {
+        if (force || record_stable(before, __atomic_load_n(seq, __ATOMIC_RELAXED))) {
             if (load_acq(slot) != s) {
                 Py_DECREF(bytes);
                 return RC_STALE;
@@ -3248,12 +3402,16 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
     Py_DECREF(bytes);
     CoreState *st = core_state();
     if (st != NULL)
-        PyErr_SetString(st->TornRecord, "record is being written (or its writer died)");
+        PyErr_SetString(st->TornRecord, "record kept changing while it was read");
     return RC_ERROR;
 }
 
-/* Write a record into slot i: sequence odd, copy, sequence even.  The caller
- * holds the record lock (word0). */
+/* Write a record into slot i: mark WRITING, fill the copy that is not
+ * current, publish it (one release store that clears WRITING, flips
+ * CURRENT and counts the write).  The caller holds the record lock (word0),
+ * so it is the only writer; a WRITING bit left by a writer that died
+ * mid-copy is simply taken over: that writer was filling the same
+ * non-current copy, which is filled again here. */
 static int
 record_store(Core *self, uint64_t i, uint64_t s, const void *data)
 {
@@ -3264,16 +3422,18 @@ record_store(Core *self, uint64_t i, uint64_t s, const void *data)
         return RC_STALE;
     if (id_pid(cur) == 0 || !is_me(cur))
         return RC_NOT_OWNER;
-    uint64_t odd = load_acq(seq) | 1;      /* odd even if a dead writer left it odd */
-    store_rel(seq, odd);
+    uint64_t writing = load_acq(seq) | RECORD_WRITING;
+    __atomic_store_n(seq, writing, __ATOMIC_RELAXED);
+    /* Orders the store above before the copy's stores: a reader that sees
+     * any of them (and fences) sees WRITING or later. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    uint64_t *dst = seq + 1;
-    for (uint64_t k = 0; k < (self->extra_size - 8) / 8; k++) {
+    uint64_t *dst = record_words(self, seq, (writing & RECORD_CURRENT) ? 0 : 1);
+    for (uint64_t k = 0; k < record_bytes(self) / 8; k++) {
         uint64_t w;
         memcpy(&w, (const char *)data + 8 * k, 8);
         __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
     }
-    store_rel(seq, odd + 1);
+    store_rel(seq, writing + 1);       /* the copy is complete before this */
     return RC_OK;
 }
 
@@ -3286,7 +3446,7 @@ require_records(Core *self)
     }
     if (!identity_ready())
         return -1;
-    if (self->extra_size < 8) {
+    if (self->extra_size < 24 || (self->extra_size - 8) % 16 != 0) {
         PyErr_SetString(PyExc_ValueError, "not a record table");
         return -1;
     }
@@ -3294,8 +3454,9 @@ require_records(Core *self)
 }
 
 /* record_read(slot, state, force=False) -> bytes | None (slot changed).
- * Raises TornRecord when the sequence stays odd, so the Python layer
- * can take the record lock (which recovers it) and read with force=True. */
+ * Raises TornRecord when writers kept completing writes faster than the
+ * record could be copied, so the Python layer can take the record lock
+ * and read with force=True. */
 static PyObject *
 Core_record_read(Core *self, PyObject *args)
 {
@@ -3390,7 +3551,7 @@ Core_record_commit(Core *self, PyObject *args)
         return NULL;
     int r = RC_OK;
     if (data != Py_None) {
-        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != self->extra_size - 8) {
+        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != record_bytes(self)) {
             owner_release(self, i, s);
             PyErr_SetString(PyExc_ValueError, "record has the wrong size");
             return NULL;
@@ -3961,6 +4122,8 @@ add_format_constants(PyObject *m)
         {"TIER_SHIFT", SHMDICT_TIER_SHIFT},
         {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
         {"READER_CELLS", SHMDICT_READER_CELLS},
+        {"RECORD_WRITING", SHMDICT_RECORD_WRITING},
+        {"RECORD_CURRENT", SHMDICT_RECORD_CURRENT},
         {"KIND_EMPTY", KIND_EMPTY},
         {"KIND_CLAIMED", KIND_CLAIMED},
         {"KIND_PUBLISHED", KIND_PUBLISHED},
@@ -4055,8 +4218,9 @@ init_exceptions(PyObject *m)
     Py_DECREF(bases);
     st->TornRecord = PyErr_NewExceptionWithDoc(
         "shmdict.backends.shm._core.TornRecord",
-        "Private: a record's sequence word stayed odd (its writer died mid-copy); "
-        "the Python layer repairs it under the record lock.", NULL, NULL);
+        "Private: writers kept completing writes faster than a lock-free read "
+        "could copy the record; the Python layer reads it under the record lock.",
+        NULL, NULL);
     if (st->CorruptGeometry == NULL || st->TornRecord == NULL)
         return -1;
     if (module_add(m, "CorruptGeometry", Py_NewRef(st->CorruptGeometry)) < 0

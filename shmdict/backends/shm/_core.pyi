@@ -34,6 +34,9 @@ MAX_TIERS: int
 TIER_SHIFT: int
 MAX_KEY_SIZE: int
 READER_CELLS: int
+# A Struct record's sequence word (format.h, "A Struct slot's extra area").
+RECORD_WRITING: int
+RECORD_CURRENT: int
 # The state word: kind in the low bits, then generation, key length, tag.
 KIND_EMPTY: int
 KIND_CLAIMED: int
@@ -55,7 +58,8 @@ class CorruptGeometry(CorruptSegment, ValueError):
 
 
 class TornRecord(Exception):
-    """Private: a record's sequence stayed odd (its writer died mid-copy)."""
+    """Private: writers kept completing writes faster than a lock-free read
+    could copy the record; the Python layer reads it under the record lock."""
 
 
 def geometry(capacity: int, key_size: int, extra_size: int, nstripes: int) -> Dict[str, int]:

@@ -49,7 +49,8 @@
  * (a version 1 process and a version 2 process must not share a table).
  * 3: online growth: the header holds max_capacity, the count of published
  * tiers and the segment's own tier index (see "Tiers" below), and the
- * inserts/deletes statistics; the spec area shrank by 40 bytes for them. */
+ * inserts/deletes statistics; the spec area shrank by 40 bytes for them;
+ * a Struct record is kept in two copies (see "A Struct slot's extra area"). */
 #define SHMDICT_FORMAT_VERSION  3u
 
 /* ------------------------------------------------------------------------ */
@@ -211,6 +212,32 @@ _Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
 
 /* An rw Lock's extra area: this many reader cells (owner ids). */
 #define SHMDICT_READER_CELLS    8u
+
+/* A Struct slot's extra area (word0 is the record lock, an owner id):
+ *
+ *   uint64_t seq            the record's sequence word, below
+ *   copy 0                  R bytes: the packed fields, zero-padded to 8
+ *   copy 1                  R bytes
+ *
+ * so extra_size = 8 + 2 * R, R a multiple of 8 (the largest record is
+ * ((1 MiB - 8) / 2) rounded down to 8 = 524,280 bytes).  One copy is
+ * current, seq bit 1 says which; the other is where the next write goes:
+ *
+ *   bit  0       SHMDICT_RECORD_WRITING: a writer is filling the other copy
+ *                (still set if it died doing so: harmless)
+ *   bit  1       SHMDICT_RECORD_CURRENT: the current copy (0 or 1)
+ *   bits 2..63   the count of completed writes (with bit 1, seq / 2)
+ *
+ * A writer (holding the record lock) stores seq | WRITING, fills the copy
+ * that is not current, and publishes it with one release store of
+ * (seq | WRITING) + 1, which clears WRITING, flips CURRENT and counts the
+ * write.  A writer killed at any point leaves the current copy untouched.
+ * A reader copies the current copy between two loads of seq and keeps it
+ * unless the copy it read may have been written meanwhile, i.e. unless a
+ * later writer started on it: seq advanced by more than 2 (from an even
+ * seq) or 1 (from an odd one).  A new key's seq is 0: copy 0 current. */
+#define SHMDICT_RECORD_WRITING  0x1ull
+#define SHMDICT_RECORD_CURRENT  0x2ull
 
 /* ------------------------------------------------------------------------ */
 /* Geometry: a table's shape from its four free parameters                  */

@@ -2,9 +2,12 @@
 
 A record is guarded two ways:
 
-* readers never lock: a sequence word (a seqlock) is odd while a writer
-  copies, and a copy is kept only if the sequence was even and unchanged
-  around it, so ``read`` always returns one whole write, never a torn mix;
+* the slot keeps two copies of the record and a sequence word saying which
+  is current (format.h, "A Struct slot's extra area"): a writer fills the
+  other copy and publishes it with one store, so a writer SIGKILLed
+  mid-copy leaves the current copy whole, and ``read`` (lock-free: it
+  copies the current copy and checks the sequence around it) always
+  returns one whole write, never a torn mix, without waiting for writers;
 * writers (``set``, ``cas``, ``update``, ``add``) take the record's lock
   word, an owner lock like the Lock layout's, so a writer SIGKILLed
   mid-update is replaced at once by the next one, which is told
@@ -35,7 +38,7 @@ class StructTable(StructVerbs, Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
-        self._default_record = self.layout.unpack(self._default_extra[8:])
+        self._default_record = self.layout.unpack(self.layout.default_extra()[8:])
         #: slot -> thread ident of the update() blocks open in this process:
         #: a verb on such a key from the same thread would wait for itself.
         self._updating: Dict[int, int] = {}
@@ -59,13 +62,13 @@ class StructTable(StructVerbs, Table):
         """``(record, exists)``: a consistent snapshot; never creates the key."""
         try:
             data = self._core.record_get(key)
-        except _core.TornRecord:         # a writer died mid-copy: the slow path repairs
-            return self._read_repairing(key)
+        except _core.TornRecord:         # writers kept it changing: read under its lock
+            return self._read_locked(key)
         if data is None:
             return self._default_record, False
         return _new_tuple(self.layout.record, self.layout.unpack_values(data)), True
 
-    def _read_repairing(self, key: Key) -> Tuple[Any, bool]:
+    def _read_locked(self, key: Key) -> Tuple[Any, bool]:
         while True:
             found = self._core.locate(key, False)
             if found is None:
@@ -78,13 +81,13 @@ class StructTable(StructVerbs, Table):
         try:
             data = self._core.record_read(slot, state)
         except _core.TornRecord:
-            # The sequence stayed odd: a writer died mid-copy (or the word is
-            # garbage).  Under the record lock no writer can be copying, so
-            # write back what it holds, which makes it readable again.
+            # Writers completed writes faster than the record could be
+            # copied, every time: under the record lock none can, and the
+            # current copy is whole (nothing to repair: release, no write).
             if self._lock(slot, state) is None:
                 return _STALE
             data = self._core.record_read(slot, state, True)
-            self._core.record_commit(slot, state, data)
+            self._core.record_commit(slot, state, None)
         return _STALE if data is None else self.layout.unpack(data)
 
     def _default_snapshot(self) -> Any:
@@ -121,7 +124,7 @@ class StructTable(StructVerbs, Table):
         """Create ``key`` holding ``data`` in one insert; False if it exists."""
         if self._core.locate(key, False) is not None:
             return False
-        return self._locate(key, True, extra=bytes(8) + data)[2]  # type: ignore[index]
+        return self._locate(key, True, extra=self.layout.slot_extra(data))[2]  # type: ignore[index]
 
     def set(self, key: Key, record: Any) -> None:
         """Store a whole record (a tuple, named tuple or mapping of fields)."""

@@ -68,7 +68,7 @@ class Table(BaseTable):
             extra_size=header["extra_size"], nstripes=header["nstripes"],
             capacity=header["capacity"], stripes_offset=header["stripes_offset"],
             data_offset=header["data_offset"], default_word0=self.layout.default_word0(),
-            default_extra=self.layout.default_extra(),
+            default_extra=self.layout.slot_extra(),
             hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
             insert=self._insert, insert_with=self._insert_with,
             cache_limit=cache_limit(header["max_capacity"]),
@@ -85,7 +85,7 @@ class Table(BaseTable):
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
-        self._default_extra = self.layout.default_extra()
+        self._default_extra = self.layout.slot_extra()
         self._closed = False
         if self.max_capacity > self.capacity:
             try:
@@ -167,6 +167,13 @@ class Table(BaseTable):
                 return
             if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
                 live = core.counts()[0]
+                if not 0 <= live <= self.max_capacity:
+                    # Overwritten since the core's admissions looked: never
+                    # a TableFull naming a count no process can have made.
+                    raise CorruptSegment(
+                        f"table {self.name!r}: its live count {live} is outside "
+                        f"0..{self.max_capacity}; the segment was overwritten: "
+                        f"`shmdict check {self.name}` recounts it")
                 raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
                                 f"keys in use; delete keys or open a table with a larger "
                                 f"capacity")
