@@ -385,6 +385,8 @@ typedef struct {
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
+    uint64_t reclaim_after;  /* expiry units: a full insert's reclaim walk
+                                found nothing and no deadline before this   */
     int expiry_guard;        /* what keeps an expired key alive: 0 nothing
                                 (Counter), 1 a holder in word0 (Lock, Struct),
                                 2 that or a live reader cell (rw Lock)      */
@@ -1258,20 +1260,37 @@ reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
  * every tier full does before growing or raising TableFull, and what
  * reclaim_expired() (the rate limiters' sweep) does.  Returns the number
  * reclaimed, -1 with an exception set. */
+/* With `throttle` (an insert into a full table), a walk that reclaimed
+ * nothing is not repeated by this process before the earliest deadline it
+ * saw, nor within 50 ms: a table full of live keys must not make every new
+ * key's insert a walk of the whole table.  (A key another process gives an
+ * earlier deadline meanwhile is reclaimed by the next walk, its own next
+ * insert, or another process; at worst an insert meanwhile says TableFull.) */
+#define RECLAIM_BACKOFF_NS  50000000ull
+
 static long long
-reclaim_expired(Core *c)
+reclaim_expired_walk(Core *c, int throttle)
 {
     if (load_acq(&c->header->expiry_used) == 0)
         return 0;
+    uint64_t now_u = monotonic_ns() >> EXP_SHIFT;
+    if (throttle && now_u < c->reclaim_after)
+        return 0;
+    uint64_t next = now_u + (RECLAIM_BACKOFF_NS >> EXP_SHIFT);
     long long n = 0;
     for (unsigned k = 0; k < c->ntiers; k++) {
         for (uint64_t local = 0; local < c->tiers[k].nslots; local++) {
             Tier *t = &c->tiers[k];
             char *slot = t->slots + local * c->slot_size;
             uint64_t s = load_acq(slot);
-            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > c->key_size
-                    || !slot_expired(c, slot, s))
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > c->key_size)
                 continue;
+            if (!slot_expired(c, slot, s)) {
+                uint64_t d = load_acq(expires_of(slot)) >> EXP_SHIFT;
+                if (d > now_u && d < next)
+                    next = d;       /* the earliest a live key can expire */
+                continue;
+            }
             unsigned long long h;
             if (hash_key(c, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
                 return -1;
@@ -1291,8 +1310,11 @@ reclaim_expired(Core *c)
                 return -1;
         }
     }
+    c->reclaim_after = n == 0 ? next : 0;
     return n;
 }
+
+static inline long long reclaim_expired(Core *c) { return reclaim_expired_walk(c, 1); }
 
 
 /* Insert key[0:klen] (hash h) if absent, taking its stripe here: (slot,
@@ -2777,7 +2799,7 @@ Core_reclaim_expired(Core *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
         return NULL;
     }
-    long long n = reclaim_expired(self);
+    long long n = reclaim_expired_walk(self, 0);
     return n < 0 ? NULL : PyLong_FromLongLong(n);
 }
 

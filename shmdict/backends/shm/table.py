@@ -53,6 +53,8 @@ class Table(BaseTable):
     """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
 
     layout: Layout
+    #: The write verbs take ttl= (the rate limiters and limits storage ask).
+    _supports_ttl = True
 
     def __init__(self, segment: Segment) -> None:
         header = segment.header
