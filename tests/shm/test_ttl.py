@@ -70,7 +70,7 @@ def test_present_before_its_deadline_in_another_process(name):
     p.start()
     got = out.get(timeout=60)
     _joined([p])
-    assert got[0] == (1, True) and 55 < got[1] <= 60.001
+    assert got[0] == (1, True) and 30 < got[1] <= 60.001
     d.close()
 
 
@@ -225,9 +225,9 @@ def test_a_struct_key_expires(name):
 
 
 def test_gcra_keys_expire_when_their_tat_passes(name):
-    limiter = shmdict.RateLimiter(name, rate=1000, period=1.0, burst=1, capacity=50)
+    limiter = shmdict.RateLimiter(name, rate=1, period=10.0, burst=1, capacity=50)
     assert limiter.hit("c")
-    assert 0 < limiter.table.ttl("c") <= 0.0015
+    assert 5 < limiter.table.ttl("c") <= 10.001      # its TAT: 10 s from the hit
     limiter.close()
 
 

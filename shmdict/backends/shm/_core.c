@@ -800,7 +800,7 @@ note_expiry_used(Core *c)
  * (expiry units; 0: never), lock-free: a CAS of the expires word against
  * a value carrying the slot's generation, so a slot reused by another key
  * meanwhile is left alone.  Returns 1 if set, 0 if the slot no longer
- * holds that key (or the key expired: an expired key is not revived). */
+ * holds that key (or a reclaimer has taken it).  No clock read. */
 static int
 apply_deadline(Core *c, uint64_t i, uint64_t s, uint64_t deadline)
 {
@@ -811,7 +811,11 @@ apply_deadline(Core *c, uint64_t i, uint64_t s, uint64_t deadline)
         uint64_t e = load_acq(expires_of(slot));
         if ((e & EXP_GEN_MASK) != st_gen(s) || load_acq(slot) != s)
             return 0;
-        if ((e >> EXP_SHIFT) != 0 && expired_slow(c, slot, s, e))
+        /* A key a reclaimer has taken stays taken.  One whose deadline
+         * passed since the caller looked it up (microseconds ago) may be
+         * extended: its state is unchanged, and a reclaimer's CAS of the
+         * word it read then fails, so it is not tombstoned after this. */
+        if ((e >> EXP_SHIFT) == SHMDICT_EXPIRES_RECLAIMING)
             return 0;
         if (cas64(expires_of(slot), &e, expires_word(deadline, s)))
             return load_acq(slot) == s;
