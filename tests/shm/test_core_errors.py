@@ -51,7 +51,8 @@ def test_bad_geometry_is_corrupt_segment_and_value_error(name):
                       data_offset=h["data_offset"], default_word0=0, default_extra=b"",
                       hash_function=hash, seed=0, resolve=print, insert=print,
                       insert_with=print, cache_limit=10, max_capacity=h["capacity"],
-                      grow=None, attach_tiers=None)
+                      grow=None, attach_tiers=None,
+                          expiry_guard=0)
         _core.Core(table._segment.mm, **kwargs).close()   # the real geometry is accepted
         for field, value in [("nslots", h["nslots"] + 1), ("slot_size", 8),
                              ("data_offset", 1 << 40), ("nstripes", _core.MAX_STRIPES + 1),

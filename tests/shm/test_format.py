@@ -31,8 +31,11 @@ def test_header_fields_tile_the_header_without_overlap():
     assert end == _core.HEADER_SIZE
     assert _core.HEADER_FIELDS["spec"][1] == f"{_core.SPEC_MAX}s"
     assert _core.STRIPE_FIELDS == {"holder": (0, "Q"), "live": (8, "q")}
-    assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q")}
-    assert _core.SLOT_HEADER == 16 and _core.STRIPE_SIZE == 64
+    assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q"),
+                                 "expires": (16, "Q")}
+    assert _core.SLOT_HEADER == 24 and _core.STRIPE_SIZE == 64
+    # The expires word's generation field is the state word's generation.
+    assert _core.EXPIRES_SHIFT == 18 and _core.GEN_MASK == (1 << _core.EXPIRES_SHIFT) - 1
 
 
 def test_state_word_constants():
@@ -63,13 +66,16 @@ def test_geometry_is_what_the_creator_wrote(name):
 
 
 def test_geometry_rule():
-    # Load factor at most 0.75 and one slot always empty; 16-byte slots.
+    # Load factor at most 0.75 and one slot always empty; slots a multiple of
+    # 16 bytes (24 of header: state, word0, expires).
     for capacity in (1, 2, 3, 4, 10, 1000, 12345):
         shape = _core.geometry(capacity, 64, 0, 16)
         assert shape["nslots"] >= capacity + 1
         assert capacity / shape["nslots"] <= 0.75
         assert shape["nslots"] == max(capacity + 1, -(-capacity * 4 // 3))
     assert _core.geometry(10, 1, 0, 1)["slot_size"] == 32
+    assert _core.geometry(10, 8, 0, 1)["slot_size"] == 32
+    assert _core.geometry(10, 9, 0, 1)["slot_size"] == 48
     assert _core.geometry(10, 64, 8, 1)["slot_size"] % 16 == 0
 
 

@@ -203,9 +203,10 @@ def test_an_odd_sequence_word_with_a_free_lock_is_read_as_it_is(records):
     import mmap
     import struct as struct_module
     records.set("k", (2.0, 5, b"x", True))
+    from shmdict.backends.shm import _core
     slot, state = records._core.locate("k", False)
     header = records._segment.header
-    seq_at = header["data_offset"] + slot * header["slot_size"] + 16 + (
+    seq_at = header["data_offset"] + slot * header["slot_size"] + _core.SLOT_HEADER + (
         (header["key_size"] + 7) // 8 * 8)
     with open(f"/dev/shm/shmdict.{records.name}", "r+b") as f:
         mm = mmap.mmap(f.fileno(), 0)
@@ -225,7 +226,7 @@ BIG_WORDS = 65528 // 8
 
 def _seq_at(table, slot):
     header = table._segment.header
-    return (header["data_offset"] + slot * header["slot_size"] + 16
+    return (header["data_offset"] + slot * header["slot_size"] + _core.SLOT_HEADER
             + (header["key_size"] + 7) // 8 * 8)
 
 

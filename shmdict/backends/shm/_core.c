@@ -401,6 +401,11 @@ typedef struct {
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
     HeldWait *held_waits;    /* locks held by this Core's waiting threads   */
+    uint64_t reclaim_after;  /* expiry units: a full insert's reclaim walk
+                                found nothing and no deadline before this   */
+    int expiry_guard;        /* what keeps an expired key alive: 0 nothing
+                                (Counter), 1 a holder in word0 (Lock, Struct),
+                                2 that or a live reader cell (rw Lock)      */
     Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
 
@@ -430,6 +435,8 @@ static inline char *slot_extra(Core *c, char *slot)
 { return slot_key(slot) + c->key_area; }
 static inline uint64_t *word0_of(char *slot)
 { return (uint64_t *)(slot + offsetof(struct shmdict_slot, word0)); }
+static inline uint64_t *expires_of(char *slot)
+{ return (uint64_t *)(slot + offsetof(struct shmdict_slot, expires)); }
 /* Stripe i's record in tier 0: its holder word is the stripe's, for every
  * tier.  (Per-tier live counts: tier->stripes[i].live.) */
 static inline struct shmdict_stripe *stripe_at(Core *c, uint64_t i)
@@ -480,7 +487,7 @@ static char *core_kwlist[] = {
     "buffer", "name", "nslots", "slot_size", "key_size", "extra_size", "nstripes",
     "capacity", "stripes_offset", "data_offset", "default_word0", "default_extra",
     "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit",
-    "max_capacity", "grow", "attach_tiers", NULL};
+    "max_capacity", "grow", "attach_tiers", "expiry_guard", NULL};
 
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
@@ -501,12 +508,17 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOnKOO", core_kwlist,
+    int expiry_guard = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOnKOOi", core_kwlist,
             &buffer, &name, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
             &capacity, &stripes_offset, &data_offset, &default_word0, &default_extra,
             &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit,
-            &max_capacity, &grow_fn, &attach_fn))
+            &max_capacity, &grow_fn, &attach_fn, &expiry_guard))
         return -1;
+    if (expiry_guard < 0 || expiry_guard > 2) {
+        PyErr_SetString(PyExc_ValueError, "Core(): expiry_guard must be 0, 1 or 2");
+        return -1;
+    }
     if ((grow_fn != Py_None && !PyCallable_Check(grow_fn))
             || (attach_fn != Py_None && !PyCallable_Check(attach_fn))) {
         PyErr_SetString(PyExc_TypeError, "Core(): grow and attach_tiers must be callable "
@@ -574,6 +586,7 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->max_capacity = max_capacity;
+    self->expiry_guard = expiry_guard;
     self->ntiers = 1;
     Tier *t0 = &self->tiers[0];
     t0->base = self->base;
@@ -725,12 +738,128 @@ parse_slot(Core *self, unsigned long long slot)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Expiry (format.h, "Expiry")                                              */
+/* ------------------------------------------------------------------------ */
+
+#define EXP_SHIFT       SHMDICT_EXPIRES_SHIFT
+#define EXP_GEN_MASK    SHMDICT_EXPIRES_GEN_MASK
+#define EXP_UNIT_NS     (1ull << EXP_SHIFT)
+
+static inline uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The deadline, in expiry units, of a key that lives `ns` more
+ * nanoseconds: rounded up (never early), and never 0 (never) or 1
+ * (reclaiming). */
+static inline uint64_t deadline_in(uint64_t ns)
+{
+    uint64_t d = (monotonic_ns() + ns + EXP_UNIT_NS - 1) >> EXP_SHIFT;
+    return d < 2 ? 2 : d;
+}
+
+/* The deadline, in expiry units, of an absolute CLOCK_MONOTONIC time. */
+static inline uint64_t deadline_at(int64_t ns)
+{
+    if (ns <= 0)
+        return 2;
+    uint64_t d = ((uint64_t)ns + EXP_UNIT_NS - 1) >> EXP_SHIFT;
+    return d < 2 ? 2 : d;
+}
+
+static inline uint64_t expires_word(uint64_t deadline, uint64_t state)
+{ return (deadline << EXP_SHIFT) | (st_gen(state) & EXP_GEN_MASK); }
+
+/* Whether a key with this expires word and state is kept alive by a
+ * holder (Core's expiry_guard): a held lock never vanishes under its
+ * holder; it expires once free. */
+static int
+expiry_held(Core *c, char *slot)
+{
+    if (c->expiry_guard == 0)
+        return 0;
+    if (id_pid(load_acq(word0_of(slot))) != 0)
+        return 1;
+    if (c->expiry_guard == 2) {
+        uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+        for (uint64_t k = 0; k < c->extra_size / 8; k++) {
+            uint64_t e = load_acq(&cells[k]);
+            if (e != 0 && id_alive(e))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* The rare half of slot_expired: the key has a deadline. */
+static int
+expired_slow(Core *c, char *slot, uint64_t s, uint64_t e)
+{
+    if ((e & EXP_GEN_MASK) != st_gen(s))
+        return 0;       /* another publish's word: the state check decides */
+    if ((e >> EXP_SHIFT) > (monotonic_ns() >> EXP_SHIFT))
+        return 0;
+    return !expiry_held(c, slot);
+}
+
+/* Whether the published slot with state `s` holds an expired key.  A key
+ * without a deadline costs one load (no clock read). */
+static inline int
+slot_expired(Core *c, char *slot, uint64_t s)
+{
+    uint64_t e = load_acq(expires_of(slot));
+    if (__builtin_expect((e >> EXP_SHIFT) == 0, 1))
+        return 0;
+    return expired_slow(c, slot, s, e);
+}
+
+/* Note in tier 0's header that some key has had a deadline. */
+static inline void
+note_expiry_used(Core *c)
+{
+    if (__atomic_load_n(&c->header->expiry_used, __ATOMIC_RELAXED) == 0)
+        __atomic_store_n(&c->header->expiry_used, 1, __ATOMIC_RELEASE);
+}
+
+/* Give the key in slot i (looked up with state s) the deadline `deadline`
+ * (expiry units; 0: never), lock-free: a CAS of the expires word against
+ * a value carrying the slot's generation, so a slot reused by another key
+ * meanwhile is left alone.  Returns 1 if set, 0 if the slot no longer
+ * holds that key (or a reclaimer has taken it).  No clock read. */
+static int
+apply_deadline(Core *c, uint64_t i, uint64_t s, uint64_t deadline)
+{
+    char *slot = slot_at(c, i);
+    if (deadline != 0)
+        note_expiry_used(c);
+    for (int k = 0; k < 1000; k++) {
+        uint64_t e = load_acq(expires_of(slot));
+        if ((e & EXP_GEN_MASK) != st_gen(s) || load_acq(slot) != s)
+            return 0;
+        /* A key a reclaimer has taken stays taken.  One whose deadline
+         * passed since the caller looked it up (microseconds ago) may be
+         * extended: its state is unchanged, and a reclaimer's CAS of the
+         * word it read then fails, so it is not tombstoned after this. */
+        if ((e >> EXP_SHIFT) == SHMDICT_EXPIRES_RECLAIMING)
+            return 0;
+        if (cas64(expires_of(slot), &e, expires_word(deadline, s)))
+            return load_acq(slot) == s;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Lookup (lock-free)                                                       */
 /* ------------------------------------------------------------------------ */
 
 /* Find the published slot of tier `t` holding key[0:klen] with hash h.
  * Returns 1 with the tier-local slot index and its state word filled in,
- * or 0 when the key is absent from the tier.  The key bytes of a
+ * 2 the same when the key has expired (absent for every verb; an insert
+ * under the key's stripe reclaims that slot), or 0 when the key is absent
+ * from the tier.  The key bytes of a
  * published slot can change only after its state word changes, so a match is
  * confirmed by re-reading the state word after comparing the bytes. */
 static int
@@ -762,7 +891,7 @@ find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
                 if (load_acq(slot) == s) {
                     *slot_out = i;
                     *state_out = s;
-                    return 1;
+                    return slot_expired(c, slot, s) ? 2 : 1;
                 }
                 changed = 1;    /* the slot changed while we compared */
                 break;
@@ -778,17 +907,18 @@ find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
 
 /* Find a key in the attached tiers, in order (a key is in one tier at
  * most: every insert looks in all of them under the key's stripe).
- * Returns 1 with the (tier, local) slot index and its state, 0 if absent
- * from every attached tier. */
+ * Returns 1 with the (tier, local) slot index and its state, 2 the same
+ * for an expired key, 0 if absent from every attached tier. */
 static int
 find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
           uint64_t *slot_out, uint64_t *state_out)
 {
     for (unsigned k = 0; k < c->ntiers; k++) {
         uint64_t local;
-        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+        int r = find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out);
+        if (r) {
             *slot_out = slot_index(k, local);
-            return 1;
+            return r;
         }
     }
     return 0;
@@ -819,22 +949,25 @@ refresh_tiers(Core *c)
 
 /* find_slot, and on a miss look at tier 0's published tier count: a
  * process that opened before a growth finds keys that others inserted in
- * tiers it has not mapped yet.  Returns 1, 0, or -1 with an exception. */
+ * tiers it has not mapped yet.  Returns 1, 2 (expired), 0, or -1 with an
+ * exception. */
 static int
 find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
          uint64_t *slot_out, uint64_t *state_out)
 {
-    if (find_slot(c, key, klen, h, slot_out, state_out))
-        return 1;
+    int f = find_slot(c, key, klen, h, slot_out, state_out);
+    if (f)
+        return f;
     unsigned before = c->ntiers;
     int r = refresh_tiers(c);
     if (r <= 0)
         return r;
     for (unsigned k = before; k < c->ntiers; k++) {
         uint64_t local;
-        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+        f = find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out);
+        if (f) {
             *slot_out = slot_index(k, local);
-            return 1;
+            return f;
         }
     }
     return 0;
@@ -1026,7 +1159,8 @@ admit_recount(Core *c, Tier *t)
  * garbage (admit_change). */
 static int
 insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
-               int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+               int64_t word0, const char *extra, uint64_t deadline,
+               uint64_t *slot_out, uint64_t *state_out)
 {
     Tier *t = &c->tiers[k];
     uint64_t stripe = stripe_of(c, h);
@@ -1057,6 +1191,9 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
                 store_rel(word0_of(slot), (uint64_t)word0);
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
+                /* The expires word carries the new generation before the
+                 * publish: a stale expire() of the slot's last key fails. */
+                store_rel(expires_of(slot), expires_word(deadline, published));
                 store_rel(slot, published);
                 /* Statistics only (shmdict top's insert rate). */
                 __atomic_fetch_add(&c->header->inserts, 1, __ATOMIC_RELAXED);
@@ -1077,10 +1214,14 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
  * RC_FULL when every attached tier is full. */
 static int
 insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+            int64_t word0, const char *extra, uint64_t deadline,
+            uint64_t *slot_out, uint64_t *state_out)
 {
+    if (deadline != 0)
+        note_expiry_used(c);
     for (unsigned k = 0; k < c->ntiers; k++) {
-        int rc = insert_in_tier(c, k, key, klen, h, word0, extra, slot_out, state_out);
+        int rc = insert_in_tier(c, k, key, klen, h, word0, extra, deadline,
+                                slot_out, state_out);
         if (rc != RC_FULL)
             return rc;
     }
@@ -1135,6 +1276,123 @@ static int stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *d
                           long long *delta);
 static int stripe_release(Core *c, uint64_t stripe);
 static void raise_table_full(Core *c);
+static int rw_delete_claim(Core *c, uint64_t i, uint64_t s, uint64_t v, int64_t *busy);
+static int hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h);
+static inline int read_pair(char *slot, uint64_t state, int64_t *value);
+
+/* Reclaim the expired key in slot i (state s) of `stripe`, which the
+ * caller holds: mark its expires word RECLAIMING (by CAS, so an expire()
+ * that extended it meanwhile wins, and one that comes after sees it
+ * expired), then tombstone it and adjust the counts as a delete does (the
+ * value goes with it).  A SIGKILL between the two leaves a marked key,
+ * expired for every verb, that the next reclaimer takes.  A lock key taken
+ * meanwhile stays, marked: it expires once free.  Returns 1 if reclaimed. */
+static int
+reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
+{
+    char *slot = slot_at(c, i);
+    uint64_t e = load_acq(expires_of(slot));
+    if (load_acq(slot) != s || (e >> EXP_SHIFT) == 0 || !expired_slow(c, slot, s, e))
+        return 0;
+    if (!cas64(expires_of(slot), &e, expires_word(SHMDICT_EXPIRES_RECLAIMING, s)))
+        return 0;
+    for (int spins = 0; spins < 1000000; spins++) {
+        int64_t v;
+        if (!read_pair(slot, s, &v))
+            return 0;
+        uint64_t w = (uint64_t)v;
+        if (c->expiry_guard != 0 && id_pid(w) != 0)
+            return 0;
+        if (c->expiry_guard == 2) {
+            /* An rw lock: take the writer word, then refuse if a live
+             * reader is inside (as a delete does). */
+            int64_t busy = 0;
+            int r = rw_delete_claim(c, i, s, w, &busy);
+            if (r == RC_STALE)
+                continue;
+            if (r == RC_BUSY)
+                return 0;
+            w = (w & WAITERS_BIT) | my_id();
+            for (int k = 0; k < 1000000; k++) {
+                if (tombstone_slot(c, i, s, w))
+                    break;
+                if (load_acq(slot) != s)
+                    return 0;
+                w = load_acq(word0_of(slot));
+            }
+            if (load_acq(slot) == s)
+                return 0;
+        } else if (!tombstone_slot(c, i, s, w)) {
+            continue;
+        }
+        if (c->expiry_guard != 0 && (w & WAITERS_BIT))
+            futex_wake_all(word0_of(slot));
+        admit_adjust(c, &c->tiers[tier_of(i)], stripe, -1);
+        return 1;
+    }
+    return 0;
+}
+
+/* Reclaim every expired key of the table, each under its stripe (taken
+ * here, one at a time: the caller holds none).  What an insert that found
+ * every tier full does before growing or raising TableFull, and what
+ * reclaim_expired() (the rate limiters' sweep) does.  Returns the number
+ * reclaimed, -1 with an exception set. */
+/* With `throttle` (an insert into a full table), a walk that reclaimed
+ * nothing is not repeated by this process before the earliest deadline it
+ * saw, nor within 50 ms: a table full of live keys must not make every new
+ * key's insert a walk of the whole table.  (A key another process gives an
+ * earlier deadline meanwhile is reclaimed by the next walk, its own next
+ * insert, or another process; at worst an insert meanwhile says TableFull.) */
+#define RECLAIM_BACKOFF_NS  50000000ull
+
+static long long
+reclaim_expired_walk(Core *c, int throttle)
+{
+    if (load_acq(&c->header->expiry_used) == 0)
+        return 0;
+    uint64_t now_u = monotonic_ns() >> EXP_SHIFT;
+    if (throttle && now_u < c->reclaim_after)
+        return 0;
+    uint64_t next = now_u + (RECLAIM_BACKOFF_NS >> EXP_SHIFT);
+    long long n = 0;
+    for (unsigned k = 0; k < c->ntiers; k++) {
+        for (uint64_t local = 0; local < c->tiers[k].nslots; local++) {
+            Tier *t = &c->tiers[k];
+            char *slot = t->slots + local * c->slot_size;
+            uint64_t s = load_acq(slot);
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > c->key_size)
+                continue;
+            if (!slot_expired(c, slot, s)) {
+                uint64_t d = load_acq(expires_of(slot)) >> EXP_SHIFT;
+                if (d > now_u && d < next)
+                    next = d;       /* the earliest a live key can expire */
+                continue;
+            }
+            unsigned long long h;
+            if (hash_key(c, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
+                return -1;
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (load_acq(slot) != s || (h >> TAG_SHIFT) != st_high(s))
+                continue;           /* changed while we hashed it */
+            uint64_t stripe = stripe_of(c, h);
+            long long dropped, delta;
+            int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
+            if (r == RC_ERROR)
+                return -1;
+            if (r == RC_RECOVERED)
+                c->takeovers++;
+            n += reclaim_slot(c, slot_index(k, local), s, stripe);
+            stripe_release(c, stripe);
+            if (closed_meanwhile(c))
+                return -1;
+        }
+    }
+    c->reclaim_after = n == 0 ? next : 0;
+    return n;
+}
+
+static inline long long reclaim_expired(Core *c) { return reclaim_expired_walk(c, 1); }
 
 
 /* Insert key[0:klen] (hash h) if absent, taking its stripe here: (slot,
@@ -1147,7 +1405,8 @@ static void raise_table_full(Core *c);
  * then repairs dead stripes, adds a tier, or raises TableFull. */
 static int
 insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t word0,
-                const char *extra, uint64_t *slot_out, uint64_t *state_out, int *created)
+                const char *extra, uint64_t deadline,
+                uint64_t *slot_out, uint64_t *state_out, int *created)
 {
     uint64_t stripe = stripe_of(c, h);
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
@@ -1159,13 +1418,15 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
         if (r == RC_RECOVERED)
             c->takeovers++;
         uint64_t i = 0, s = 0;
-        int rc;
+        int rc, f = 0;
         if (published_tiers(c) > c->ntiers)
             rc = RC_STALE;          /* attach the new tiers first, unlocked */
-        else if (find_slot(c, key, klen, h, &i, &s))
+        else if ((f = find_slot(c, key, klen, h, &i, &s)) == 1)
             rc = RC_FOUND;
-        else
-            rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
+        else if (f == 2 && !reclaim_slot(c, i, s, stripe))
+            rc = RC_BUSY;           /* extended or taken meanwhile: look again */
+        else                        /* absent, or its expired slot reclaimed */
+            rc = insert_slot(c, key, klen, h, word0, extra, deadline, &i, &s);
         stripe_release(c, stripe);
         if (rc == RC_ERROR)
             return -1;
@@ -1189,7 +1450,15 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
                 return -1;
             continue;
         }
-        /* RC_FULL: every attached tier is full. */
+        if (rc == RC_BUSY)
+            continue;
+        /* RC_FULL: every attached tier is full.  Expired keys hold room
+         * that is free: reclaim it before growing or giving up. */
+        long long reclaimed = reclaim_expired(c);
+        if (reclaimed < 0)
+            return -1;
+        if (reclaimed > 0)
+            continue;
         if (c->grow_fn == NULL || c->grow_fn == Py_None) {
             raise_table_full(c);
             return -1;
@@ -1212,7 +1481,7 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
 {
     uint64_t i, s;
     int created;
-    if (insert_new_slot(c, key, klen, h, word0, extra, &i, &s, &created) < 0)
+    if (insert_new_slot(c, key, klen, h, word0, extra, 0, &i, &s, &created) < 0)
         return NULL;
     return slot_tuple(i, s, created);
 }
@@ -1364,7 +1633,7 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
  * exception; sets *handled to 0 when the key needs the Python resolve
  * callable. */
 static int
-resolve_in_c(Core *c, PyObject *key, int create, int *handled,
+resolve_in_c(Core *c, PyObject *key, int create, uint64_t deadline, int *handled,
              uint64_t *slot, uint64_t *state)
 {
     char buf[KLEN_MASK + 1];
@@ -1377,8 +1646,10 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled,
     if (hash_key(c, buf, n, &h) < 0)
         return -1;
     int found = find_any(c, buf, (uint64_t)n, h, slot, state);
-    if (found != 0 || !create)
+    if (found == 1 || found < 0)
         return found;
+    if (!create)
+        return 0;                   /* absent, or expired: absent */
     if (c->sems == NULL) {      /* no stripe semaphores here: Python inserts */
         PyObject *res = PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
         if (res == NULL)
@@ -1400,7 +1671,7 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled,
     PyObject *extra = Py_NewRef(c->default_extra);
     int created;
     int r = insert_new_slot(c, buf, (uint64_t)n, h, c->default_word0,
-                            PyBytes_AS_STRING(extra), slot, state, &created);
+                            PyBytes_AS_STRING(extra), deadline, slot, state, &created);
     Py_DECREF(extra);
     return r < 0 ? -1 : 1;
 }
@@ -1417,8 +1688,8 @@ typedef struct { uint64_t slot, state; } cache_entry;
  * lock).  Returns 1 and fills slot/state, 0 when absent (create false), -1
  * with an exception set. */
 static int
-resolve(Core *c, PyObject *key, int create, int use_cache,
-        uint64_t *slot, uint64_t *state)
+resolve_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline,
+            uint64_t *slot, uint64_t *state)
 {
     if (closed_meanwhile(c))
         return -1;
@@ -1429,7 +1700,8 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
                 && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
             cache_entry e;
             memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
-            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
+            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state
+                    && !slot_expired(c, slot_at(c, e.slot), e.state)) {
                 *slot = e.slot;
                 *state = e.state;
                 return 1;
@@ -1442,7 +1714,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
      * which gives (slot, state, ...) or None. */
     int handled = 0, r = 0;
     if (cacheable)
-        r = resolve_in_c(c, key, create, &handled, slot, state);
+        r = resolve_in_c(c, key, create, deadline, &handled, slot, state);
     if (!handled) {
         PyObject *res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
                                                      create ? Py_True : Py_False, NULL);
@@ -1486,6 +1758,13 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     return 1;
 }
 
+/* resolve_ttl for a key created without a deadline (the common case). */
+static inline int
+resolve(Core *c, PyObject *key, int create, int use_cache, uint64_t *slot, uint64_t *state)
+{
+    return resolve_ttl(c, key, create, use_cache, 0, slot, state);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Counter verbs: word0 is the int64 value                                  */
 /* ------------------------------------------------------------------------ */
@@ -1507,13 +1786,65 @@ read_pair(char *slot, uint64_t state, int64_t *value)
  * so it is resolved again (bounded: the insert waits on the stripe). */
 enum rmw { RMW_ADD, RMW_SET, RMW_EXCHANGE, RMW_GET };
 
-static PyObject *
-counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
+/* The ttl= keyword of a write verb as a deadline in expiry units (0: None,
+ * keep the key's expiry as it is).  A number of seconds: an int or float
+ * (not a bool), positive and finite, as shmdict.validate.seconds rules. */
+static int
+ttl_deadline(PyObject *o, uint64_t *deadline)
+{
+    *deadline = 0;
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (PyBool_Check(o) || !(PyLong_Check(o) || PyFloat_Check(o))) {
+        PyErr_Format(PyExc_TypeError, "ttl must be a number of seconds, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    /* At most ~30 years: a deadline in ns must stay far from 2^64. */
+    if (!(v > 0) || !isfinite(v) || v > 1e9) {
+        PyErr_Format(PyExc_ValueError, "ttl must be a positive, finite number of seconds "
+                     "(at most 1e9), got %R", o);
+        return -1;
+    }
+    uint64_t ns = (uint64_t)ceil(v * 1e9);
+    *deadline = deadline_in(ns ? ns : 1);
+    return 0;
+}
+
+/* The keywords of a METH_FASTCALL | METH_KEYWORDS write verb: only ttl=. */
+static int
+ttl_kwarg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *verb,
+          uint64_t *deadline)
+{
+    *deadline = 0;
+    if (kwnames == NULL)
+        return 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(kw, "ttl") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         verb, kw);
+            return -1;
+        }
+        if (ttl_deadline(args[nargs + k], deadline) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Inlined into the two functions below, so that the common one (no
+ * deadline) is compiled with the deadline a constant 0: a plain add costs
+ * what it did before expiry existed, bar the expires load in the lookup. */
+static inline __attribute__((always_inline)) PyObject *
+counter_rmw_body(Core *c, PyObject *key, enum rmw op, int64_t arg, uint64_t deadline)
 {
     REQUIRE_OPEN(c);
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve(c, key, 1, attempt == 0, &i, &s);
+        int r = resolve_ttl(c, key, 1, attempt == 0, deadline, &i, &s);
         if (r < 0)
             return NULL;
         char *slot = slot_at(c, i);
@@ -1536,8 +1867,11 @@ counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
             default:
                 new = arg;
             }
-            if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+            if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL)) {
+                if (deadline != 0)
+                    apply_deadline(c, i, s, deadline);
                 return PyLong_FromLongLong(op == RMW_EXCHANGE ? old : new);
+            }
         }
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
@@ -1545,13 +1879,30 @@ counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
 }
 
 static PyObject *
-Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs)
+counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
+{
+    return counter_rmw_body(c, key, op, arg, 0);
+}
+
+static PyObject *
+counter_rmw_ttl(Core *c, PyObject *key, enum rmw op, int64_t arg, uint64_t deadline)
+{
+    if (deadline == 0)
+        return counter_rmw(c, key, op, arg);
+    return counter_rmw_body(c, key, op, arg, deadline);
+}
+
+static PyObject *
+Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long n = 1;
+    uint64_t deadline = 0;
     if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "add(key, n=1)");
+        PyErr_SetString(PyExc_TypeError, "add(key, n=1, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "add", &deadline) < 0)
+        return NULL;
     if (nargs == 2) {
         if (!PyLong_Check(args[1])) {
             PyErr_Format(PyExc_TypeError, "add() amount must be an int, not %.100s",
@@ -1562,7 +1913,8 @@ Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs)
         if (n == -1 && PyErr_Occurred())
             return NULL;
     }
-    return counter_rmw(self, args[0], RMW_ADD, n);
+    return deadline ? counter_rmw_ttl(self, args[0], RMW_ADD, n, deadline)
+                    : counter_rmw(self, args[0], RMW_ADD, n);
 }
 
 static int
@@ -1578,16 +1930,19 @@ value_arg(PyObject *o, long long *out)
 }
 
 static PyObject *
-Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs)
+Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long v;
+    uint64_t deadline = 0;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set(key, value)");
+        PyErr_SetString(PyExc_TypeError, "set(key, value, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "set", &deadline) < 0)
+        return NULL;
     if (value_arg(args[1], &v) < 0)
         return NULL;
-    PyObject *r = counter_rmw(self, args[0], RMW_SET, v);
+    PyObject *r = counter_rmw_ttl(self, args[0], RMW_SET, v, deadline);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
@@ -1595,16 +1950,19 @@ Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-Core_exchange(Core *self, PyObject *const *args, Py_ssize_t nargs)
+Core_exchange(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long v;
+    uint64_t deadline = 0;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "exchange(key, value)");
+        PyErr_SetString(PyExc_TypeError, "exchange(key, value, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "exchange", &deadline) < 0)
+        return NULL;
     if (value_arg(args[1], &v) < 0)
         return NULL;
-    return counter_rmw(self, args[0], RMW_EXCHANGE, v);
+    return counter_rmw_ttl(self, args[0], RMW_EXCHANGE, v, deadline);
 }
 
 static PyObject *
@@ -1719,8 +2077,16 @@ batch_items(PyObject *batch)
  * pair, each atomic as add() is, in order; not a transaction (an error stops
  * the batch, with the adds before it done). */
 static PyObject *
-Core_add_many(Core *self, PyObject *batch)
+Core_add_many(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    uint64_t deadline = 0;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "add_many(batch, *, ttl=None)");
+        return NULL;
+    }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "add_many", &deadline) < 0)
+        return NULL;
+    PyObject *batch = args[0];
     REQUIRE_OPEN(self);
     PyObject *items = batch_items(batch);
     if (items == NULL)
@@ -1740,7 +2106,8 @@ Core_add_many(Core *self, PyObject *batch)
             Py_CLEAR(out);
             break;
         }
-        PyObject *v = counter_rmw(self, PyTuple_GET_ITEM(pair, 0), RMW_ADD, amount);
+        PyObject *v = counter_rmw_ttl(self, PyTuple_GET_ITEM(pair, 0), RMW_ADD, amount,
+                                      deadline);
         if (v == NULL) {
             Py_CLEAR(out);
             break;
@@ -1779,14 +2146,16 @@ Core_read_many(Core *self, PyObject *keys)
 static PyObject *
 Core_cas(Core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"key", "old", "new", "set_on_not_exists", NULL};
-    PyObject *key, *oldo, *newo;
+    static char *kwlist[] = {"key", "old", "new", "set_on_not_exists", "ttl", NULL};
+    PyObject *key, *oldo, *newo, *ttlo = Py_None;
     int set_missing = 0;
     long long old, new;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p", kwlist,
-                                     &key, &oldo, &newo, &set_missing))
+    uint64_t deadline;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p$O", kwlist,
+                                     &key, &oldo, &newo, &set_missing, &ttlo))
         return NULL;
-    if (value_arg(oldo, &old) < 0 || value_arg(newo, &new) < 0)
+    if (value_arg(oldo, &old) < 0 || value_arg(newo, &new) < 0
+            || ttl_deadline(ttlo, &deadline) < 0)
         return NULL;
     REQUIRE_OPEN(self);
     for (int attempt = 0; attempt < 1000000; attempt++) {
@@ -1805,8 +2174,13 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             Py_DECREF(res);
             if (created < 0)
                 return NULL;
-            if (created)
+            if (created) {
+                if (deadline != 0 && resolve(self, key, 0, 1, &i, &s) == 1)
+                    apply_deadline(self, i, s, deadline);
+                if (PyErr_Occurred())
+                    return NULL;
                 Py_RETURN_TRUE;
+            }
             continue;   /* somebody else created it first: CAS against it */
         }
         int64_t cur;
@@ -1815,8 +2189,11 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             continue;
         if (cur != old)
             Py_RETURN_FALSE;
-        if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+        if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL)) {
+            if (deadline != 0)
+                apply_deadline(self, i, s, deadline);
             Py_RETURN_TRUE;
+        }
         /* Lost a race: if only the value changed the answer is False, if the
          * slot changed, look again. */
         if (load_acq(slot) == s)
@@ -1858,9 +2235,14 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
         return -1;
     }
     int64_t step = cost * emission;
+    /* The key expires when its TAT passes (a TAT in the past allows what
+     * an absent key does), so a table of clients that come and go never
+     * fills: a new key is inserted with a deadline, an allowed hit moves it
+     * to the new TAT. */
+    uint64_t first_deadline = cost != 0 ? deadline_in((uint64_t)step) : 0;
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve(self, key, cost != 0, attempt == 0, &i, &s);
+        int r = resolve_ttl(self, key, cost != 0, attempt == 0, first_deadline, &i, &s);
         if (r < 0)
             return -1;
         int64_t tat = 0;
@@ -1887,6 +2269,8 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
         int64_t new_tat = base > INT64_MAX - step ? INT64_MAX : base + step;
         if (step == 0 || cas_pair(slot_at(self, i), s, (uint64_t)tat, s,
                                   (uint64_t)new_tat, NULL)) {
+            if (step != 0)
+                apply_deadline(self, i, s, deadline_at(new_tat));
             out[0] = 1;
             out[1] = floor_div(tolerance - ahead, emission);
             out[2] = 0;
@@ -2081,13 +2465,15 @@ Core_locate(Core *self, PyObject *const *args, Py_ssize_t nargs)
     return t;
 }
 
-/* find(key_bytes, hash) -> (slot, state) | None */
+/* find(key_bytes, hash, include_expired=False) -> (slot, state) | None;
+ * an expired key is None unless include_expired (check's probe-chain walk). */
 static PyObject *
 Core_find(Core *self, PyObject *args)
 {
     Py_buffer key;
     unsigned long long h;
-    if (!PyArg_ParseTuple(args, "y*K", &key, &h))
+    int include_expired = 0;
+    if (!PyArg_ParseTuple(args, "y*K|p", &key, &h, &include_expired))
         return NULL;
     if (!self->has_view || (uint64_t)key.len > self->key_size) {
         PyBuffer_Release(&key);
@@ -2099,7 +2485,7 @@ Core_find(Core *self, PyObject *args)
     PyBuffer_Release(&key);
     if (found < 0)
         return NULL;
-    if (!found)
+    if (found == 0 || (found == 2 && !include_expired))    /* absent, or expired */
         Py_RETURN_NONE;
     return slot_tuple(i, s, -1);
 }
@@ -2153,12 +2539,17 @@ Core_insert(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
-    } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0) {
-        if (found > 0)
+    } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0
+               && !(found == 2 && reclaim_slot(self, i, s, stripe_of(self, h)))) {
+        if (found == 2)
+            PyErr_SetString(PyExc_RuntimeError, "an expired key could not be reclaimed "
+                            "(it changed meanwhile): try again");
+        else if (found > 0)
             result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
                                    Py_False);
     } else {
-        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &i, &s);
+        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, 0,
+                             &i, &s);
         if (rc == RC_OK) {
             result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
                                    Py_True);
@@ -2367,7 +2758,8 @@ Core_published(Core *self, PyObject *Py_UNUSED(ignored))
         for (uint64_t i = 0; i < t->nslots; i++) {
             char *slot = t->slots + i * self->slot_size;
             uint64_t s = load_acq(slot);
-            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size)
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size
+                    || slot_expired(self, slot, s))
                 continue;
             PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
             if (kb == NULL)
@@ -2406,6 +2798,122 @@ Core_word0(Core *self, PyObject *args)
     if (!read_pair(slot_at(self, i), s, &v))
         Py_RETURN_NONE;
     return PyLong_FromLongLong(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Expiry verbs                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* set_ttl(key, seconds | None) -> bool: give an existing key a deadline
+ * `seconds` from now, or none (None: persist); False if the key is absent
+ * (or expired).  Lock-free (apply_deadline). */
+static PyObject *
+Core_set_ttl(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_ttl(key, seconds)");
+        return NULL;
+    }
+    uint64_t deadline;
+    if (ttl_deadline(args[1], &deadline) < 0)
+        return NULL;
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, args[0], 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            Py_RETURN_FALSE;
+        if (apply_deadline(self, i, s, deadline))
+            Py_RETURN_TRUE;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* ttl(key) -> float | None: seconds until the key expires (>= 0), None
+ * when it has no deadline or is absent (`key in d` tells them apart). */
+static PyObject *
+Core_ttl(Core *self, PyObject *key)
+{
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            Py_RETURN_NONE;
+        char *slot = slot_at(self, i);
+        uint64_t e = load_acq(expires_of(slot));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (load_acq(slot) != s || (e & EXP_GEN_MASK) != st_gen(s))
+            continue;
+        uint64_t d = e >> EXP_SHIFT;
+        if (d == 0)
+            Py_RETURN_NONE;
+        uint64_t at = d << EXP_SHIFT, now = monotonic_ns();
+        return PyFloat_FromDouble(at > now ? (double)(at - now) / 1e9 : 0.0);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* expired() -> int: published keys whose deadline has passed (still
+ * counted live until reclaimed); 0 at once for a table that never had a
+ * deadline.  len() subtracts it. */
+static PyObject *
+Core_expired(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    long long n = 0;
+    if (load_acq(&self->header->expiry_used) != 0) {
+        for (unsigned k = 0; k < self->ntiers; k++) {
+            Tier *t = &self->tiers[k];
+            for (uint64_t i = 0; i < t->nslots; i++) {
+                char *slot = t->slots + i * self->slot_size;
+                uint64_t s = load_acq(slot);
+                if (st_kind(s) == KIND_PUBLISHED && slot_expired(self, slot, s))
+                    n++;
+            }
+        }
+    }
+    return PyLong_FromLongLong(n);
+}
+
+/* reclaim_expired() -> int: tombstone every expired key, each under its
+ * stripe; how many. */
+static PyObject *
+Core_reclaim_expired(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+        return NULL;
+    }
+    long long n = reclaim_expired_walk(self, 0);
+    return n < 0 ? NULL : PyLong_FromLongLong(n);
+}
+
+/* deadline(slot, state) -> int | None: the key's raw expires word as
+ * (deadline_ns or 0), for inspection and snapshots; None if the slot
+ * changed. */
+static PyObject *
+Core_deadline(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    char *slot = slot_at(self, i);
+    uint64_t e = load_acq(expires_of(slot));
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (load_acq(slot) != s || (e & EXP_GEN_MASK) != st_gen(s))
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong((e >> EXP_SHIFT) << EXP_SHIFT);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -3781,16 +4289,30 @@ Core_clear_cache(Core *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Core_methods[] = {
-    {"add", (PyCFunction)(void (*)(void))Core_add, METH_FASTCALL,
-     "add(key, n=1) -> int: atomically add n to a Counter key (created at 0)."},
-    {"set", (PyCFunction)(void (*)(void))Core_set, METH_FASTCALL,
-     "set(key, value): store a Counter value (creating the key)."},
-    {"exchange", (PyCFunction)(void (*)(void))Core_exchange, METH_FASTCALL,
-     "exchange(key, value) -> old value (creating the key)."},
+    {"add", (PyCFunction)(void (*)(void))Core_add, METH_FASTCALL | METH_KEYWORDS,
+     "add(key, n=1, *, ttl=None) -> int: atomically add n to a Counter key (created at "
+     "0); ttl: seconds until the key expires (None: keep its expiry)."},
+    {"set", (PyCFunction)(void (*)(void))Core_set, METH_FASTCALL | METH_KEYWORDS,
+     "set(key, value, *, ttl=None): store a Counter value (creating the key)."},
+    {"exchange", (PyCFunction)(void (*)(void))Core_exchange, METH_FASTCALL | METH_KEYWORDS,
+     "exchange(key, value, *, ttl=None) -> old value (creating the key)."},
+    {"set_ttl", (PyCFunction)(void (*)(void))Core_set_ttl, METH_FASTCALL,
+     "set_ttl(key, seconds | None) -> bool: give an existing key a deadline (None: "
+     "none); False if absent."},
+    {"ttl", (PyCFunction)Core_ttl, METH_O,
+     "ttl(key) -> float | None: seconds until the key expires; None: no deadline or absent."},
+    {"expired", (PyCFunction)Core_expired, METH_NOARGS,
+     "expired() -> int: expired keys not reclaimed yet (counted live until then)."},
+    {"reclaim_expired", (PyCFunction)Core_reclaim_expired, METH_NOARGS,
+     "reclaim_expired() -> int: tombstone every expired key under its stripe."},
+    {"deadline", (PyCFunction)Core_deadline, METH_VARARGS,
+     "deadline(slot, state) -> int | None: the key's deadline in CLOCK_MONOTONIC ns (0: "
+     "none); None if the slot changed."},
     {"value", (PyCFunction)Core_value, METH_O,
      "value(key) -> int: the Counter value (creating the key)."},
-    {"add_many", (PyCFunction)Core_add_many, METH_O,
-     "add_many(mapping or (key, n) pairs) -> [new values]: add() of each, in one call."},
+    {"add_many", (PyCFunction)(void (*)(void))Core_add_many, METH_FASTCALL | METH_KEYWORDS,
+     "add_many(mapping or (key, n) pairs, *, ttl=None) -> [new values]: add() of each, "
+     "in one call."},
     {"read_many", (PyCFunction)Core_read_many, METH_O,
      "read_many(keys) -> [(value, exists)]: read() of each, in one call, never creating."},
     {"read", (PyCFunction)Core_read, METH_O,
@@ -3892,7 +4414,8 @@ static PyMethodDef Core_methods[] = {
 PyDoc_STRVAR(CORE_DOC,
 "Core(buffer, *, name, nslots, slot_size, key_size, extra_size, nstripes, capacity, "
 "stripes_offset, data_offset, default_word0, default_extra, hash_function, seed, "
-"resolve, insert, insert_with, cache_limit, max_capacity, grow, attach_tiers)\n--\n\n"
+"resolve, insert, insert_with, cache_limit, max_capacity, grow, attach_tiers, "
+"expiry_guard)\n--\n\n"
 "The hash table inside one mapped segment (one per attached table and process).\n\n"
 "buffer: the writable, 64-byte aligned mapping of the whole segment.\n"
 "name: the table's name (str), for error messages.\n"
@@ -3914,7 +4437,9 @@ PyDoc_STRVAR(CORE_DOC,
 "grow(tiers_seen: int) -> None, or None: every tier is full (stripe not held):\n"
 "  repair dead stripes, or add tier tiers_seen, or raise TableFull.\n"
 "attach_tiers() -> None, or None: add_tier() every tier published but not\n"
-"  attached.");
+"  attached.\n"
+"expiry_guard: what keeps an expired key alive: 0 nothing (Counter), 1 a\n"
+"  holder in word0 (Lock, Struct), 2 that or a live reader cell (rw Lock).");
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -4061,12 +4586,13 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(created, "Q"), HEADER_FIELD(max_capacity, "Q"), HEADER_FIELD(tiers, "Q"),
     HEADER_FIELD(tier, "Q"), HEADER_FIELD(inserts, "Q"), HEADER_FIELD(deletes, "Q"),
     HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "790s"),
-    HEADER_FIELD(fence, "Q"), HEADER_FIELD(reserved, "56s"),
+    HEADER_FIELD(fence, "Q"), HEADER_FIELD(expiry_used, "Q"), HEADER_FIELD(reserved, "48s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
     STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};
 static const struct field_desc slot_fields[] = {
-    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), {NULL, 0, NULL}};
+    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), SLOT_FIELD(expires, "Q"),
+    {NULL, 0, NULL}};
 
 /* {name: (offset, struct code)} for one of the tables above. */
 static PyObject *
@@ -4133,6 +4659,7 @@ add_format_constants(PyObject *m)
         {"KLEN_SHIFT", KLEN_SHIFT},
         {"KLEN_MASK", KLEN_MASK},
         {"TAG_SHIFT", TAG_SHIFT},
+        {"EXPIRES_SHIFT", SHMDICT_EXPIRES_SHIFT},
     };
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (PyModule_AddIntConstant(m, ints[k].name, ints[k].value) < 0)

@@ -23,6 +23,7 @@ from ...errors import LockHeld, NotOwner, OwnerDiedWarning
 from ...keys import Key
 from ...layouts import Outcome, Struct
 from ...records import MutableRecord, make_record, record_class
+from ...validate import seconds as validate_seconds
 from ...verbs import StructVerbs
 from . import _core
 from .table import _STALE, DELETE_IF_MINE, Table
@@ -126,28 +127,51 @@ class StructTable(StructVerbs, Table):
             return False
         return self._locate(key, True, extra=self.layout.slot_extra(data))[2]  # type: ignore[index]
 
-    def set(self, key: Key, record: Any) -> None:
-        """Store a whole record (a tuple, named tuple or mapping of fields)."""
+    def set(self, key: Key, record: Any, *, ttl: Optional[float] = None) -> None:
+        """Store a whole record (a tuple, named tuple or mapping of fields).
+
+        ``ttl``: seconds until the key expires (None: keep its expiry); set
+        right after the write, with the record lock held for an existing key.
+        """
         data = self.layout.pack(record)
-        if not self._create_holding(key, data):
-            slot, state, _, _ = self._begin(key)
+        if ttl is not None:
+            validate_seconds(ttl, "ttl")
+        if self._create_holding(key, data):
+            if ttl is not None:
+                self._core.set_ttl(key, ttl)
+            return
+        slot, state, _, _ = self._begin(key)
+        try:
+            if ttl is not None:
+                self._core.set_ttl(key, ttl)
+        finally:
             self._commit(slot, state, data)
 
-    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
+    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False, *,
+            ttl: Optional[float] = None) -> bool:
         """Replace the record with ``new`` if it equals ``old``.
 
         A missing key is created holding ``new`` (True) only with
         ``set_on_not_exists``; otherwise False and nothing is created.
+        ``ttl`` (seconds; None: keep the key's expiry) is set only on success.
         """
         old_data, new_data = self.layout.pack(old), self.layout.pack(new)
+        if ttl is not None:
+            validate_seconds(ttl, "ttl")
         if self._core.locate(key, False) is None:
             if not set_on_not_exists:
                 return False
             if self._create_holding(key, new_data):
+                if ttl is not None:
+                    self._core.set_ttl(key, ttl)
                 return True
         slot, state, _, current = self._begin(key)
         swapped = current == old_data
-        self._commit(slot, state, new_data if swapped else None)
+        try:
+            if swapped and ttl is not None:
+                self._core.set_ttl(key, ttl)
+        finally:
+            self._commit(slot, state, new_data if swapped else None)
         return swapped
 
     def update(self, key: Key) -> "_Update":
