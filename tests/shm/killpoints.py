@@ -250,6 +250,7 @@ def build_instrumented(workdir: Path) -> Tuple[Path, Path]:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler")
+    mutate(dest / "backends" / "shm" / "_core.c")
     out = dest / "backends" / "shm" / ("_core" + sysconfig.get_config_var("EXT_SUFFIX"))
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run(cc + flags + ["-I", sysconfig.get_paths()["include"],
@@ -259,6 +260,23 @@ def build_instrumented(workdir: Path) -> Tuple[Path, Path]:
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError("cannot build the instrumented core:\n" + proc.stdout + proc.stderr)
     return workdir, out
+
+
+def mutate(source: Path) -> None:
+    """Plant a bug in the victim's copy of the core, to see the harness catch
+    it: ``SHMDICT_KILLPOINTS_MUTATE`` names a JSON file holding a list of
+    [old, new] text replacements (each ``old`` must occur in ``_core.c``).
+    Only the victims run the mutant; every other process runs the real core."""
+    spec = os.environ.get("SHMDICT_KILLPOINTS_MUTATE")
+    if not spec:
+        return
+    text = source.read_text()
+    for old, new in json.loads(Path(spec).read_text()):
+        if old not in text:
+            raise RuntimeError(f"mutation {old!r} does not occur in {source}")
+        text = text.replace(old, new, 1)
+    source.write_text(text)
+    print(f"killpoints: victims run a MUTANT core ({spec})", file=sys.stderr)
 
 
 def compiler() -> Optional[List[str]]:
@@ -797,15 +815,18 @@ class Campaign:
             figures.longest_call = self.longest.get(window.name, 0)
             where += (f", {steps} instructions in{' (returned)' if returned else ''}, "
                       f"stopped in {stopped_in}")
-            self._successor(name, window.mode, kid, figures, where)
-            for k, (mode, vkid, vseed, vstripe, vj) in enumerate(victims):
-                self._books(table, mode, vkid, vseed, vstripe, vj,
-                            figures if k == len(victims) - 1 else None, where)
-            report = table.check()
-            assert report, f"{where}: check() after the kill:\n{report}"
-            figures.check_repairs += len(report.repaired)
-            again = table.check()
-            assert again and not again.repaired, f"{where}: second check():\n{again}"
+            try:
+                self._successor(name, window.mode, kid, figures, where)
+                for k, (mode, vkid, vseed, vstripe, vj) in enumerate(victims):
+                    self._books(table, mode, vkid, vseed, vstripe, vj,
+                                figures if k == len(victims) - 1 else None, where)
+                report = table.check()
+                assert report, f"{where}: check() after the kill:\n{report}"
+                figures.check_repairs += len(report.repaired)
+                again = table.check()
+                assert again and not again.repaired, f"{where}: second check():\n{again}"
+            except shmdict.ShmDictError as exc:
+                raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from exc
             if self.verbose:
                 self.log(f"ok: {where}")
         finally:
