@@ -32,6 +32,11 @@ growth (``Core_add_tier``, ``Core_publish_tier``: the C half of
 ``Table._grow``, after the new tier's segment exists and while it is being
 attached and published).
 
+While the victim runs, is stopped and is killed (insert, delete and
+admission-lock windows), a *peer* process works on the same table, on keys
+of its own (a call every 2 ms); it must finish its last call after the
+kill, and its books are checked as the victim's.
+
 After every kill
     * a *successor* process (forked from the test process, with the normal
       core) runs verbs on every stripe (insert a new key, delete it), a
@@ -122,7 +127,7 @@ WINDOWS: Tuple[Window, ...] = (
 )
 
 # Journal words (int64) of one victim.
-J_READY, J_GO, J_STARTED, J_DONE, J_BAD, J_BADINFO = range(6)
+J_READY, J_GO, J_STARTED, J_DONE, J_BAD, J_BADINFO, J_TAKEOVERS, J_FINISHED = range(8)
 JOURNAL_WORDS = 8
 
 
@@ -506,6 +511,32 @@ S_DONE, S_CALLS, S_MAX_US, S_OVER, S_TAKEOVERS, S_ERROR, S_STALLED = range(7)
 SUCCESSOR_WORDS = 7
 
 
+def _peer(name: str, seed: int, kid: int, j, stop) -> None:
+    """Another process at work on the table while the victim is stopped and
+    killed: the mixed plan on keys of its own, a call every 2 ms,
+    journaled as a victim's, until ``stop`` is set (bounded: 120 s)."""
+    import warnings
+    warnings.simplefilter("ignore")
+    table = open_table(name, "mixed")
+    deadline = time.monotonic() + 120
+    for n, (kind, key, amount) in enumerate(plan("mixed", seed, kid)):
+        if stop.value or time.monotonic() > deadline:
+            break
+        j[J_STARTED] = n + 1
+        if kind == "add":
+            ok = table.add(key, amount) == amount
+        else:
+            ok = table.load_and_delete(key) == (amount, True)
+        if not ok:
+            j[J_BADINFO] = n
+            j[J_BAD] = 1
+        j[J_DONE] = n + 1
+        time.sleep(0.002)
+    j[J_TAKEOVERS] = table._stripes.takeovers
+    j[J_FINISHED] = 1
+    table.close()
+
+
 def _successor(name: str, mode: str, kid: int, out) -> None:
     """Insert and delete a new key in every stripe, grow a growing table
     further, timing every call; book them in ``out``."""
@@ -577,6 +608,8 @@ class WindowFigures:
     over_bound: int = 0        # successor calls slower than BOUND + SLACK
     stall_waits: int = 0       # successor calls that waited out stall_timeout
     stopped_in: Dict[str, int] = dataclasses.field(default_factory=dict)
+    peer_calls: int = 0        # calls of the process at work beside the victim
+    peer_takeovers: int = 0
 
 
 @dataclasses.dataclass
@@ -599,7 +632,8 @@ class Figures:
                 f"  deepest {w.max_steps:6} of {w.longest_call:6} instr  in flight "
                 f"{dict(sorted(w.in_flight.items()))} landed {w.landed} (key made, add not "
                 f"applied {w.created_only})  successor "
-                f"takeovers {w.successor_takeovers}  check repairs {w.check_repairs}  "
+                f"takeovers {w.successor_takeovers}  peer calls {w.peer_calls} (takeovers "
+                f"{w.peer_takeovers})  check repairs {w.check_repairs}  "
                 f"slowest successor call {w.worst_successor_ms:.0f} ms (waited out "
                 f"stall_timeout {w.stall_waits}, over the bound {w.over_bound})")
             where = sorted(w.stopped_in.items(), key=lambda kv: -kv[1])
@@ -801,10 +835,36 @@ class Campaign:
                     _kind, key, _amount = next(calls)
                 stripe = table._stripe_of_key(key)
                 victims.append(("mixed", kid + 1_000_000, pre_seed, -1, j))
+            peer = None
+            if window.mode == "mixed":
+                # Another process at work throughout, on keys of its own.
+                pj = multiprocessing.RawArray(ctypes.c_int64, JOURNAL_WORDS)
+                stop = multiprocessing.RawValue(ctypes.c_int64, 0)
+                pseed = self.rng.getrandbits(32)
+                peer = (self.ctx.Process(target=_peer, args=(name, pseed, kid + 2_000_000,
+                                                             pj, stop)), pj, stop, pseed)
+                peer[0].start()
             seed = self.rng.getrandbits(32)
             pid, _mm, j, _ = self._spawn_victim(name, window.mode, kid, seed, stripe)
             victims.append((window.mode, kid, seed, stripe, j))
-            reached, steps, returned, stopped_in = self._aim(pid, j, window, kid)
+            try:
+                reached, steps, returned, stopped_in = self._aim(pid, j, window, kid)
+            finally:
+                if peer is not None:
+                    peer[2].value = 1
+                    peer[0].join(WEDGE_SECONDS)
+                    if peer[0].is_alive():
+                        peer[0].kill()
+                        peer[0].join()
+                        raise AssertionError(f"{where}: WEDGE: the peer did not finish its "
+                                             f"call within {WEDGE_SECONDS:.0f} s of the kill")
+            if peer is not None:
+                proc, pj, _stop, pseed = peer
+                assert proc.exitcode == 0 and pj[J_FINISHED], f"{where}: the peer failed"
+                assert pj[J_STARTED] == pj[J_DONE], f"{where}: the peer stopped mid-call"
+                figures.peer_calls += pj[J_DONE]
+                figures.peer_takeovers += pj[J_TAKEOVERS]
+                victims.append(("mixed", kid + 2_000_000, pseed, -1, pj))
             assert reached, f"{where}: the victim never called {window.function}"
             figures.stopped_in[stopped_in] = figures.stopped_in.get(stopped_in, 0) + 1
             self.figures.victims += 1
@@ -817,9 +877,9 @@ class Campaign:
                       f"stopped in {stopped_in}")
             try:
                 self._successor(name, window.mode, kid, figures, where)
-                for k, (mode, vkid, vseed, vstripe, vj) in enumerate(victims):
+                for mode, vkid, vseed, vstripe, vj in victims:
                     self._books(table, mode, vkid, vseed, vstripe, vj,
-                                figures if k == len(victims) - 1 else None, where)
+                                figures if vkid == kid else None, where)
                 report = table.check()
                 assert report, f"{where}: check() after the kill:\n{report}"
                 figures.check_repairs += len(report.repaired)
