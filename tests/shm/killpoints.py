@@ -923,6 +923,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"killpoints: cannot run: {why}", file=sys.stderr)
         return 2
     windows = [w for w in WINDOWS if not args.window or w.name in args.window]
+    # SIGTERM (a CI timeout) unwinds like an error: the figures so far are
+    # printed, the current table unlinked, the scratch directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="shmdict-killpoints.") as tmp:
         campaign = Campaign(Path(tmp), args.seed)
         campaign.verbose = args.verbose
