@@ -14,7 +14,8 @@ layout    word0                              extra area
 ========  =================================  ==================================
 Counter   the int64 value                    none
 Lock      owner id (0: free)                 rw=True: 8 reader cells
-Struct    record lock owner id               seqlock word + packed fields
+Struct    record lock owner id               sequence word + two copies of the
+                                             packed fields (format.h)
 ========  =================================  ==================================
 """
 from __future__ import annotations
@@ -24,16 +25,18 @@ import enum
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 # Codes whose size is the same everywhere (standard sizes, no native 'n',
 # 'N', 'P'; 'p' and padding 'x' make no sense for a field).
 _FIELD_CODE_CHARS = set("bBhHiIlLqQefd?c")
 _INT_CODES = set("bBhHiIlLqQ")
 READER_CELLS = 8
-#: The largest packed record of a Struct (the format's value area is at most
-#: 1 MiB, of which the seqlock word takes 8 bytes).
-MAX_RECORD_SIZE = (1 << 20) - 16
+#: The largest packed record of a Struct: the format's value area is at most
+#: 1 MiB, which holds the sequence word and two copies of the record (a
+#: writer fills the copy that is not current, so one killed mid-copy leaves
+#: the current one whole), each padded to 8 bytes.
+MAX_RECORD_SIZE = ((1 << 20) - 8) // 2 // 8 * 8
 #: The most fields a Struct may have.
 MAX_FIELDS = 256
 
@@ -66,6 +69,12 @@ class Layout:
     def default_extra(self) -> bytes:
         return b""
 
+    def slot_extra(self) -> bytes:
+        """A new key's extra area in a shared-memory slot (the segment's
+        format; ``default_extra`` is the layout's value, as every backend
+        keeps it)."""
+        return self.default_extra()
+
     def spec(self) -> Dict[str, Any]:
         """A JSON-able description; equal specs mean compatible tables."""
         return {"layout": self.kind}
@@ -75,7 +84,8 @@ class Layout:
 
     @property
     def extra_size(self) -> int:
-        return len(self.default_extra())
+        """Bytes of a shared-memory slot's extra area."""
+        return len(self.slot_extra())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Layout) and self.spec() == other.spec()
@@ -202,7 +212,15 @@ class Struct(Layout):
 
     # Layout interface ----------------------------------------------------
     def default_extra(self) -> bytes:
-        return bytes(8) + self._default_bytes   # seqlock word, then fields
+        return bytes(8) + self._default_bytes   # sequence word, then fields
+
+    def slot_extra(self, data: Optional[bytes] = None) -> bytes:
+        """A slot's extra area holding the packed record ``data`` (default:
+        the default record): sequence word 0 (copy 0 current), then both
+        copies (format.h, "A Struct slot's extra area")."""
+        if data is None:
+            data = self._default_bytes
+        return bytes(8) + data + data
 
     def spec(self) -> Dict[str, Any]:
         return {"layout": self.kind, "fields": [[n, c, _jsonable(self.defaults[n])]

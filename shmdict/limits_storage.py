@@ -56,8 +56,12 @@ client ids work and two keys never share a state by accident.
 **Expiry and a full table.**  Time is ``CLOCK_MONOTONIC`` (shared by the
 host's processes; windows survive wall-clock changes); :meth:`get_expiry`
 converts to the wall-clock timestamp ``limits`` expects.  An expired key
-reads as absent.  Each process keeps a heap of the keys it created, by
-expiry; when a new key finds the table full, expired keys are taken from it
+reads as absent.  On shared memory each record carries a TTL (its window's
+end, or the end of the window after it for a sliding one): an expired record
+is absent for the table too, and its slot is reused by the next insert that
+needs room, in any process.  Each process also keeps a heap of the keys it
+created, by expiry (for eviction, and for a storage on another clock or on
+Redis); when a new key finds the table full, expired keys are taken from it
 (and deleted) first, then ``on_full`` applies to the live key closest to
 expiry, so a new client costs O(log n) whatever the table holds.  Only when
 the heap is empty (keys made by other processes, or a restart) is the whole
@@ -168,6 +172,10 @@ class _Engine:
         self.table = open_table(name, LAYOUT, capacity, key_size, backend=backend)
         self.name, self.on_full, self.capacity = name, on_full, capacity
         self.remote = backend is not None
+        # Records carry a TTL (their window's end) on the table's own clock,
+        # so expired keys leave by themselves and their slots are reused;
+        # the expiry heap below is then only for eviction and other clocks.
+        self._expiring = clock is None and getattr(self.table, "_supports_ttl", False)
         self._default = self.table.read(("\x00", "absent"))[0]
         self._mutex = threading.Lock()
         # (expiry ns, tie-breaker, table key) of the keys this process made
@@ -199,7 +207,9 @@ class _Engine:
             if new is None or new == tuple(rec):
                 return rec, now, True
             try:
-                if cas(tkey, rec, new, True):
+                expires = _expiry_of(tkey, new) - now if self._expiring else 0
+                if (cas(tkey, rec, new, True, ttl=expires / NS) if expires > 0
+                        else cas(tkey, rec, new, True)):
                     if not exists:
                         self._created(tkey, new)
                     return new, now, True

@@ -14,10 +14,11 @@ only a few primitives differ.  A backend's table implements them:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .keys import Key
 from .layouts import Layout
+from .validate import seconds as validate_seconds
 from .views import View
 
 
@@ -56,6 +57,26 @@ class BaseTable:
     def _describe_state(self) -> str:
         """What ``repr`` says of an open table."""
         return f"{len(self)} keys"                     # type: ignore[arg-type]
+
+    # ------------------------------------------------------------- expiry
+    def _expire(self, key: Key, seconds: Optional[float]) -> bool:
+        """Backend primitive: set (``None``: clear) an existing key's expiry."""
+        raise NotImplementedError
+
+    def expire(self, key: Key, seconds: float) -> bool:
+        """Make ``key`` expire ``seconds`` from now (a positive number); False
+        (and nothing created) when it is absent.  An expired key is absent for
+        every verb; a Lock or Struct key whose lock is held expires once free."""
+        validate_seconds(seconds, "ttl")
+        return self._expire(key, seconds)
+
+    def persist(self, key: Key) -> bool:
+        """Clear ``key``'s expiry; False when it is absent."""
+        return self._expire(key, None)
+
+    def ttl(self, key: Key) -> Optional[float]:
+        """Seconds until ``key`` expires; None when it has no expiry or is absent."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------- Go verbs
     def get(self, key: Key) -> Any:

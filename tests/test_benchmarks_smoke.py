@@ -181,3 +181,11 @@ def test_bench_growth(capsys):
                         "--budget", "0.005"]) == 0
     out = capsys.readouterr().out
     assert "growth steps" in out and "key in the last tier" in out
+
+
+def test_bench_ttl(capsys):
+    """benchmarks/bench_ttl.py at a tiny size, so it cannot rot."""
+    ttl = load("bench_ttl")
+    assert ttl.main(["--keys", "200", "--repeats", "1", "--budget", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "ttl=3600" in out and "reclaim + insert" in out

@@ -156,3 +156,75 @@ def test_both_backends_answer_alike(layout, server, request, name):
             remote.unlink()
     assert calls == len(SEEDS) * STEPS
     assert not diverged, "\n".join(diverged[:20])
+
+
+# ---------------------------------------------------------------- expiry
+SHORT, LONG = 0.05, 60.0
+#: After a step that gave a key the short TTL, both tables sleep this long,
+#: so that at every comparison a short key is long dead and a long one alive
+#: (no comparison can land near a deadline, however loaded the machine).
+PAST_SHORT = 0.15
+TTL_STEPS = 50
+
+
+def ttl_class(seconds: Any) -> Any:
+    """``d.ttl()`` compared by kind: None, or a deadline about LONG away."""
+    if seconds is None:
+        return None
+    return "long" if LONG - 30 < seconds <= LONG + 0.01 else f"odd {seconds!r}"
+
+
+def ttl_step(rng: random.Random) -> Tuple[str, Callable[[Any], Any], bool]:
+    """(label, verb, whether it may give a key the short TTL)."""
+    k, v = rng.choice(KEYS[:6]), rng.choice(INTS[:5])
+    ttl = rng.choice([SHORT, LONG, None])
+    verbs = [
+        (f"add({k!r}, {v!r}, ttl={ttl})", lambda d: d.add(k, v, ttl=ttl), ttl == SHORT),
+        (f"set({k!r}, {v!r}, ttl={ttl})", lambda d: d.set(k, v, ttl=ttl), ttl == SHORT),
+        (f"exchange({k!r}, {v!r}, ttl={ttl})", lambda d: d.exchange(k, v, ttl=ttl),
+         ttl == SHORT),
+        (f"cas({k!r}, {v!r}, 1, True, ttl={ttl})",
+         lambda d: d.cas(k, v, 1, set_on_not_exists=True, ttl=ttl), ttl == SHORT),
+        (f"add_many([{k!r}], ttl={ttl})", lambda d: d.add_many([(k, v)], ttl=ttl),
+         ttl == SHORT),
+        (f"expire({k!r}, {ttl})", lambda d: d.expire(k, ttl or LONG), ttl == SHORT),
+        (f"persist({k!r})", lambda d: d.persist(k), False),
+        (f"ttl({k!r})", lambda d: ttl_class(d.ttl(k)), False),
+        (f"read({k!r})", lambda d: d.read(k), False),
+        (f"{k!r} in d", lambda d: k in d, False),
+        ("len(d)", lambda d: len(d), False),
+        ("items()", lambda d: d.items(), False),
+        ("read_many", lambda d: d.read_many(KEYS[:6]), False),
+        (f"delete({k!r})", lambda d: d.delete(k), False),
+        (f"add(ttl=-1)", lambda d: d.add(k, ttl=-1), False),
+        (f"add(ttl=True)", lambda d: d.add(k, ttl=True), False),
+    ]
+    return rng.choice(verbs)
+
+
+@pytest.mark.parametrize("server", ["redis_url", "real_redis_url"])
+def test_expiry_answers_alike_on_both_backends(server, request, name):
+    """ttl=, expire, persist and ttl on Counter tables: the same answers on
+    shared memory (CLOCK_MONOTONIC) and Redis (the server's clock), a full
+    table of capacity 6 included (expired keys make room on both)."""
+    redis_url = request.getfixturevalue(server)
+    diverged = []
+    for seed in range(4):
+        table_name = f"{name}.ttl{seed}"
+        local = shmdict.open(table_name, shmdict.Counter(), capacity=6, key_size=64)
+        remote = shmdict.open(table_name, shmdict.Counter(), capacity=6, key_size=64,
+                              backend=redis_url)
+        try:
+            rng = random.Random(seed)
+            for _ in range(TTL_STEPS):
+                label, verb, short = ttl_step(rng)
+                here, there = outcome(lambda: verb(local)), outcome(lambda: verb(remote))
+                if here != there:
+                    diverged.append(f"seed {seed}: {label}: shm {here} vs redis {there}")
+                if short:
+                    import time
+                    time.sleep(PAST_SHORT)
+        finally:
+            local.unlink()
+            remote.unlink()
+    assert not diverged, "\n".join(diverged[:20])

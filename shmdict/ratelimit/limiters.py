@@ -6,6 +6,7 @@ clocks and expiry are told in the docstring of :mod:`shmdict.ratelimit`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
@@ -161,6 +162,10 @@ class _Limiter:
         self.name = name
         self.clock: Clock = clock if clock is not None else time.monotonic_ns
         self.table = open_table(name, Counter(), capacity + 1, key_size, backend=backend)
+        #: Keys carry a TTL (their state's own end: a window's, a TAT) when the
+        #: limiter runs on the table's clock, so a table of clients that come
+        #: and go never fills; sweep() stays for limiters on another clock.
+        self._expiring = clock is None and getattr(self.table, "_supports_ttl", False)
         # A table on a server keeps its time rules on the server's clock: the
         # one clock every host shares (each host's CLOCK_MONOTONIC counts
         # from its own boot).
@@ -208,17 +213,31 @@ class _Limiter:
         raise NotImplementedError
 
     def sweep(self) -> int:
-        """Delete keys whose state has fully expired; return how many were removed."""
-        return sweep_table(self.table, self._is_idle, self._merge, self.clock)
+        """Delete keys whose state has fully expired; return how many were removed.
 
-    def _cas_or_sweep(self, key: Key, old: int, new: int) -> bool:
-        """The table's CAS (creating the key), sweeping once if the table is full."""
+        Keys expire by themselves (their TTL) on the table's clock, and a full
+        table reclaims expired keys on insert, so this is needed only by a
+        limiter on a clock of its own (``clock=``, tests); it also reclaims
+        expired slots now, counting them."""
+        reclaimed = 0
+        reclaim = getattr(self.table, "reclaim_expired", None)
+        if reclaim is not None:
+            reclaimed = reclaim()
+        return reclaimed + sweep_table(self.table, self._is_idle, self._merge, self.clock)
+
+    def _cas_or_sweep(self, key: Key, old: int, new: int, ttl_ns: int = 0) -> bool:
+        """The table's CAS (creating the key), sweeping once if the table is full;
+        with ``ttl_ns`` (on the table's clock) the key expires that much later."""
+        if self._expiring and ttl_ns > 0:
+            cas: Callable[..., bool] = functools.partial(self.table.cas, ttl=ttl_ns / NS)
+        else:
+            cas = self.table.cas
         try:
-            return self.table.cas(key, old, new, True)
+            return cas(key, old, new, True)
         except TableFull:
             if not self.sweep():
                 raise
-            return self.table.cas(key, old, new, True)
+            return cas(key, old, new, True)
 
     def hit(self, key: Key, cost: int = 1) -> RateLimitResult:
         raise NotImplementedError
@@ -418,7 +437,8 @@ class FixedWindowLimiter(_WindowLimiter):
             if count + cost > self.limit:
                 return RateLimitResult(False, self.limit, self.limit - count,
                                        (end - now) / NS, (end - now) / NS)
-            if cost == 0 or self._cas_or_sweep(key, word, fixed_window_pack(count + cost, end)):
+            if cost == 0 or self._cas_or_sweep(key, word, fixed_window_pack(count + cost, end),
+                                               end - now):
                 return RateLimitResult(True, self.limit, self.limit - count - cost, 0.0,
                                        (end - now) / NS)
 
@@ -485,7 +505,8 @@ class SlidingWindowLimiter(_WindowLimiter):
                 return RateLimitResult(False, self.limit, max(0, self.limit - weighted),
                                        retry / NS, self._reset_ns(previous, current, elapsed) / NS)
             new = sliding_window_pack(previous, current + cost, now, p)
-            if cost == 0 or self._cas_or_sweep(key, word, new):
+            # Idle once this window and the next are over.
+            if cost == 0 or self._cas_or_sweep(key, word, new, 2 * p - elapsed):
                 return RateLimitResult(True, self.limit, self.limit - weighted - cost, 0.0,
                                        self._reset_ns(previous, current + cost, elapsed) / NS)
 

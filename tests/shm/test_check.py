@@ -67,7 +67,8 @@ def test_garbage_key_bytes_and_lengths_are_reported(name):
         slot, state, _ = table._locate(("k", 2), False)
         mm = table._segment.mm
         at = slot_offset(table, slot)
-        mm[at + 16:at + 18] = b"\x09\x09"           # an unknown key tag
+        key_at = at + _core.SLOT_HEADER
+        mm[key_at:key_at + 2] = b"\x09\x09"        # an unknown key tag
         report = table.check()
         assert not report
         assert any("undecodable key" in p or "hash tag" in p for p in report.problems)

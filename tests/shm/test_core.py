@@ -54,7 +54,8 @@ def test_failed_init_leaves_a_closed_core_not_a_null_one():
                        nstripes=1, capacity=1, stripes_offset=64, data_offset=128,
                        default_word0=0, default_extra=b"", hash_function=hash, seed=0,
                        resolve=print, insert=print, insert_with=print, cache_limit=10,
-                       max_capacity=10, grow=None, attach_tiers=None)
+                       max_capacity=10, grow=None, attach_tiers=None,
+                          expiry_guard=0)
         except ValueError:
             pass
         else:
@@ -164,7 +165,8 @@ def test_resolver_closing_the_table_does_not_crash(name):
                           default_word0=0, default_extra=b"", hash_function=xxhash.xxh3_64_intdigest,
                           seed=h["seed"], resolve=resolver, insert=t._insert,
                           insert_with=t._insert_with, cache_limit=10,
-                          max_capacity=h["capacity"], grow=None, attach_tiers=None)
+                          max_capacity=h["capacity"], grow=None, attach_tiers=None,
+                          expiry_guard=0)
         try:
             core.add(1.5)       # not cacheable: always asks the resolver
         except ValueError:

@@ -31,8 +31,11 @@ def test_header_fields_tile_the_header_without_overlap():
     assert end == _core.HEADER_SIZE
     assert _core.HEADER_FIELDS["spec"][1] == f"{_core.SPEC_MAX}s"
     assert _core.STRIPE_FIELDS == {"holder": (0, "Q"), "live": (8, "q")}
-    assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q")}
-    assert _core.SLOT_HEADER == 16 and _core.STRIPE_SIZE == 64
+    assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q"),
+                                 "expires": (16, "Q")}
+    assert _core.SLOT_HEADER == 24 and _core.STRIPE_SIZE == 64
+    # The expires word's generation field is the state word's generation.
+    assert _core.EXPIRES_SHIFT == 18 and _core.GEN_MASK == (1 << _core.EXPIRES_SHIFT) - 1
 
 
 def test_state_word_constants():
@@ -63,13 +66,16 @@ def test_geometry_is_what_the_creator_wrote(name):
 
 
 def test_geometry_rule():
-    # Load factor at most 0.75 and one slot always empty; 16-byte slots.
+    # Load factor at most 0.75 and one slot always empty; slots a multiple of
+    # 16 bytes (24 of header: state, word0, expires).
     for capacity in (1, 2, 3, 4, 10, 1000, 12345):
         shape = _core.geometry(capacity, 64, 0, 16)
         assert shape["nslots"] >= capacity + 1
         assert capacity / shape["nslots"] <= 0.75
         assert shape["nslots"] == max(capacity + 1, -(-capacity * 4 // 3))
     assert _core.geometry(10, 1, 0, 1)["slot_size"] == 32
+    assert _core.geometry(10, 8, 0, 1)["slot_size"] == 32
+    assert _core.geometry(10, 9, 0, 1)["slot_size"] == 48
     assert _core.geometry(10, 64, 8, 1)["slot_size"] % 16 == 0
 
 
@@ -101,5 +107,29 @@ def test_a_new_table_is_tier_0_of_1(name):
                 for f, (offset, code) in _core.HEADER_FIELDS.items() if code == "Q"}
         assert (read["max_capacity"], read["tiers"], read["tier"]) == (30, 1, 0)
         assert (read["inserts"], read["deletes"]) == (0, 0)
+    finally:
+        table.close()
+
+
+def test_a_struct_slot_is_a_sequence_word_and_two_copies(name):
+    """format.h, "A Struct slot's extra area": seq 0 (copy 0 current, no
+    write in progress), then two copies of the padded record; a write fills
+    copy 1 and publishes it with seq 2."""
+    layout = shmdict.Struct(a="q", b="5s")
+    assert _core.RECORD_WRITING == 1 and _core.RECORD_CURRENT == 2
+    table = shmdict.open(name, layout, capacity=4, key_size=8)
+    try:
+        header = table._segment.header
+        assert header["extra_size"] == 8 + 2 * layout.padded == 8 + 2 * 16
+        table.set("k", (7, b"old"))
+        slot, state = table._core.locate("k", False)
+        mm = table._segment.mm
+        seq_at = header["data_offset"] + slot * header["slot_size"] + _core.SLOT_HEADER + 8
+        copy = [bytes(mm[seq_at + 8 + k * 16:seq_at + 8 + (k + 1) * 16]) for k in (0, 1)]
+        assert _core.load_u64(mm, seq_at) == 0 and copy == [layout.pack((7, b"old"))] * 2
+        table.set("k", (8, b"new"))
+        assert _core.load_u64(mm, seq_at) == 2
+        assert bytes(mm[seq_at + 8 + 16:seq_at + 8 + 32]) == layout.pack((8, b"new"))
+        assert bytes(mm[seq_at + 8:seq_at + 8 + 16]) == layout.pack((7, b"old"))
     finally:
         table.close()

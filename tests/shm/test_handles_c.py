@@ -306,6 +306,17 @@ def test_add_many_of_a_dict_walks_it_in_place(counter):
     assert counter.read("a") == (2, True)
 
 
+def test_add_many_of_a_dict_gives_every_key_its_ttl(counter):
+    # The dict path is perf's, ttl= is expiry's: a dict batch once dropped it.
+    counter.add("old")
+    assert counter.add_many({"old": 1, "new": 2}, ttl=100) == [2, 2]
+    for key in ("old", "new"):
+        left = counter.ttl(key)
+        assert left is not None and 90 < left <= 101   # deadlines round up
+    assert counter.add_many([("pair", 1)], ttl=100) == [1] and counter.ttl("pair") is not None
+    assert counter.add_many({"plain": 1}) == [1] and counter.ttl("plain") is None
+
+
 def test_add_many_refuses_a_dict_that_changes_size_under_it(name, monkeypatch):
     # A new key's insert runs in C now; the Python resolve callable still
     # runs for a key the C encoder leaves to it (an int beyond int64).

@@ -7,6 +7,8 @@ so they live in one Redis Cluster slot:
 * ``KEYS[2]`` data:  a hash: encoded key -> value (the table's keys);
 * ``KEYS[3]`` rlock: a hash: encoded key -> lease state of a Struct
   record being updated;
+* ``KEYS[5]`` exp:   a hash: encoded key -> deadline (ms of the server's
+  ``TIME``) of a Counter key given a TTL (see expire_field below);
 * ``KEYS[4]`` fence: an integer, the last fencing token an exclusive lock
   acquire was given (``INCR`` in the acquiring script).
 
@@ -31,18 +33,64 @@ import hashlib
 from dataclasses import dataclass, field
 
 _PRELUDE = r"""
-local META, DATA, RLOCK, FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local META, DATA, RLOCK, FENCE, EXP = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- The channel a release is announced on (see RedisTable._wait).
 local WAKE = META .. ':wake'
+
+-- Expiry (the server's clock): EXP maps a field to its deadline, in ms of
+-- TIME; a field past its deadline is absent for every verb.  Every script
+-- that reads or writes a field calls expire_field first, which deletes it
+-- (from DATA and EXP) when its deadline has passed; a full table drops all
+-- expired fields (purge_expired) before it refuses a new one.
+local function time_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function expire_field(f)
+  local d = redis.call('HGET', EXP, f)
+  if d and tonumber(d) <= time_ms() then
+    redis.call('HDEL', DATA, f)
+    redis.call('HDEL', EXP, f)
+    return true
+  end
+  return false
+end
+
+local function purge_expired()
+  if redis.call('HLEN', EXP) == 0 then return 0 end
+  local now, n = time_ms(), 0
+  local all = redis.call('HGETALL', EXP)
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) <= now then
+      redis.call('HDEL', DATA, all[i])
+      redis.call('HDEL', EXP, all[i])
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- Give field f a deadline ttl_ms from now ('' or nil: keep its expiry); one
+-- ms later than asked, so that a key never expires early on a ms clock.
+local function set_deadline(f, ttl_ms)
+  if ttl_ms ~= nil and ttl_ms ~= '' then
+    redis.call('HSET', EXP, f, time_ms() + tonumber(ttl_ms) + 1)
+  end
+end
 
 -- 'existed' or 'created' (field now holds `default`), else 'notable' or 'full'.
 -- (A key present in DATA proves the table exists: meta and data are only
 -- ever deleted together.)
 local function ensure(f, default)
+  expire_field(f)
   if redis.call('HEXISTS', DATA, f) == 1 then return 'existed' end
   local cap = redis.call('HGET', META, 'capacity')
   if not cap then return 'notable' end
-  if redis.call('HLEN', DATA) >= tonumber(cap) then return 'full' end
+  if redis.call('HLEN', DATA) >= tonumber(cap)
+      and (purge_expired() == 0 or redis.call('HLEN', DATA) >= tonumber(cap)) then
+    return 'full'
+  end
   redis.call('HSET', DATA, f, default)
   return 'created'
 end
@@ -80,6 +128,7 @@ end
 -- Compare-and-swap the value of field f: old -> new, 1 or 0.  A missing
 -- field becomes `new` (1) only when set_missing.
 local function cas_field(f, old, new, set_missing)
+  expire_field(f)
   local cur = redis.call('HGET', DATA, f)
   if not cur then
     if not set_missing then return 0 end
@@ -192,7 +241,7 @@ return {2, cur[1], cur[2], cur[3]}
 
 UNLINK = _script("unlink", r"""
 local existed = redis.call('EXISTS', META)
-redis.call('UNLINK', META, DATA, RLOCK, FENCE)
+redis.call('UNLINK', META, DATA, RLOCK, FENCE, EXP)
 return existed
 """)
 
@@ -210,6 +259,7 @@ if type(r) == 'table' and r.err then
   if st == 'created' then redis.call('HDEL', DATA, ARGV[1]) end
   return redis.error_reply('SHMDICT_OVERFLOW')
 end
+set_deadline(ARGV[1], ARGV[3])
 -- The new value as stored (a decimal string): HINCRBY's reply became a Lua
 -- double, exact only up to 2^53.
 return redis.call('HGET', DATA, ARGV[1])
@@ -220,13 +270,15 @@ return redis.call('HGET', DATA, ARGV[1])
 # error stops the batch with the adds before it applied, as on shared memory.
 COUNTER_ADD_MANY = _script("counter_add_many", r"""
 local out = {}
-for i = 1, #ARGV, 2 do
+local ttl = ARGV[1]
+for i = 2, #ARGV, 2 do
   local st = ensured(ARGV[i], '0')
   local r = redis.pcall('HINCRBY', DATA, ARGV[i], ARGV[i + 1])
   if type(r) == 'table' and r.err then
     if st == 'created' then redis.call('HDEL', DATA, ARGV[i]) end
     return redis.error_reply('SHMDICT_OVERFLOW')
   end
+  set_deadline(ARGV[i], ttl)
   out[#out + 1] = redis.call('HGET', DATA, ARGV[i])
 end
 return out
@@ -234,14 +286,53 @@ return out
 
 # Create-or-overwrite; returns the previous value (the default if created).
 COUNTER_EXCHANGE = _script("counter_exchange", r"""
+expire_field(ARGV[1])
 local old = redis.call('HGET', DATA, ARGV[1]) or '0'
 put(ARGV[1], ARGV[2])
+set_deadline(ARGV[1], ARGV[3])
 return old
 """)
 
-# ARGV: field, old, new, set_on_not_exists ('1'/'0').
+# ARGV: field, old, new, set_on_not_exists ('1'/'0'), ttl_ms ('': keep).
 COUNTER_CAS = _script("counter_cas", r"""
-return cas_field(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1')
+local ok = cas_field(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1')
+if ok == 1 then set_deadline(ARGV[1], ARGV[5]) end
+return ok
+""")
+
+# The value, or nil when absent or expired (read, `in`).
+READ = _script("read", r"""
+expire_field(ARGV[1])
+return redis.call('HGET', DATA, ARGV[1])
+""")
+
+# The number of keys, expired ones dropped first.
+LENGTH = _script("length", r"""
+purge_expired()
+return redis.call('HLEN', DATA)
+""")
+
+# ARGV: field, ttl_ms ('': persist).  1 if the key exists (now with that
+# expiry), 0 if absent or expired.
+SET_TTL = _script("set_ttl", r"""
+if expire_field(ARGV[1]) or redis.call('HEXISTS', DATA, ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '' then redis.call('HDEL', EXP, ARGV[1]) else set_deadline(ARGV[1], ARGV[2]) end
+return 1
+""")
+
+# {0}: absent or expired, {1}: no expiry, {2, ms left}.
+TTL = _script("ttl", r"""
+if expire_field(ARGV[1]) or redis.call('HEXISTS', DATA, ARGV[1]) == 0 then return {0} end
+local d = redis.call('HGET', EXP, ARGV[1])
+if not d then return {1} end
+local left = tonumber(d) - time_ms()
+if left < 0 then left = 0 end
+return {2, left}
+""")
+
+# Drop every expired field now; how many.
+PURGE = _script("purge", r"""
+return purge_expired()
 """)
 
 # The value, creating the key at 0 (a handle's `.value`).
@@ -252,8 +343,9 @@ return redis.call('HGET', DATA, ARGV[1])
 
 # The old value and the delete in one step; nil if absent.
 TAKE = _script("take", r"""
+expire_field(ARGV[1])
 local v = redis.call('HGET', DATA, ARGV[1])
-if v then redis.call('HDEL', DATA, ARGV[1]) end
+if v then redis.call('HDEL', DATA, ARGV[1]); redis.call('HDEL', EXP, ARGV[1]) end
 return v
 """)
 
@@ -270,6 +362,7 @@ local f = ARGV[1]
 local T, tau, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+expire_field(f)
 local raw = redis.call('HGET', DATA, f)
 local rel = 0                                -- base - now, base = max(tat, now)
 if raw and string.match(raw, '^%d+$') and #raw > 9 then
@@ -287,6 +380,8 @@ if cost > 0 then
   local carry = math.floor(total / 1000000000)
   local value = string.format('%d%09d', now_s + carry, total - carry * 1000000000)
   put(f, value)
+  -- The key expires when its TAT passes (then it allows what no key does).
+  set_deadline(f, math.ceil(ahead / 1000000))
 end
 return {1, math.floor((tau - ahead) / T), 0, ahead}
 """)

@@ -44,6 +44,7 @@ died after applying it), and one that returned has been applied once.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 import os
 import secrets
@@ -72,6 +73,7 @@ from ...layouts import Counter, Layout, Lock, Outcome, Struct, from_spec
 from ...records import MutableRecord, make_record, record_class
 from ...report import Report
 from ...table import BaseTable
+from ...validate import seconds as validate_seconds
 from ...verbs import CounterVerbs, LockVerbs, StructVerbs
 from . import _lua
 
@@ -242,7 +244,8 @@ class RedisTable(BaseTable):
         self._conn = conn
         self._r = conn.client
         prefix = f"shmdict:{{{name}}}:"
-        self._keys = (prefix + "meta", prefix + "data", prefix + "rlock", prefix + "fence")
+        self._keys = (prefix + "meta", prefix + "data", prefix + "rlock", prefix + "fence",
+                      prefix + "exp")
         self._data = self._keys[1]
         self._closed = False
         self._keeper = _LeaseKeeper(self)
@@ -256,9 +259,11 @@ class RedisTable(BaseTable):
             if self._conn.wait_replicas:
                 return self._eval_and_wait(script, args)
             try:
-                return self._r.execute_command("EVALSHA", script.sha, 4, *self._keys, *args)
+                return self._r.execute_command("EVALSHA", script.sha, len(self._keys),
+                                               *self._keys, *args)
             except NoScriptError:   # a new or restarted server: send the source
-                return self._r.execute_command("EVAL", script.source, 4, *self._keys, *args)
+                return self._r.execute_command("EVAL", script.source, len(self._keys),
+                                               *self._keys, *args)
         except (RedisError, RedisClusterException) as exc:
             raise self._error(exc) from None
 
@@ -273,7 +278,8 @@ class RedisTable(BaseTable):
                 node_client = self._r.get_redis_connection(
                     self._r.get_node_from_key(self._keys[0]))
             pipe = node_client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", script.sha, 4, *self._keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(self._keys), *self._keys,
+                                 *args)
             pipe.execute_command("WAIT", conn.wait_replicas, conn.wait_timeout_ms)
             try:
                 reply, acked = pipe.execute(raise_on_error=False)
@@ -630,8 +636,25 @@ class _LeaseKeeper:
 
 
 # ---------------------------------------------------------------- Counter
+def _ttl_ms(ttl: Optional[float]) -> str:
+    """A ttl= argument as the scripts' ttl_ms ('' for None: keep the expiry)."""
+    if ttl is None:
+        return ""
+    seconds = validate_seconds(ttl, "ttl")
+    if seconds > 1e9:
+        raise ValueError(f"ttl must be at most 1e9 seconds, got {ttl!r}")
+    return str(max(1, math.ceil(seconds * 1000)))
+
+
 class RedisCounterTable(CounterVerbs, RedisTable):
-    """Atomic int64 counters on Redis (``HINCRBY`` inside a capacity check)."""
+    """Atomic int64 counters on Redis (``HINCRBY`` inside a capacity check).
+
+    Keys may expire (``ttl=``, :meth:`expire`): deadlines on the server's
+    clock in a side hash that every script consults (format: see _lua.py),
+    so it works on Redis 6 as on Valkey 9, with ms resolution.
+    """
+
+    _supports_ttl = True
 
     def _default_value(self) -> Any:
         return 0
@@ -648,10 +671,11 @@ class RedisCounterTable(CounterVerbs, RedisTable):
             return f"value {raw!r} is not a canonical int64"
         return None
 
-    def add(self, key: Key, n: int = 1) -> int:
-        """Atomically add ``n`` (get-or-create at 0); return the new value."""
+    def add(self, key: Key, n: int = 1, *, ttl: Optional[float] = None) -> int:
+        """Atomically add ``n`` (get-or-create at 0); return the new value.
+        ``ttl``: seconds until the key expires (None: keep its expiry)."""
         n = _int64(n, "increment")       # the value first, as on shared memory
-        return int(self._eval(_lua.COUNTER_ADD, self._field(key), n))
+        return int(self._eval(_lua.COUNTER_ADD, self._field(key), n, _ttl_ms(ttl)))
 
     def add_float(self, key: Key, x: float = 1.0) -> float:
         """Not on Redis: shared memory's float counters keep float64 bits in an
@@ -668,19 +692,51 @@ class RedisCounterTable(CounterVerbs, RedisTable):
 
     def read(self, key: Key) -> Tuple[int, bool]:
         """``(value, exists)``; a missing key reads ``(0, False)`` and is not created."""
-        raw = self._cmd("HGET", self._data, self._field(key))
+        raw = self._eval(_lua.READ, self._field(key))
         return (0, False) if raw is None else (int(raw), True)
 
-    def add_many(self, batch: Any) -> List[int]:
+    # Expiry-aware Range, count and membership (an expired key is absent).
+    def _scan(self) -> Iterator[Tuple[bytes, bytes]]:
+        pairs = list(super()._scan())
+        deadlines = self._cmd("HGETALL", self._keys[4]) or {}
+        if not deadlines:
+            return iter(pairs)
+        now_ms = self._server_clock() // 1_000_000
+        return iter([(f, raw) for f, raw in pairs
+                     if f not in deadlines or int(deadlines[f]) > now_ms])
+
+    def __len__(self) -> int:
+        return int(self._eval(_lua.LENGTH))
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            field = self._field(key)
+        except (TypeError, KeyTooLong):
+            return False
+        return self._eval(_lua.READ, field) is not None
+
+    def _expire(self, key: Key, seconds: Optional[float]) -> bool:
+        return self._eval(_lua.SET_TTL, self._field(key), _ttl_ms(seconds)) == 1
+
+    def ttl(self, key: Key) -> Optional[float]:
+        """Seconds until ``key`` expires; None when it has no expiry or is absent."""
+        reply = self._eval(_lua.TTL, self._field(key))
+        return int(reply[1]) / 1000 if int(reply[0]) == 2 else None
+
+    def reclaim_expired(self) -> int:
+        """Drop every expired key now; how many."""
+        return int(self._eval(_lua.PURGE))
+
+    def add_many(self, batch: Any, *, ttl: Optional[float] = None) -> List[int]:
         """``add`` of each ``key -> n`` of a mapping (or ``(key, n)`` pairs), in
         order, in one script: one round trip.  Returns the new values."""
         items = list(batch.items()) if isinstance(batch, Mapping) else list(batch)
-        args: List[Any] = []
+        args: List[Any] = [_ttl_ms(ttl)]
         for pair in items:
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise TypeError("add_many() takes a mapping of key -> n, or (key, n) pairs")
             args += [self._field(pair[0]), _int64(pair[1], "increment")]
-        if not args:
+        if len(args) == 1:
             return []
         return [int(v) for v in self._eval(_lua.COUNTER_ADD_MANY, *args)]
 
@@ -689,25 +745,32 @@ class RedisCounterTable(CounterVerbs, RedisTable):
         fields = [self._field(key) for key in keys]
         if not fields:
             return []
-        return [(0, False) if raw is None else (int(raw), True)
-                for raw in self._cmd("HMGET", self._data, *fields)]
+        raws = self._cmd("HMGET", self._data, *fields)
+        deadlines = self._cmd("HMGET", self._keys[4], *fields)
+        if any(d is not None for d in deadlines):      # some may have expired
+            now_ms = self._server_clock() // 1_000_000
+            raws = [None if d is not None and int(d) <= now_ms else raw
+                    for raw, d in zip(raws, deadlines)]
+        return [(0, False) if raw is None else (int(raw), True) for raw in raws]
 
-    def set(self, key: Key, value: int) -> None:
+    def set(self, key: Key, value: int, *, ttl: Optional[float] = None) -> None:
         """Store ``value`` (creating the key)."""
         value = _int64(value)
-        self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value)
+        self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value, _ttl_ms(ttl))
 
-    def exchange(self, key: Key, value: int) -> int:
+    def exchange(self, key: Key, value: int, *, ttl: Optional[float] = None) -> int:
         """Store ``value`` and return the previous one (creating the key)."""
         value = _int64(value)
-        return int(self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value))
+        return int(self._eval(_lua.COUNTER_EXCHANGE, self._field(key), value, _ttl_ms(ttl)))
 
-    def cas(self, key: Key, old: int, new: int, set_on_not_exists: bool = False) -> bool:
+    def cas(self, key: Key, old: int, new: int, set_on_not_exists: bool = False, *,
+            ttl: Optional[float] = None) -> bool:
         """Compare-and-swap ``old`` -> ``new``; a missing key is set to ``new``
-        only with ``set_on_not_exists`` (otherwise False, nothing created)."""
+        only with ``set_on_not_exists`` (otherwise False, nothing created).
+        ``ttl`` is set only when the swap happens."""
         old, new = _int64(old), _int64(new)
         return self._eval(_lua.COUNTER_CAS, self._field(key), old, new,
-                          int(bool(set_on_not_exists))) == 1
+                          int(bool(set_on_not_exists)), _ttl_ms(ttl)) == 1
 
     # CounterHandle's hooks besides the verbs.
     def _value(self, key: Key) -> int:

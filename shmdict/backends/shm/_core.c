@@ -123,8 +123,9 @@ st_make(unsigned kind, uint64_t gen, uint64_t klen, uint64_t high)
  * imported at init, and two classes of this module.  CorruptGeometry is
  * the Core() constructor's "this header cannot be right": a CorruptSegment
  * that is also a ValueError, which it raised before.  TornRecord is private:
- * a record's sequence stayed odd (its writer died mid-copy), which the
- * Python layer repairs under the record lock. */
+ * writers kept completing writes faster than a lock-free read could copy
+ * a record (record_copy), which the Python layer then reads under the
+ * record lock. */
 typedef struct {
     PyObject *TableFull;
     PyObject *CorruptSegment;
@@ -354,6 +355,20 @@ typedef struct {
     int has_view;
 } Tier;
 
+/* An exclusive lock word a thread of this process holds while it waits,
+ * without the GIL, for something else (a writer waiting for the readers
+ * of an rw lock): a node on the waiting thread's stack, linked into its
+ * Core's list under the GIL.  A close meanwhile (Core_release_view) gives
+ * the word back while the mapping is still there, and marks the node, so
+ * the waiter, which may not touch the segment any more, owes nothing: a
+ * table closed under a waiting writer must not leave the row locked for
+ * as long as this process lives. */
+typedef struct HeldWait {
+    struct HeldWait *next;
+    uint64_t slot, state;    /* the lock: word0 of this slot, in this state */
+    int released;            /* set by the close that gave it back         */
+} HeldWait;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;          /* keeps the mapping exported while we live   */
@@ -385,6 +400,12 @@ typedef struct {
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
     long long takeovers;     /* stripes this Core took over from the dead   */
+    HeldWait *held_waits;    /* locks held by this Core's waiting threads   */
+    uint64_t reclaim_after;  /* expiry units: a full insert's reclaim walk
+                                found nothing and no deadline before this   */
+    int expiry_guard;        /* what keeps an expired key alive: 0 nothing
+                                (Counter), 1 a holder in word0 (Lock, Struct),
+                                2 that or a live reader cell (rw Lock)      */
     Tier tiers[SHMDICT_MAX_TIERS];
 } Core;
 
@@ -414,6 +435,8 @@ static inline char *slot_extra(Core *c, char *slot)
 { return slot_key(slot) + c->key_area; }
 static inline uint64_t *word0_of(char *slot)
 { return (uint64_t *)(slot + offsetof(struct shmdict_slot, word0)); }
+static inline uint64_t *expires_of(char *slot)
+{ return (uint64_t *)(slot + offsetof(struct shmdict_slot, expires)); }
 /* Stripe i's record in tier 0: its holder word is the stripe's, for every
  * tier.  (Per-tier live counts: tier->stripes[i].live.) */
 static inline struct shmdict_stripe *stripe_at(Core *c, uint64_t i)
@@ -464,7 +487,7 @@ static char *core_kwlist[] = {
     "buffer", "name", "nslots", "slot_size", "key_size", "extra_size", "nstripes",
     "capacity", "stripes_offset", "data_offset", "default_word0", "default_extra",
     "hash_function", "seed", "resolve", "insert", "insert_with", "cache_limit",
-    "max_capacity", "grow", "attach_tiers", NULL};
+    "max_capacity", "grow", "attach_tiers", "expiry_guard", NULL};
 
 static int
 Core_init(Core *self, PyObject *args, PyObject *kwds)
@@ -485,12 +508,17 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
             return -1;
         }
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOnKOO", core_kwlist,
+    int expiry_guard = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$UKKKKKKKKLSOOOOOnKOOi", core_kwlist,
             &buffer, &name, &nslots, &slot_size, &key_size, &extra_size, &nstripes,
             &capacity, &stripes_offset, &data_offset, &default_word0, &default_extra,
             &hash_fn, &seed, &resolve_fn, &insert_fn, &insert_with_fn, &cache_limit,
-            &max_capacity, &grow_fn, &attach_fn))
+            &max_capacity, &grow_fn, &attach_fn, &expiry_guard))
         return -1;
+    if (expiry_guard < 0 || expiry_guard > 2) {
+        PyErr_SetString(PyExc_ValueError, "Core(): expiry_guard must be 0, 1 or 2");
+        return -1;
+    }
     if ((grow_fn != Py_None && !PyCallable_Check(grow_fn))
             || (attach_fn != Py_None && !PyCallable_Check(attach_fn))) {
         PyErr_SetString(PyExc_TypeError, "Core(): grow and attach_tiers must be callable "
@@ -558,6 +586,7 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->slots = self->base + data_offset;
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->max_capacity = max_capacity;
+    self->expiry_guard = expiry_guard;
     self->ntiers = 1;
     Tier *t0 = &self->tiers[0];
     t0->base = self->base;
@@ -591,9 +620,21 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static int owner_release(Core *c, uint64_t i, uint64_t s);
+
 static void
 Core_release_view(Core *self)
 {
+    /* First give back the lock words our waiting threads hold: after the
+     * view goes they cannot (see HeldWait). */
+    if (self->has_view) {
+        for (HeldWait *w = self->held_waits; w != NULL; w = w->next) {
+            if (!w->released) {
+                owner_release(self, w->slot, w->state);
+                w->released = 1;
+            }
+        }
+    }
     for (unsigned k = 1; k < SHMDICT_MAX_TIERS; k++) {
         if (self->tiers[k].has_view) {
             PyBuffer_Release(&self->tiers[k].view);
@@ -697,12 +738,128 @@ parse_slot(Core *self, unsigned long long slot)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Expiry (format.h, "Expiry")                                              */
+/* ------------------------------------------------------------------------ */
+
+#define EXP_SHIFT       SHMDICT_EXPIRES_SHIFT
+#define EXP_GEN_MASK    SHMDICT_EXPIRES_GEN_MASK
+#define EXP_UNIT_NS     (1ull << EXP_SHIFT)
+
+static inline uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The deadline, in expiry units, of a key that lives `ns` more
+ * nanoseconds: rounded up (never early), and never 0 (never) or 1
+ * (reclaiming). */
+static inline uint64_t deadline_in(uint64_t ns)
+{
+    uint64_t d = (monotonic_ns() + ns + EXP_UNIT_NS - 1) >> EXP_SHIFT;
+    return d < 2 ? 2 : d;
+}
+
+/* The deadline, in expiry units, of an absolute CLOCK_MONOTONIC time. */
+static inline uint64_t deadline_at(int64_t ns)
+{
+    if (ns <= 0)
+        return 2;
+    uint64_t d = ((uint64_t)ns + EXP_UNIT_NS - 1) >> EXP_SHIFT;
+    return d < 2 ? 2 : d;
+}
+
+static inline uint64_t expires_word(uint64_t deadline, uint64_t state)
+{ return (deadline << EXP_SHIFT) | (st_gen(state) & EXP_GEN_MASK); }
+
+/* Whether a key with this expires word and state is kept alive by a
+ * holder (Core's expiry_guard): a held lock never vanishes under its
+ * holder; it expires once free. */
+static int
+expiry_held(Core *c, char *slot)
+{
+    if (c->expiry_guard == 0)
+        return 0;
+    if (id_pid(load_acq(word0_of(slot))) != 0)
+        return 1;
+    if (c->expiry_guard == 2) {
+        uint64_t *cells = (uint64_t *)slot_extra(c, slot);
+        for (uint64_t k = 0; k < c->extra_size / 8; k++) {
+            uint64_t e = load_acq(&cells[k]);
+            if (e != 0 && id_alive(e))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* The rare half of slot_expired: the key has a deadline. */
+static int
+expired_slow(Core *c, char *slot, uint64_t s, uint64_t e)
+{
+    if ((e & EXP_GEN_MASK) != st_gen(s))
+        return 0;       /* another publish's word: the state check decides */
+    if ((e >> EXP_SHIFT) > (monotonic_ns() >> EXP_SHIFT))
+        return 0;
+    return !expiry_held(c, slot);
+}
+
+/* Whether the published slot with state `s` holds an expired key.  A key
+ * without a deadline costs one load (no clock read). */
+static inline int
+slot_expired(Core *c, char *slot, uint64_t s)
+{
+    uint64_t e = load_acq(expires_of(slot));
+    if (__builtin_expect((e >> EXP_SHIFT) == 0, 1))
+        return 0;
+    return expired_slow(c, slot, s, e);
+}
+
+/* Note in tier 0's header that some key has had a deadline. */
+static inline void
+note_expiry_used(Core *c)
+{
+    if (__atomic_load_n(&c->header->expiry_used, __ATOMIC_RELAXED) == 0)
+        __atomic_store_n(&c->header->expiry_used, 1, __ATOMIC_RELEASE);
+}
+
+/* Give the key in slot i (looked up with state s) the deadline `deadline`
+ * (expiry units; 0: never), lock-free: a CAS of the expires word against
+ * a value carrying the slot's generation, so a slot reused by another key
+ * meanwhile is left alone.  Returns 1 if set, 0 if the slot no longer
+ * holds that key (or a reclaimer has taken it).  No clock read. */
+static int
+apply_deadline(Core *c, uint64_t i, uint64_t s, uint64_t deadline)
+{
+    char *slot = slot_at(c, i);
+    if (deadline != 0)
+        note_expiry_used(c);
+    for (int k = 0; k < 1000; k++) {
+        uint64_t e = load_acq(expires_of(slot));
+        if ((e & EXP_GEN_MASK) != st_gen(s) || load_acq(slot) != s)
+            return 0;
+        /* A key a reclaimer has taken stays taken.  One whose deadline
+         * passed since the caller looked it up (microseconds ago) may be
+         * extended: its state is unchanged, and a reclaimer's CAS of the
+         * word it read then fails, so it is not tombstoned after this. */
+        if ((e >> EXP_SHIFT) == SHMDICT_EXPIRES_RECLAIMING)
+            return 0;
+        if (cas64(expires_of(slot), &e, expires_word(deadline, s)))
+            return load_acq(slot) == s;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Lookup (lock-free)                                                       */
 /* ------------------------------------------------------------------------ */
 
 /* Find the published slot of tier `t` holding key[0:klen] with hash h.
  * Returns 1 with the tier-local slot index and its state word filled in,
- * or 0 when the key is absent from the tier.  The key bytes of a
+ * 2 the same when the key has expired (absent for every verb; an insert
+ * under the key's stripe reclaims that slot), or 0 when the key is absent
+ * from the tier.  The key bytes of a
  * published slot can change only after its state word changes, so a match is
  * confirmed by re-reading the state word after comparing the bytes. */
 static int
@@ -734,7 +891,7 @@ find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
                 if (load_acq(slot) == s) {
                     *slot_out = i;
                     *state_out = s;
-                    return 1;
+                    return slot_expired(c, slot, s) ? 2 : 1;
                 }
                 changed = 1;    /* the slot changed while we compared */
                 break;
@@ -750,17 +907,18 @@ find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
 
 /* Find a key in the attached tiers, in order (a key is in one tier at
  * most: every insert looks in all of them under the key's stripe).
- * Returns 1 with the (tier, local) slot index and its state, 0 if absent
- * from every attached tier. */
+ * Returns 1 with the (tier, local) slot index and its state, 2 the same
+ * for an expired key, 0 if absent from every attached tier. */
 static int
 find_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
           uint64_t *slot_out, uint64_t *state_out)
 {
     for (unsigned k = 0; k < c->ntiers; k++) {
         uint64_t local;
-        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+        int r = find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out);
+        if (r) {
             *slot_out = slot_index(k, local);
-            return 1;
+            return r;
         }
     }
     return 0;
@@ -791,22 +949,25 @@ refresh_tiers(Core *c)
 
 /* find_slot, and on a miss look at tier 0's published tier count: a
  * process that opened before a growth finds keys that others inserted in
- * tiers it has not mapped yet.  Returns 1, 0, or -1 with an exception. */
+ * tiers it has not mapped yet.  Returns 1, 2 (expired), 0, or -1 with an
+ * exception. */
 static int
 find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
          uint64_t *slot_out, uint64_t *state_out)
 {
-    if (find_slot(c, key, klen, h, slot_out, state_out))
-        return 1;
+    int f = find_slot(c, key, klen, h, slot_out, state_out);
+    if (f)
+        return f;
     unsigned before = c->ntiers;
     int r = refresh_tiers(c);
     if (r <= 0)
         return r;
     for (unsigned k = before; k < c->ntiers; k++) {
         uint64_t local;
-        if (find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out)) {
+        f = find_in_tier(c, &c->tiers[k], key, klen, h, &local, state_out);
+        if (f) {
             *slot_out = slot_index(k, local);
-            return 1;
+            return f;
         }
     }
     return 0;
@@ -839,6 +1000,19 @@ find_any(Core *c, const char *key, uint64_t klen, uint64_t h,
  * values it read, and the unlock is a CAS of its own id back to 0.  A
  * resumed holder whose CAS fails goes round again; it never writes a count
  * computed from a stale read, and never unlocks another's lock. */
+/* The sum of a tier's per-stripe live counts: what the global count must
+ * be when nobody is between the two stores of admit_change (the caller
+ * holds the admission lock).  Wrapping arithmetic: the words may be
+ * garbage. */
+static int64_t
+admit_sum(Core *c, Tier *t)
+{
+    uint64_t sum = 0;
+    for (uint64_t s = 0; s < c->nstripes; s++)
+        sum += load_acq(&t->stripes[s].live);
+    return (int64_t)sum;
+}
+
 static void
 admit_lock(Core *c, Tier *t)
 {
@@ -862,10 +1036,7 @@ admit_lock(Core *c, Tier *t)
                 /* The holder died (or is a previous incarnation of our pid
                  * from before a fork): take over and rebuild the sum. */
                 if (cas64(word, &expected, me)) {
-                    int64_t sum = 0;
-                    for (uint64_t s = 0; s < c->nstripes; s++)
-                        sum += (int64_t)load_acq(&t->stripes[s].live);
-                    store_rel(&t->header->live, (uint64_t)sum);
+                    store_rel(&t->header->live, (uint64_t)admit_sum(c, t));
                     return;
                 }
             }
@@ -881,20 +1052,55 @@ admit_unlock(Core *c, Tier *t)
     cas64(&t->header->admit, &me, 0);    /* not ours any more: leave it */
 }
 
+/* Raise CorruptSegment for a tier whose live count is outside
+ * 0..capacity even when rebuilt from its stripes' counts. */
+static void
+raise_garbage_count(Core *c, Tier *t, int64_t count)
+{
+    CoreState *st = core_state();
+    if (st != NULL)
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: the live count of tier %llu is %lld, outside 0..%llu, "
+                     "even recounted from its stripes: the segment was overwritten; "
+                     "`shmdict check %U` rebuilds the counts from the slots",
+                     c->name, (unsigned long long)(t - c->tiers), (long long)count,
+                     (unsigned long long)t->capacity, c->name);
+}
+
 /* Add `delta` to a stripe's count and the global count together; with
- * `reserve`, only if the global count stays below capacity (returns 0 when
- * the table is full).  Both CASes are against the values read under the
- * lock: if either moved, the lock was taken over while we were stopped, and
- * we start again. */
+ * `reserve`, only if the global count stays below capacity.  Returns 1
+ * when done, 0 when the tier is full, and -1 with CorruptSegment set when
+ * reserving finds a count no process can have written.  Both CASes are
+ * against the values read under the lock: if either moved, the lock was
+ * taken over while we were stopped, and we start again.
+ *
+ * A reservation that reads a global count outside 0..capacity reads
+ * garbage (reservations keep it at most capacity, and every decrement
+ * follows an increment): it rebuilds the count from the stripes once, as
+ * a taker of the lock does, and looks again; a count still impossible
+ * after that is corruption, never "the table is full". */
 static int
 admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
 {
     int64_t *live = &t->header->live;
     int64_t *sl = &t->stripes[stripe].live;
+    int recounted = 0;
     for (;;) {
         admit_lock(c, t);
         uint64_t g = load_acq(live), k = load_acq(sl);
-        if (reserve && !((int64_t)g >= 0 && (uint64_t)g < t->capacity)) {
+        if (reserve && !((int64_t)g >= 0 && g <= t->capacity)) {
+            if (recounted) {
+                admit_unlock(c, t);
+                raise_garbage_count(c, t, (int64_t)g);
+                return -1;
+            }
+            uint64_t e = g;
+            cas64(live, &e, (uint64_t)admit_sum(c, t));   /* lost: retry as it is */
+            recounted = 1;
+            admit_unlock(c, t);
+            continue;
+        }
+        if (reserve && g == t->capacity) {
             admit_unlock(c, t);
             return 0;
         }
@@ -913,7 +1119,8 @@ admit_change(Core *c, Tier *t, uint64_t stripe, int64_t delta, int reserve)
     }
 }
 
-/* Reserve room for one more key in `stripe`; 0 when the table is full. */
+/* Reserve room for one more key in `stripe`: 1, 0 when the table is
+ * full, -1 with CorruptSegment set (admit_change). */
 static int
 admit_reserve(Core *c, Tier *t, uint64_t stripe)
 {
@@ -935,9 +1142,7 @@ static int64_t
 admit_recount(Core *c, Tier *t)
 {
     admit_lock(c, t);
-    int64_t sum = 0;
-    for (uint64_t s = 0; s < c->nstripes; s++)
-        sum += (int64_t)load_acq(&t->stripes[s].live);
+    int64_t sum = admit_sum(c, t);
     int64_t old = (int64_t)__atomic_exchange_n(&t->header->live, sum, __ATOMIC_ACQ_REL);
     admit_unlock(c, t);
     return old;
@@ -950,20 +1155,23 @@ admit_recount(Core *c, Tier *t)
 /* Insert a key known to be absent into tier `k`.  Returns RC_OK with the
  * (tier, local) slot and its state filled in, RC_FULL when the tier is
  * full, RC_NO_FREE_SLOT when no free slot was found (only possible in a
- * corrupt table). */
+ * corrupt table), RC_ERROR with CorruptSegment set when its live count is
+ * garbage (admit_change). */
 static int
 insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
-               int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+               int64_t word0, const char *extra, uint64_t deadline,
+               uint64_t *slot_out, uint64_t *state_out)
 {
     Tier *t = &c->tiers[k];
     uint64_t stripe = stripe_of(c, h);
     /* A full tier (all but the last, in a grown table) is passed over
      * without its admission lock; the reservation below decides. */
     uint64_t live = load_acq(&t->header->live);
-    if ((int64_t)live >= 0 && live >= t->capacity)
+    if (live == t->capacity)
         return RC_FULL;
-    if (!admit_reserve(c, t, stripe))
-        return RC_FULL;
+    int admitted = admit_reserve(c, t, stripe);
+    if (admitted <= 0)
+        return admitted < 0 ? RC_ERROR : RC_FULL;
     uint64_t home = home_of(t, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < t->nslots; probes++) {
@@ -983,6 +1191,9 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
                 store_rel(word0_of(slot), (uint64_t)word0);
                 uint64_t published = st_make(KIND_PUBLISHED, st_gen(s) + 1,
                                              klen, h >> TAG_SHIFT);
+                /* The expires word carries the new generation before the
+                 * publish: a stale expire() of the slot's last key fails. */
+                store_rel(expires_of(slot), expires_word(deadline, published));
                 store_rel(slot, published);
                 /* Statistics only (shmdict top's insert rate). */
                 __atomic_fetch_add(&c->header->inserts, 1, __ATOMIC_RELAXED);
@@ -1003,10 +1214,14 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
  * RC_FULL when every attached tier is full. */
 static int
 insert_slot(Core *c, const char *key, uint64_t klen, uint64_t h,
-            int64_t word0, const char *extra, uint64_t *slot_out, uint64_t *state_out)
+            int64_t word0, const char *extra, uint64_t deadline,
+            uint64_t *slot_out, uint64_t *state_out)
 {
+    if (deadline != 0)
+        note_expiry_used(c);
     for (unsigned k = 0; k < c->ntiers; k++) {
-        int rc = insert_in_tier(c, k, key, klen, h, word0, extra, slot_out, state_out);
+        int rc = insert_in_tier(c, k, key, klen, h, word0, extra, deadline,
+                                slot_out, state_out);
         if (rc != RC_FULL)
             return rc;
     }
@@ -1061,6 +1276,123 @@ static int stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *d
                           long long *delta);
 static int stripe_release(Core *c, uint64_t stripe);
 static void raise_table_full(Core *c);
+static int rw_delete_claim(Core *c, uint64_t i, uint64_t s, uint64_t v, int64_t *busy);
+static int hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h);
+static inline int read_pair(char *slot, uint64_t state, int64_t *value);
+
+/* Reclaim the expired key in slot i (state s) of `stripe`, which the
+ * caller holds: mark its expires word RECLAIMING (by CAS, so an expire()
+ * that extended it meanwhile wins, and one that comes after sees it
+ * expired), then tombstone it and adjust the counts as a delete does (the
+ * value goes with it).  A SIGKILL between the two leaves a marked key,
+ * expired for every verb, that the next reclaimer takes.  A lock key taken
+ * meanwhile stays, marked: it expires once free.  Returns 1 if reclaimed. */
+static int
+reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
+{
+    char *slot = slot_at(c, i);
+    uint64_t e = load_acq(expires_of(slot));
+    if (load_acq(slot) != s || (e >> EXP_SHIFT) == 0 || !expired_slow(c, slot, s, e))
+        return 0;
+    if (!cas64(expires_of(slot), &e, expires_word(SHMDICT_EXPIRES_RECLAIMING, s)))
+        return 0;
+    for (int spins = 0; spins < 1000000; spins++) {
+        int64_t v;
+        if (!read_pair(slot, s, &v))
+            return 0;
+        uint64_t w = (uint64_t)v;
+        if (c->expiry_guard != 0 && id_pid(w) != 0)
+            return 0;
+        if (c->expiry_guard == 2) {
+            /* An rw lock: take the writer word, then refuse if a live
+             * reader is inside (as a delete does). */
+            int64_t busy = 0;
+            int r = rw_delete_claim(c, i, s, w, &busy);
+            if (r == RC_STALE)
+                continue;
+            if (r == RC_BUSY)
+                return 0;
+            w = (w & WAITERS_BIT) | my_id();
+            for (int k = 0; k < 1000000; k++) {
+                if (tombstone_slot(c, i, s, w))
+                    break;
+                if (load_acq(slot) != s)
+                    return 0;
+                w = load_acq(word0_of(slot));
+            }
+            if (load_acq(slot) == s)
+                return 0;
+        } else if (!tombstone_slot(c, i, s, w)) {
+            continue;
+        }
+        if (c->expiry_guard != 0 && (w & WAITERS_BIT))
+            futex_wake_all(word0_of(slot));
+        admit_adjust(c, &c->tiers[tier_of(i)], stripe, -1);
+        return 1;
+    }
+    return 0;
+}
+
+/* Reclaim every expired key of the table, each under its stripe (taken
+ * here, one at a time: the caller holds none).  What an insert that found
+ * every tier full does before growing or raising TableFull, and what
+ * reclaim_expired() (the rate limiters' sweep) does.  Returns the number
+ * reclaimed, -1 with an exception set. */
+/* With `throttle` (an insert into a full table), a walk that reclaimed
+ * nothing is not repeated by this process before the earliest deadline it
+ * saw, nor within 50 ms: a table full of live keys must not make every new
+ * key's insert a walk of the whole table.  (A key another process gives an
+ * earlier deadline meanwhile is reclaimed by the next walk, its own next
+ * insert, or another process; at worst an insert meanwhile says TableFull.) */
+#define RECLAIM_BACKOFF_NS  50000000ull
+
+static long long
+reclaim_expired_walk(Core *c, int throttle)
+{
+    if (load_acq(&c->header->expiry_used) == 0)
+        return 0;
+    uint64_t now_u = monotonic_ns() >> EXP_SHIFT;
+    if (throttle && now_u < c->reclaim_after)
+        return 0;
+    uint64_t next = now_u + (RECLAIM_BACKOFF_NS >> EXP_SHIFT);
+    long long n = 0;
+    for (unsigned k = 0; k < c->ntiers; k++) {
+        for (uint64_t local = 0; local < c->tiers[k].nslots; local++) {
+            Tier *t = &c->tiers[k];
+            char *slot = t->slots + local * c->slot_size;
+            uint64_t s = load_acq(slot);
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > c->key_size)
+                continue;
+            if (!slot_expired(c, slot, s)) {
+                uint64_t d = load_acq(expires_of(slot)) >> EXP_SHIFT;
+                if (d > now_u && d < next)
+                    next = d;       /* the earliest a live key can expire */
+                continue;
+            }
+            unsigned long long h;
+            if (hash_key(c, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
+                return -1;
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (load_acq(slot) != s || (h >> TAG_SHIFT) != st_high(s))
+                continue;           /* changed while we hashed it */
+            uint64_t stripe = stripe_of(c, h);
+            long long dropped, delta;
+            int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
+            if (r == RC_ERROR)
+                return -1;
+            if (r == RC_RECOVERED)
+                c->takeovers++;
+            n += reclaim_slot(c, slot_index(k, local), s, stripe);
+            stripe_release(c, stripe);
+            if (closed_meanwhile(c))
+                return -1;
+        }
+    }
+    c->reclaim_after = n == 0 ? next : 0;
+    return n;
+}
+
+static inline long long reclaim_expired(Core *c) { return reclaim_expired_walk(c, 1); }
 
 
 /* Insert key[0:klen] (hash h) if absent, taking its stripe here: (slot,
@@ -1073,7 +1405,8 @@ static void raise_table_full(Core *c);
  * then repairs dead stripes, adds a tier, or raises TableFull. */
 static int
 insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t word0,
-                const char *extra, uint64_t *slot_out, uint64_t *state_out, int *created)
+                const char *extra, uint64_t deadline,
+                uint64_t *slot_out, uint64_t *state_out, int *created)
 {
     uint64_t stripe = stripe_of(c, h);
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
@@ -1085,14 +1418,18 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
         if (r == RC_RECOVERED)
             c->takeovers++;
         uint64_t i = 0, s = 0;
-        int rc;
+        int rc, f = 0;
         if (published_tiers(c) > c->ntiers)
             rc = RC_STALE;          /* attach the new tiers first, unlocked */
-        else if (find_slot(c, key, klen, h, &i, &s))
+        else if ((f = find_slot(c, key, klen, h, &i, &s)) == 1)
             rc = RC_FOUND;
-        else
-            rc = insert_slot(c, key, klen, h, word0, extra, &i, &s);
+        else if (f == 2 && !reclaim_slot(c, i, s, stripe))
+            rc = RC_BUSY;           /* extended or taken meanwhile: look again */
+        else                        /* absent, or its expired slot reclaimed */
+            rc = insert_slot(c, key, klen, h, word0, extra, deadline, &i, &s);
         stripe_release(c, stripe);
+        if (rc == RC_ERROR)
+            return -1;
         if (rc == RC_FOUND || rc == RC_OK) {
             *slot_out = i;
             *state_out = s;
@@ -1113,7 +1450,15 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
                 return -1;
             continue;
         }
-        /* RC_FULL: every attached tier is full. */
+        if (rc == RC_BUSY)
+            continue;
+        /* RC_FULL: every attached tier is full.  Expired keys hold room
+         * that is free: reclaim it before growing or giving up. */
+        long long reclaimed = reclaim_expired(c);
+        if (reclaimed < 0)
+            return -1;
+        if (reclaimed > 0)
+            continue;
         if (c->grow_fn == NULL || c->grow_fn == Py_None) {
             raise_table_full(c);
             return -1;
@@ -1136,7 +1481,7 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
 {
     uint64_t i, s;
     int created;
-    if (insert_new_slot(c, key, klen, h, word0, extra, &i, &s, &created) < 0)
+    if (insert_new_slot(c, key, klen, h, word0, extra, 0, &i, &s, &created) < 0)
         return NULL;
     return slot_tuple(i, s, created);
 }
@@ -1288,7 +1633,7 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
  * exception; sets *handled to 0 when the key needs the Python resolve
  * callable. */
 static int
-resolve_in_c(Core *c, PyObject *key, int create, int *handled,
+resolve_in_c(Core *c, PyObject *key, int create, uint64_t deadline, int *handled,
              uint64_t *slot, uint64_t *state)
 {
     char buf[KLEN_MASK + 1];
@@ -1301,8 +1646,10 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled,
     if (hash_key(c, buf, n, &h) < 0)
         return -1;
     int found = find_any(c, buf, (uint64_t)n, h, slot, state);
-    if (found != 0 || !create)
+    if (found == 1 || found < 0)
         return found;
+    if (!create)
+        return 0;                   /* absent, or expired: absent */
     if (c->sems == NULL) {      /* no stripe semaphores here: Python inserts */
         PyObject *res = PyObject_CallFunction(c->insert_fn, "y#K", buf, n, h);
         if (res == NULL)
@@ -1324,7 +1671,7 @@ resolve_in_c(Core *c, PyObject *key, int create, int *handled,
     PyObject *extra = Py_NewRef(c->default_extra);
     int created;
     int r = insert_new_slot(c, buf, (uint64_t)n, h, c->default_word0,
-                            PyBytes_AS_STRING(extra), slot, state, &created);
+                            PyBytes_AS_STRING(extra), deadline, slot, state, &created);
     Py_DECREF(extra);
     return r < 0 ? -1 : 1;
 }
@@ -1341,8 +1688,8 @@ typedef struct { uint64_t slot, state; } cache_entry;
  * lock).  Returns 1 and fills slot/state, 0 when absent (create false), -1
  * with an exception set. */
 static int
-resolve(Core *c, PyObject *key, int create, int use_cache,
-        uint64_t *slot, uint64_t *state)
+resolve_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline,
+            uint64_t *slot, uint64_t *state)
 {
     if (closed_meanwhile(c))
         return -1;
@@ -1353,7 +1700,8 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
                 && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
             cache_entry e;
             memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
-            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
+            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state
+                    && !slot_expired(c, slot_at(c, e.slot), e.state)) {
                 *slot = e.slot;
                 *state = e.state;
                 return 1;
@@ -1366,7 +1714,7 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
      * which gives (slot, state, ...) or None. */
     int handled = 0, r = 0;
     if (cacheable)
-        r = resolve_in_c(c, key, create, &handled, slot, state);
+        r = resolve_in_c(c, key, create, deadline, &handled, slot, state);
     if (!handled) {
         PyObject *res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
                                                      create ? Py_True : Py_False, NULL);
@@ -1410,34 +1758,52 @@ resolve(Core *c, PyObject *key, int create, int use_cache,
     return 1;
 }
 
-/* resolve() for the verbs' hot path, inlined into each verb: a cache hit
- * (the 16-byte {slot, state} entry, read with one copy) validated as
- * resolve validates it (the index names a slot of an attached tier, the
- * state word is unchanged).  A miss or a stale entry is resolve's, told not
- * to look the cache up a second time.  (perf's digit-mask conversion of a
- * cached (slot, state) tuple is moot here: entries hold no ints.) */
+/* resolve_ttl for a key created without a deadline (the common case). */
 static inline int
-resolve_fast(Core *c, PyObject *key, int create, int use_cache,
-             uint64_t *slot, uint64_t *state)
+resolve(Core *c, PyObject *key, int create, int use_cache, uint64_t *slot, uint64_t *state)
+{
+    return resolve_ttl(c, key, create, use_cache, 0, slot, state);
+}
+
+/* resolve_ttl for the verbs' hot path, inlined into each verb: a cache hit
+ * (the 16-byte {slot, state} entry, read with one copy) validated as
+ * resolve_ttl validates it (the index names a slot of an attached tier,
+ * the state word is unchanged, the key has not expired).  A miss or a stale
+ * entry is resolve_ttl's, told not to look the cache up a second time.
+ * (perf's digit-mask conversion of a cached (slot, state) tuple is moot
+ * here: entries hold no ints.) */
+static inline __attribute__((always_inline)) int
+resolve_fast_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline,
+                 uint64_t *slot, uint64_t *state)
 {
     if (!(use_cache && c->has_view && cacheable_key(key, 0)))
-        return resolve(c, key, create, use_cache, slot, state);
+        return resolve_ttl(c, key, create, use_cache, deadline, slot, state);
     PyObject *hit = PyDict_GetItemWithError(c->cache, key);
     if (hit != NULL) {
         if (PyBytes_CheckExact(hit)
                 && PyBytes_GET_SIZE(hit) == (Py_ssize_t)sizeof(cache_entry)) {
             cache_entry e;
             memcpy(&e, PyBytes_AS_STRING(hit), sizeof e);
-            if (valid_slot(c, e.slot) && load_acq(slot_at(c, e.slot)) == e.state) {
-                *slot = e.slot;
-                *state = e.state;
-                return 1;
+            if (valid_slot(c, e.slot)) {
+                char *at = slot_at(c, e.slot);
+                if (load_acq(at) == e.state && !slot_expired(c, at, e.state)) {
+                    *slot = e.slot;
+                    *state = e.state;
+                    return 1;
+                }
             }
         }
     } else if (PyErr_Occurred()) {
         return -1;
     }
-    return resolve(c, key, create, 0, slot, state);
+    return resolve_ttl(c, key, create, 0, deadline, slot, state);
+}
+
+static inline int
+resolve_fast(Core *c, PyObject *key, int create, int use_cache,
+             uint64_t *slot, uint64_t *state)
+{
+    return resolve_fast_ttl(c, key, create, use_cache, 0, slot, state);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1461,13 +1827,65 @@ read_pair(char *slot, uint64_t state, int64_t *value)
  * so it is resolved again (bounded: the insert waits on the stripe). */
 enum rmw { RMW_ADD, RMW_SET, RMW_EXCHANGE, RMW_GET };
 
-static PyObject *
-counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
+/* The ttl= keyword of a write verb as a deadline in expiry units (0: None,
+ * keep the key's expiry as it is).  A number of seconds: an int or float
+ * (not a bool), positive and finite, as shmdict.validate.seconds rules. */
+static int
+ttl_deadline(PyObject *o, uint64_t *deadline)
+{
+    *deadline = 0;
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (PyBool_Check(o) || !(PyLong_Check(o) || PyFloat_Check(o))) {
+        PyErr_Format(PyExc_TypeError, "ttl must be a number of seconds, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    /* At most ~30 years: a deadline in ns must stay far from 2^64. */
+    if (!(v > 0) || !isfinite(v) || v > 1e9) {
+        PyErr_Format(PyExc_ValueError, "ttl must be a positive, finite number of seconds "
+                     "(at most 1e9), got %R", o);
+        return -1;
+    }
+    uint64_t ns = (uint64_t)ceil(v * 1e9);
+    *deadline = deadline_in(ns ? ns : 1);
+    return 0;
+}
+
+/* The keywords of a METH_FASTCALL | METH_KEYWORDS write verb: only ttl=. */
+static int
+ttl_kwarg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *verb,
+          uint64_t *deadline)
+{
+    *deadline = 0;
+    if (kwnames == NULL)
+        return 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(kw, "ttl") != 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         verb, kw);
+            return -1;
+        }
+        if (ttl_deadline(args[nargs + k], deadline) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Inlined into the two functions below, so that the common one (no
+ * deadline) is compiled with the deadline a constant 0: a plain add costs
+ * what it did before expiry existed, bar the expires load in the lookup. */
+static inline __attribute__((always_inline)) PyObject *
+counter_rmw_body(Core *c, PyObject *key, enum rmw op, int64_t arg, uint64_t deadline)
 {
     REQUIRE_OPEN(c);
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve_fast(c, key, 1, attempt == 0, &i, &s);
+        int r = resolve_fast_ttl(c, key, 1, attempt == 0, deadline, &i, &s);
         if (r < 0)
             return NULL;
         char *slot = slot_at(c, i);
@@ -1490,8 +1908,11 @@ counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
             default:
                 new = arg;
             }
-            if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+            if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL)) {
+                if (deadline != 0)
+                    apply_deadline(c, i, s, deadline);
                 return PyLong_FromLongLong(op == RMW_EXCHANGE ? old : new);
+            }
         }
     }
     PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
@@ -1499,13 +1920,30 @@ counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
 }
 
 static PyObject *
-Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs)
+counter_rmw(Core *c, PyObject *key, enum rmw op, int64_t arg)
+{
+    return counter_rmw_body(c, key, op, arg, 0);
+}
+
+static PyObject *
+counter_rmw_ttl(Core *c, PyObject *key, enum rmw op, int64_t arg, uint64_t deadline)
+{
+    if (deadline == 0)
+        return counter_rmw(c, key, op, arg);
+    return counter_rmw_body(c, key, op, arg, deadline);
+}
+
+static PyObject *
+Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long n = 1;
+    uint64_t deadline = 0;
     if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "add(key, n=1)");
+        PyErr_SetString(PyExc_TypeError, "add(key, n=1, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "add", &deadline) < 0)
+        return NULL;
     if (nargs == 2) {
         if (!PyLong_Check(args[1])) {
             PyErr_Format(PyExc_TypeError, "add() amount must be an int, not %.100s",
@@ -1516,7 +1954,8 @@ Core_add(Core *self, PyObject *const *args, Py_ssize_t nargs)
         if (n == -1 && PyErr_Occurred())
             return NULL;
     }
-    return counter_rmw(self, args[0], RMW_ADD, n);
+    return deadline ? counter_rmw_ttl(self, args[0], RMW_ADD, n, deadline)
+                    : counter_rmw(self, args[0], RMW_ADD, n);
 }
 
 static int
@@ -1532,16 +1971,19 @@ value_arg(PyObject *o, long long *out)
 }
 
 static PyObject *
-Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs)
+Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long v;
+    uint64_t deadline = 0;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set(key, value)");
+        PyErr_SetString(PyExc_TypeError, "set(key, value, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "set", &deadline) < 0)
+        return NULL;
     if (value_arg(args[1], &v) < 0)
         return NULL;
-    PyObject *r = counter_rmw(self, args[0], RMW_SET, v);
+    PyObject *r = counter_rmw_ttl(self, args[0], RMW_SET, v, deadline);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
@@ -1549,16 +1991,19 @@ Core_set(Core *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-Core_exchange(Core *self, PyObject *const *args, Py_ssize_t nargs)
+Core_exchange(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     long long v;
+    uint64_t deadline = 0;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "exchange(key, value)");
+        PyErr_SetString(PyExc_TypeError, "exchange(key, value, *, ttl=None)");
         return NULL;
     }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "exchange", &deadline) < 0)
+        return NULL;
     if (value_arg(args[1], &v) < 0)
         return NULL;
-    return counter_rmw(self, args[0], RMW_EXCHANGE, v);
+    return counter_rmw_ttl(self, args[0], RMW_EXCHANGE, v, deadline);
 }
 
 static PyObject *
@@ -1732,9 +2177,10 @@ batch_items(PyObject *batch)
 /* add_many of an exact dict, walked in place (no list of item tuples: they
  * were a third of a batch's cost).  Each key and amount is held while its
  * add runs, since an insert calls Python; a dict that changes size meanwhile
- * stops the batch with RuntimeError, as iterating it in Python would. */
+ * stops the batch with RuntimeError, as iterating it in Python would.
+ * `deadline`: add_many(..., ttl=)'s, given to every key (0: none). */
 static PyObject *
-add_many_dict(Core *self, PyObject *batch)
+add_many_dict(Core *self, PyObject *batch, uint64_t deadline)
 {
     Py_ssize_t n = PyDict_GET_SIZE(batch), pos = 0, k = 0;
     PyObject *out = PyList_New(n), *key, *value;
@@ -1745,7 +2191,7 @@ add_many_dict(Core *self, PyObject *batch)
         Py_INCREF(key);
         Py_INCREF(value);
         PyObject *v = value_arg(value, &amount) < 0 ? NULL
-                      : counter_rmw(self, key, RMW_ADD, amount);
+                      : counter_rmw_ttl(self, key, RMW_ADD, amount, deadline);
         Py_DECREF(key);
         Py_DECREF(value);
         if (v == NULL) {
@@ -1767,11 +2213,19 @@ add_many_dict(Core *self, PyObject *batch)
 }
 
 static PyObject *
-Core_add_many(Core *self, PyObject *batch)
+Core_add_many(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    uint64_t deadline = 0;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "add_many(batch, *, ttl=None)");
+        return NULL;
+    }
+    if (kwnames != NULL && ttl_kwarg(args, nargs, kwnames, "add_many", &deadline) < 0)
+        return NULL;
+    PyObject *batch = args[0];
     REQUIRE_OPEN(self);
     if (PyDict_CheckExact(batch))
-        return add_many_dict(self, batch);
+        return add_many_dict(self, batch, deadline);
     PyObject *items = batch_items(batch);
     if (items == NULL)
         return NULL;
@@ -1790,7 +2244,8 @@ Core_add_many(Core *self, PyObject *batch)
             Py_CLEAR(out);
             break;
         }
-        PyObject *v = counter_rmw(self, PyTuple_GET_ITEM(pair, 0), RMW_ADD, amount);
+        PyObject *v = counter_rmw_ttl(self, PyTuple_GET_ITEM(pair, 0), RMW_ADD, amount,
+                                      deadline);
         if (v == NULL) {
             Py_CLEAR(out);
             break;
@@ -1829,14 +2284,16 @@ Core_read_many(Core *self, PyObject *keys)
 static PyObject *
 Core_cas(Core *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"key", "old", "new", "set_on_not_exists", NULL};
-    PyObject *key, *oldo, *newo;
+    static char *kwlist[] = {"key", "old", "new", "set_on_not_exists", "ttl", NULL};
+    PyObject *key, *oldo, *newo, *ttlo = Py_None;
     int set_missing = 0;
     long long old, new;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p", kwlist,
-                                     &key, &oldo, &newo, &set_missing))
+    uint64_t deadline;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|p$O", kwlist,
+                                     &key, &oldo, &newo, &set_missing, &ttlo))
         return NULL;
-    if (value_arg(oldo, &old) < 0 || value_arg(newo, &new) < 0)
+    if (value_arg(oldo, &old) < 0 || value_arg(newo, &new) < 0
+            || ttl_deadline(ttlo, &deadline) < 0)
         return NULL;
     REQUIRE_OPEN(self);
     for (int attempt = 0; attempt < 1000000; attempt++) {
@@ -1855,8 +2312,13 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             Py_DECREF(res);
             if (created < 0)
                 return NULL;
-            if (created)
+            if (created) {
+                if (deadline != 0 && resolve(self, key, 0, 1, &i, &s) == 1)
+                    apply_deadline(self, i, s, deadline);
+                if (PyErr_Occurred())
+                    return NULL;
                 Py_RETURN_TRUE;
+            }
             continue;   /* somebody else created it first: CAS against it */
         }
         int64_t cur;
@@ -1865,8 +2327,11 @@ Core_cas(Core *self, PyObject *args, PyObject *kwds)
             continue;
         if (cur != old)
             Py_RETURN_FALSE;
-        if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL))
+        if (cas_pair(slot, s, (uint64_t)old, s, (uint64_t)new, NULL)) {
+            if (deadline != 0)
+                apply_deadline(self, i, s, deadline);
             Py_RETURN_TRUE;
+        }
         /* Lost a race: if only the value changed the answer is False, if the
          * slot changed, look again. */
         if (load_acq(slot) == s)
@@ -1908,9 +2373,14 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
         return -1;
     }
     int64_t step = cost * emission;
+    /* The key expires when its TAT passes (a TAT in the past allows what
+     * an absent key does), so a table of clients that come and go never
+     * fills: a new key is inserted with a deadline, an allowed hit moves it
+     * to the new TAT. */
+    uint64_t first_deadline = cost != 0 ? deadline_in((uint64_t)step) : 0;
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve_fast(self, key, cost != 0, attempt == 0, &i, &s);
+        int r = resolve_fast_ttl(self, key, cost != 0, attempt == 0, first_deadline, &i, &s);
         if (r < 0)
             return -1;
         int64_t tat = 0;
@@ -1937,6 +2407,8 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
         int64_t new_tat = base > INT64_MAX - step ? INT64_MAX : base + step;
         if (step == 0 || cas_pair(slot_at(self, i), s, (uint64_t)tat, s,
                                   (uint64_t)new_tat, NULL)) {
+            if (step != 0)
+                apply_deadline(self, i, s, deadline_at(new_tat));
             out[0] = 1;
             out[1] = floor_div(tolerance - ahead, emission);
             out[2] = 0;
@@ -2131,13 +2603,15 @@ Core_locate(Core *self, PyObject *const *args, Py_ssize_t nargs)
     return t;
 }
 
-/* find(key_bytes, hash) -> (slot, state) | None */
+/* find(key_bytes, hash, include_expired=False) -> (slot, state) | None;
+ * an expired key is None unless include_expired (check's probe-chain walk). */
 static PyObject *
 Core_find(Core *self, PyObject *args)
 {
     Py_buffer key;
     unsigned long long h;
-    if (!PyArg_ParseTuple(args, "y*K", &key, &h))
+    int include_expired = 0;
+    if (!PyArg_ParseTuple(args, "y*K|p", &key, &h, &include_expired))
         return NULL;
     if (!self->has_view || (uint64_t)key.len > self->key_size) {
         PyBuffer_Release(&key);
@@ -2149,21 +2623,32 @@ Core_find(Core *self, PyObject *args)
     PyBuffer_Release(&key);
     if (found < 0)
         return NULL;
-    if (!found)
+    if (found == 0 || (found == 2 && !include_expired))    /* absent, or expired */
         Py_RETURN_NONE;
     return slot_tuple(i, s, -1);
 }
 
-/* Raise shmdict.errors.TableFull with the message shmdict has always given. */
+/* Raise shmdict.errors.TableFull with the message shmdict has always given.
+ * The count is read again here, after the admissions said "full"; one that
+ * no process can have written (another process overwrote it since) is
+ * CorruptSegment instead: a TableFull never names an impossible count. */
 static void
 raise_table_full(Core *c)
 {
     CoreState *st = core_state();
     if (st == NULL)
         return;
-    long long live = 0;
+    uint64_t sum = 0;
     for (unsigned k = 0; k < c->ntiers; k++)
-        live += (long long)load_acq(&c->tiers[k].header->live);
+        sum += load_acq(&c->tiers[k].header->live);
+    long long live = (long long)sum;
+    if (live < 0 || (uint64_t)live > c->max_capacity) {
+        PyErr_Format(st->CorruptSegment,
+                     "table %R: its live count %lld is outside 0..%llu: the segment was "
+                     "overwritten; `shmdict check %U` recounts it",
+                     c->name, live, (unsigned long long)c->max_capacity, c->name);
+        return;
+    }
     PyErr_Format(st->TableFull,
                  "table %R is full: %lld of %llu keys in use; delete keys or open a "
                  "table with a larger capacity",
@@ -2192,17 +2677,24 @@ Core_insert(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
-    } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0) {
-        if (found > 0)
+    } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0
+               && !(found == 2 && reclaim_slot(self, i, s, stripe_of(self, h)))) {
+        if (found == 2)
+            PyErr_SetString(PyExc_RuntimeError, "an expired key could not be reclaimed "
+                            "(it changed meanwhile): try again");
+        else if (found > 0)
             result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
                                    Py_False);
     } else {
-        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, &i, &s);
+        int rc = insert_slot(self, key.buf, (uint64_t)key.len, h, word0, extra.buf, 0,
+                             &i, &s);
         if (rc == RC_OK) {
             result = Py_BuildValue("(KKO)", (unsigned long long)i, (unsigned long long)s,
                                    Py_True);
         } else if (rc == RC_FULL) {
             raise_table_full(self);
+        } else if (rc == RC_ERROR) {
+            /* the CorruptSegment is set */
         } else {
             CoreState *st = core_state();
             if (st != NULL)
@@ -2404,7 +2896,8 @@ Core_published(Core *self, PyObject *Py_UNUSED(ignored))
         for (uint64_t i = 0; i < t->nslots; i++) {
             char *slot = t->slots + i * self->slot_size;
             uint64_t s = load_acq(slot);
-            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size)
+            if (st_kind(s) != KIND_PUBLISHED || st_klen(s) > self->key_size
+                    || slot_expired(self, slot, s))
                 continue;
             PyObject *kb = PyBytes_FromStringAndSize(slot_key(slot), (Py_ssize_t)st_klen(s));
             if (kb == NULL)
@@ -2443,6 +2936,122 @@ Core_word0(Core *self, PyObject *args)
     if (!read_pair(slot_at(self, i), s, &v))
         Py_RETURN_NONE;
     return PyLong_FromLongLong(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Expiry verbs                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* set_ttl(key, seconds | None) -> bool: give an existing key a deadline
+ * `seconds` from now, or none (None: persist); False if the key is absent
+ * (or expired).  Lock-free (apply_deadline). */
+static PyObject *
+Core_set_ttl(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_ttl(key, seconds)");
+        return NULL;
+    }
+    uint64_t deadline;
+    if (ttl_deadline(args[1], &deadline) < 0)
+        return NULL;
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, args[0], 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            Py_RETURN_FALSE;
+        if (apply_deadline(self, i, s, deadline))
+            Py_RETURN_TRUE;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* ttl(key) -> float | None: seconds until the key expires (>= 0), None
+ * when it has no deadline or is absent (`key in d` tells them apart). */
+static PyObject *
+Core_ttl(Core *self, PyObject *key)
+{
+    REQUIRE_OPEN(self);
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint64_t i, s;
+        int r = resolve(self, key, 0, attempt == 0, &i, &s);
+        if (r < 0)
+            return NULL;
+        if (r == 0)
+            Py_RETURN_NONE;
+        char *slot = slot_at(self, i);
+        uint64_t e = load_acq(expires_of(slot));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (load_acq(slot) != s || (e & EXP_GEN_MASK) != st_gen(s))
+            continue;
+        uint64_t d = e >> EXP_SHIFT;
+        if (d == 0)
+            Py_RETURN_NONE;
+        uint64_t at = d << EXP_SHIFT, now = monotonic_ns();
+        return PyFloat_FromDouble(at > now ? (double)(at - now) / 1e9 : 0.0);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "key kept moving; giving up");
+    return NULL;
+}
+
+/* expired() -> int: published keys whose deadline has passed (still
+ * counted live until reclaimed); 0 at once for a table that never had a
+ * deadline.  len() subtracts it. */
+static PyObject *
+Core_expired(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    long long n = 0;
+    if (load_acq(&self->header->expiry_used) != 0) {
+        for (unsigned k = 0; k < self->ntiers; k++) {
+            Tier *t = &self->tiers[k];
+            for (uint64_t i = 0; i < t->nslots; i++) {
+                char *slot = t->slots + i * self->slot_size;
+                uint64_t s = load_acq(slot);
+                if (st_kind(s) == KIND_PUBLISHED && slot_expired(self, slot, s))
+                    n++;
+            }
+        }
+    }
+    return PyLong_FromLongLong(n);
+}
+
+/* reclaim_expired() -> int: tombstone every expired key, each under its
+ * stripe; how many. */
+static PyObject *
+Core_reclaim_expired(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+        return NULL;
+    }
+    long long n = reclaim_expired_walk(self, 0);
+    return n < 0 ? NULL : PyLong_FromLongLong(n);
+}
+
+/* deadline(slot, state) -> int | None: the key's raw expires word as
+ * (deadline_ns or 0), for inspection and snapshots; None if the slot
+ * changed. */
+static PyObject *
+Core_deadline(Core *self, PyObject *args)
+{
+    unsigned long long i, s;
+    if (!PyArg_ParseTuple(args, "KK", &i, &s))
+        return NULL;
+    REQUIRE_OPEN(self);
+    if (parse_slot(self, i) < 0)
+        return NULL;
+    char *slot = slot_at(self, i);
+    uint64_t e = load_acq(expires_of(slot));
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (load_acq(slot) != s || (e & EXP_GEN_MASK) != st_gen(s))
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong((e >> EXP_SHIFT) << EXP_SHIFT);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -3211,10 +3820,46 @@ reader_release(Core *c, uint64_t i, uint64_t s)
     return RC_NOT_OWNER;
 }
 
+/* Link / unlink a HeldWait (the GIL held). */
+static void
+held_wait_push(Core *c, HeldWait *w, uint64_t i, uint64_t s)
+{
+    w->slot = i;
+    w->state = s;
+    w->released = 0;
+    w->next = c->held_waits;
+    c->held_waits = w;
+}
+
+static void
+held_wait_pop(Core *c, HeldWait *w)
+{
+    for (HeldWait **p = &c->held_waits; *p != NULL; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+static int wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline);
+
 /* Wait until no live reader holds the lock (the caller holds the writer
- * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set. */
+ * word).  Returns RC_OK or RC_TIMEOUT; RC_ERROR with an exception set.
+ * While it waits, a close of the table releases the writer word for it
+ * (HeldWait); the caller's owner_release after RC_ERROR is then a no-op. */
 static int
 wait_readers_gone(Core *c, uint64_t i, uint64_t s, double deadline)
+{
+    HeldWait held;
+    held_wait_push(c, &held, i, s);
+    int r = wait_readers_loop(c, i, s, deadline);
+    held_wait_pop(c, &held);
+    return r;
+}
+
+static int
+wait_readers_loop(Core *c, uint64_t i, uint64_t s, double deadline)
 {
     char *slot = slot_at(c, i);
     uint64_t *cells = (uint64_t *)slot_extra(c, slot);
@@ -3325,37 +3970,66 @@ Core_key_release(Core *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Struct records: [lock word0] + extra = [seq u64 | packed fields]         */
+/* Struct records: [lock word0] + extra = [seq | copy 0 | copy 1]           */
 /* ------------------------------------------------------------------------ */
 
-/* Copy slot i's record into a new bytes object.  A seqlock read: the
- * sequence is odd while a writer is copying, and a copy is kept only if the
- * sequence was even and unchanged around it; `force` copies whatever is
- * there (the caller holds the record lock).  Returns RC_OK (*out set),
- * RC_STALE (the slot changed), or RC_ERROR with an exception set: TornRecord
- * when the sequence stayed odd for too long (a writer died mid-copy). */
+/* format.h, "A Struct slot's extra area": two copies of the record and a
+ * sequence word saying which is current.  A writer fills the other copy
+ * and publishes it with one release store, so a writer killed mid-copy
+ * (SIGKILL lands anywhere) leaves the current copy whole, and readers
+ * never wait for writers: nothing is ever torn, nothing needs repair. */
+#define RECORD_WRITING  SHMDICT_RECORD_WRITING
+#define RECORD_CURRENT  SHMDICT_RECORD_CURRENT
+
+/* Bytes of one copy of a record (require_records checked the shape). */
+static inline uint64_t record_bytes(Core *c) { return (c->extra_size - 8) / 2; }
+
+/* Copy `k` (0 or 1) of the record whose sequence word is `seq`. */
+static inline uint64_t *
+record_words(Core *c, uint64_t *seq, uint64_t k)
+{
+    return seq + 1 + (k & 1) * (record_bytes(c) / 8);
+}
+
+/* Whether a copy read while seq went from `before` to `after` is one whole
+ * write: no later writer started on the copy read (it starts at the first
+ * odd seq whose CURRENT is the other copy: before + 3 from an even seq,
+ * before + 2 from an odd one).  Unsigned: a seq that went backwards (the
+ * word was overwritten) is not kept either. */
+static inline int
+record_stable(uint64_t before, uint64_t after)
+{
+    return after - before <= 2 - (before & RECORD_WRITING);
+}
+
+/* Copy slot i's current record into a new bytes object.  Lock-free: copy
+ * the current copy between two loads of seq, and keep it if it stayed
+ * stable (record_stable); `force` keeps the first copy (the caller holds
+ * the record lock, so no writer can be filling the current copy).
+ * Returns RC_OK (*out set), RC_STALE (the slot changed), or RC_ERROR with
+ * an exception set: TornRecord when writers completed writes faster than
+ * the copy could be taken, every time (the Python layer then reads under
+ * the record lock). */
 static int
 record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
 {
     char *slot = slot_at(self, i);
     uint64_t *seq = (uint64_t *)slot_extra(self, slot);
-    Py_ssize_t n = (Py_ssize_t)self->extra_size - 8;
-    PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+    uint64_t nwords = record_bytes(self) / 8;
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nwords * 8));
     if (bytes == NULL)
         return -1;
-    for (unsigned long spins = 0; spins < 200000; spins++) {
+    for (unsigned attempt = 0; attempt < 1000; attempt++) {
+        if (attempt >= 8)
+            sched_yield();               /* let the writers' process run */
         uint64_t before = load_acq(seq);
-        if ((before & 1) && !force) {
-            if (spins > 1000)
-                sched_yield();
-            continue;
-        }
         /* Copy word by word with relaxed atomic loads (no data race). */
-        uint64_t *src = seq + 1, *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
-        for (Py_ssize_t k = 0; k < n / 8; k++)
+        uint64_t *src = record_words(self, seq, (before & RECORD_CURRENT) ? 1 : 0);
+        uint64_t *dst = (uint64_t *)PyBytes_AS_STRING(bytes);
+        for (uint64_t k = 0; k < nwords; k++)
             dst[k] = __atomic_load_n(&src[k], __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (force || load_acq(seq) == before) {
+        if (force || record_stable(before, __atomic_load_n(seq, __ATOMIC_RELAXED))) {
             if (load_acq(slot) != s) {
                 Py_DECREF(bytes);
                 return RC_STALE;
@@ -3367,12 +4041,16 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
     Py_DECREF(bytes);
     CoreState *st = core_state();
     if (st != NULL)
-        PyErr_SetString(st->TornRecord, "record is being written (or its writer died)");
+        PyErr_SetString(st->TornRecord, "record kept changing while it was read");
     return RC_ERROR;
 }
 
-/* Write a record into slot i: sequence odd, copy, sequence even.  The caller
- * holds the record lock (word0). */
+/* Write a record into slot i: mark WRITING, fill the copy that is not
+ * current, publish it (one release store that clears WRITING, flips
+ * CURRENT and counts the write).  The caller holds the record lock (word0),
+ * so it is the only writer; a WRITING bit left by a writer that died
+ * mid-copy is simply taken over: that writer was filling the same
+ * non-current copy, which is filled again here. */
 static int
 record_store(Core *self, uint64_t i, uint64_t s, const void *data)
 {
@@ -3383,16 +4061,18 @@ record_store(Core *self, uint64_t i, uint64_t s, const void *data)
         return RC_STALE;
     if (id_pid(cur) == 0 || !is_me(cur))
         return RC_NOT_OWNER;
-    uint64_t odd = load_acq(seq) | 1;      /* odd even if a dead writer left it odd */
-    store_rel(seq, odd);
+    uint64_t writing = load_acq(seq) | RECORD_WRITING;
+    __atomic_store_n(seq, writing, __ATOMIC_RELAXED);
+    /* Orders the store above before the copy's stores: a reader that sees
+     * any of them (and fences) sees WRITING or later. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    uint64_t *dst = seq + 1;
-    for (uint64_t k = 0; k < (self->extra_size - 8) / 8; k++) {
+    uint64_t *dst = record_words(self, seq, (writing & RECORD_CURRENT) ? 0 : 1);
+    for (uint64_t k = 0; k < record_bytes(self) / 8; k++) {
         uint64_t w;
         memcpy(&w, (const char *)data + 8 * k, 8);
         __atomic_store_n(&dst[k], w, __ATOMIC_RELAXED);
     }
-    store_rel(seq, odd + 1);
+    store_rel(seq, writing + 1);       /* the copy is complete before this */
     return RC_OK;
 }
 
@@ -3405,7 +4085,7 @@ require_records(Core *self)
     }
     if (!identity_ready())
         return -1;
-    if (self->extra_size < 8) {
+    if (self->extra_size < 24 || (self->extra_size - 8) % 16 != 0) {
         PyErr_SetString(PyExc_ValueError, "not a record table");
         return -1;
     }
@@ -3413,8 +4093,9 @@ require_records(Core *self)
 }
 
 /* record_read(slot, state, force=False) -> bytes | None (slot changed).
- * Raises TornRecord when the sequence stays odd, so the Python layer
- * can take the record lock (which recovers it) and read with force=True. */
+ * Raises TornRecord when writers kept completing writes faster than the
+ * record could be copied, so the Python layer can take the record lock
+ * and read with force=True. */
 static PyObject *
 Core_record_read(Core *self, PyObject *args)
 {
@@ -3535,7 +4216,7 @@ Core_record_commit(Core *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int r = RC_OK;
     if (data != Py_None) {
-        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != self->extra_size - 8) {
+        if (!PyBytes_Check(data) || (uint64_t)PyBytes_GET_SIZE(data) != record_bytes(self)) {
             owner_release(self, i, s);
             PyErr_SetString(PyExc_ValueError, "record has the wrong size");
             return NULL;
@@ -4540,7 +5221,8 @@ cell_update(FloatCells *self, Py_ssize_t k, double x, int set)
     }
     uint64_t i = self->at[2 * k], s = self->at[2 * k + 1];
     for (int attempt = 0; attempt < 1000000; attempt++) {
-        if (!valid_slot(c, i) || load_acq(slot_at(c, i)) != s) {
+        if (!valid_slot(c, i) || load_acq(slot_at(c, i)) != s
+                || slot_expired(c, slot_at(c, i), s)) {
             if (resolve_fast(c, PyTuple_GET_ITEM(self->keys, k), 1, attempt < 2, &i, &s) < 0)
                 return -1;
             self->at[2 * k] = i;
@@ -4965,16 +5647,30 @@ Core_clear_cache(Core *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Core_methods[] = {
-    {"add", (PyCFunction)(void (*)(void))Core_add, METH_FASTCALL,
-     "add(key, n=1) -> int: atomically add n to a Counter key (created at 0)."},
-    {"set", (PyCFunction)(void (*)(void))Core_set, METH_FASTCALL,
-     "set(key, value): store a Counter value (creating the key)."},
-    {"exchange", (PyCFunction)(void (*)(void))Core_exchange, METH_FASTCALL,
-     "exchange(key, value) -> old value (creating the key)."},
+    {"add", (PyCFunction)(void (*)(void))Core_add, METH_FASTCALL | METH_KEYWORDS,
+     "add(key, n=1, *, ttl=None) -> int: atomically add n to a Counter key (created at "
+     "0); ttl: seconds until the key expires (None: keep its expiry)."},
+    {"set", (PyCFunction)(void (*)(void))Core_set, METH_FASTCALL | METH_KEYWORDS,
+     "set(key, value, *, ttl=None): store a Counter value (creating the key)."},
+    {"exchange", (PyCFunction)(void (*)(void))Core_exchange, METH_FASTCALL | METH_KEYWORDS,
+     "exchange(key, value, *, ttl=None) -> old value (creating the key)."},
+    {"set_ttl", (PyCFunction)(void (*)(void))Core_set_ttl, METH_FASTCALL,
+     "set_ttl(key, seconds | None) -> bool: give an existing key a deadline (None: "
+     "none); False if absent."},
+    {"ttl", (PyCFunction)Core_ttl, METH_O,
+     "ttl(key) -> float | None: seconds until the key expires; None: no deadline or absent."},
+    {"expired", (PyCFunction)Core_expired, METH_NOARGS,
+     "expired() -> int: expired keys not reclaimed yet (counted live until then)."},
+    {"reclaim_expired", (PyCFunction)Core_reclaim_expired, METH_NOARGS,
+     "reclaim_expired() -> int: tombstone every expired key under its stripe."},
+    {"deadline", (PyCFunction)Core_deadline, METH_VARARGS,
+     "deadline(slot, state) -> int | None: the key's deadline in CLOCK_MONOTONIC ns (0: "
+     "none); None if the slot changed."},
     {"value", (PyCFunction)Core_value, METH_O,
      "value(key) -> int: the Counter value (creating the key)."},
-    {"add_many", (PyCFunction)Core_add_many, METH_O,
-     "add_many(mapping or (key, n) pairs) -> [new values]: add() of each, in one call."},
+    {"add_many", (PyCFunction)(void (*)(void))Core_add_many, METH_FASTCALL | METH_KEYWORDS,
+     "add_many(mapping or (key, n) pairs, *, ttl=None) -> [new values]: add() of each, "
+     "in one call."},
     {"read_many", (PyCFunction)Core_read_many, METH_O,
      "read_many(keys) -> [(value, exists)]: read() of each, in one call, never creating."},
     {"read", (PyCFunction)Core_read, METH_O,
@@ -5076,7 +5772,8 @@ static PyMethodDef Core_methods[] = {
 PyDoc_STRVAR(CORE_DOC,
 "Core(buffer, *, name, nslots, slot_size, key_size, extra_size, nstripes, capacity, "
 "stripes_offset, data_offset, default_word0, default_extra, hash_function, seed, "
-"resolve, insert, insert_with, cache_limit, max_capacity, grow, attach_tiers)\n--\n\n"
+"resolve, insert, insert_with, cache_limit, max_capacity, grow, attach_tiers, "
+"expiry_guard)\n--\n\n"
 "The hash table inside one mapped segment (one per attached table and process).\n\n"
 "buffer: the writable, 64-byte aligned mapping of the whole segment.\n"
 "name: the table's name (str), for error messages.\n"
@@ -5098,7 +5795,9 @@ PyDoc_STRVAR(CORE_DOC,
 "grow(tiers_seen: int) -> None, or None: every tier is full (stripe not held):\n"
 "  repair dead stripes, or add tier tiers_seen, or raise TableFull.\n"
 "attach_tiers() -> None, or None: add_tier() every tier published but not\n"
-"  attached.");
+"  attached.\n"
+"expiry_guard: what keeps an expired key alive: 0 nothing (Counter), 1 a\n"
+"  holder in word0 (Lock, Struct), 2 that or a live reader cell (rw Lock).");
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -5245,12 +5944,13 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(created, "Q"), HEADER_FIELD(max_capacity, "Q"), HEADER_FIELD(tiers, "Q"),
     HEADER_FIELD(tier, "Q"), HEADER_FIELD(inserts, "Q"), HEADER_FIELD(deletes, "Q"),
     HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "790s"),
-    HEADER_FIELD(fence, "Q"), HEADER_FIELD(reserved, "56s"),
+    HEADER_FIELD(fence, "Q"), HEADER_FIELD(expiry_used, "Q"), HEADER_FIELD(reserved, "48s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
     STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};
 static const struct field_desc slot_fields[] = {
-    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), {NULL, 0, NULL}};
+    SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), SLOT_FIELD(expires, "Q"),
+    {NULL, 0, NULL}};
 
 /* {name: (offset, struct code)} for one of the tables above. */
 static PyObject *
@@ -5306,6 +6006,8 @@ add_format_constants(PyObject *m)
         {"TIER_SHIFT", SHMDICT_TIER_SHIFT},
         {"MAX_KEY_SIZE", SHMDICT_MAX_KEY_SIZE},
         {"READER_CELLS", SHMDICT_READER_CELLS},
+        {"RECORD_WRITING", SHMDICT_RECORD_WRITING},
+        {"RECORD_CURRENT", SHMDICT_RECORD_CURRENT},
         {"KIND_EMPTY", KIND_EMPTY},
         {"KIND_CLAIMED", KIND_CLAIMED},
         {"KIND_PUBLISHED", KIND_PUBLISHED},
@@ -5315,6 +6017,7 @@ add_format_constants(PyObject *m)
         {"KLEN_SHIFT", KLEN_SHIFT},
         {"KLEN_MASK", KLEN_MASK},
         {"TAG_SHIFT", TAG_SHIFT},
+        {"EXPIRES_SHIFT", SHMDICT_EXPIRES_SHIFT},
     };
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (PyModule_AddIntConstant(m, ints[k].name, ints[k].value) < 0)
@@ -5410,8 +6113,9 @@ init_exceptions(PyObject *m)
     Py_DECREF(bases);
     st->TornRecord = PyErr_NewExceptionWithDoc(
         "shmdict.backends.shm._core.TornRecord",
-        "Private: a record's sequence word stayed odd (its writer died mid-copy); "
-        "the Python layer repairs it under the record lock.", NULL, NULL);
+        "Private: writers kept completing writes faster than a lock-free read "
+        "could copy the record; the Python layer reads it under the record lock.",
+        NULL, NULL);
     if (st->CorruptGeometry == NULL || st->TornRecord == NULL)
         return -1;
     if (module_add(m, "CorruptGeometry", Py_NewRef(st->CorruptGeometry)) < 0

@@ -49,7 +49,10 @@
  * (a version 1 process and a version 2 process must not share a table).
  * 3: online growth: the header holds max_capacity, the count of published
  * tiers and the segment's own tier index (see "Tiers" below), and the
- * inserts/deletes statistics; the spec area shrank by 40 bytes for them. */
+ * inserts/deletes statistics; the spec area shrank by 40 bytes for them;
+ * a Struct record is kept in two copies (see "A Struct slot's extra area");
+ * per-key expiry: the slot header grew to 24 bytes (the expires word) and
+ * the header's last line holds expiry_used. */
 #define SHMDICT_FORMAT_VERSION  3u
 
 /* ------------------------------------------------------------------------ */
@@ -93,7 +96,11 @@ struct shmdict_header {
     /* The last cache line, alone: every exclusive lock acquire of the table
      * takes the next fence, so it must not share a line with the counts. */
     uint64_t fence;          /* the last fencing token handed out (Lock)    */
-    uint64_t reserved[7];    /* zero                                        */
+    uint64_t expiry_used;    /* 0 until a key of the table is first given a
+                                deadline (then 1, never cleared): len() and
+                                a full insert look for expired keys only
+                                when it is set (tier 0's word counts)       */
+    uint64_t reserved[6];    /* zero                                        */
 };
 
 _Static_assert(offsetof(struct shmdict_header, magic) == 0, "header.magic");
@@ -121,6 +128,7 @@ _Static_assert(offsetof(struct shmdict_header, deletes) == 160, "header.deletes"
 _Static_assert(offsetof(struct shmdict_header, spec_length) == 168, "header.spec_length");
 _Static_assert(offsetof(struct shmdict_header, spec) == 170, "header.spec");
 _Static_assert(offsetof(struct shmdict_header, fence) == 960, "header.fence");
+_Static_assert(offsetof(struct shmdict_header, expiry_used) == 968, "header.expiry_used");
 _Static_assert(sizeof(struct shmdict_header) == SHMDICT_HEADER_SIZE, "header size");
 
 /* ------------------------------------------------------------------------ */
@@ -146,22 +154,49 @@ _Static_assert(sizeof(struct shmdict_stripe) == 64, "stripe size");
 /* A slot (slot_size bytes, 16-byte aligned)                                */
 /* ------------------------------------------------------------------------ */
 
-/* [ state | word0 | key bytes (key_size rounded up to 8) | extra | pad ].
- * state and word0 are adjacent and 16-byte aligned so that the pair can be
- * changed by one 16-byte compare-and-swap. */
+/* [ state | word0 | expires | key bytes (key_size rounded up to 8) | extra
+ * | pad ].  state and word0 are adjacent and 16-byte aligned so that the
+ * pair can be changed by one 16-byte compare-and-swap. */
 struct shmdict_slot {
     uint64_t state;          /* the state word, see SHMDICT_STATE_* below   */
     int64_t  word0;          /* the first value word: a Counter's value, a
                                 Lock's or Struct's lock word (owner id)     */
+    uint64_t expires;        /* the key's deadline, see "Expiry" below      */
     unsigned char key[];     /* the encoded key, zero-padded; then extra    */
 };
 
 _Static_assert(offsetof(struct shmdict_slot, state) == 0, "slot.state");
 _Static_assert(offsetof(struct shmdict_slot, word0) == 8, "slot.word0");
-_Static_assert(offsetof(struct shmdict_slot, key) == 16, "slot.key");
-_Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
+_Static_assert(offsetof(struct shmdict_slot, expires) == 16, "slot.expires");
+_Static_assert(offsetof(struct shmdict_slot, key) == 24, "slot.key");
+_Static_assert(sizeof(struct shmdict_slot) == 24, "slot header size");
 
-#define SHMDICT_SLOT_HEADER     16u     /* bytes before the key             */
+#define SHMDICT_SLOT_HEADER     24u     /* bytes before the key             */
+
+/* Expiry.  A slot's expires word is
+ *
+ *   bits  0..17  the generation (state bits 2..19) of the publish it
+ *                belongs to: an inserter writes it before publishing, so a
+ *                compare-and-swap of it against a value carrying the
+ *                generation a caller looked up fails once the slot was
+ *                reused by another key (no stripe is needed to change it)
+ *   bits 18..63  the deadline in units of 2^18 ns (262 us) of
+ *                CLOCK_MONOTONIC, rounded up (a key never expires early);
+ *                0: the key never expires; 1 (SHMDICT_EXPIRES_RECLAIMING):
+ *                a reclaimer took the expired key, which tombstones it next
+ *
+ * A published key whose deadline has passed is absent for every verb; its
+ * slot is tombstoned (as a delete does, counts included) under the key's
+ * stripe by the next insert of the same key, or by an insert that finds
+ * the table full.  A key whose lock word (Lock, Struct) or reader cells
+ * (rw Lock) name a holder does not expire until it is free.
+ * CLOCK_MONOTONIC counts from boot and is the same in every process of the
+ * host, which is what a table's processes are: a deadline means nothing
+ * after a reboot (nor does a table in /dev/shm survive one). */
+#define SHMDICT_EXPIRES_SHIFT       18
+#define SHMDICT_EXPIRES_GEN_MASK    0x3ffffull
+#define SHMDICT_EXPIRES_RECLAIMING  1ull
+
 #define SHMDICT_SLOT_ALIGN      16u     /* slot_size is a multiple of this  */
 #define SHMDICT_AREA_ALIGN      8u      /* the key area is rounded to this  */
 #define SHMDICT_DATA_ALIGN      64u     /* data_offset is a multiple of this */
@@ -186,6 +221,8 @@ _Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
 #define SHMDICT_KLEN_SHIFT      20
 #define SHMDICT_KLEN_MASK       0xfffu
 #define SHMDICT_TAG_SHIFT       32
+_Static_assert(SHMDICT_EXPIRES_GEN_MASK == SHMDICT_GEN_MASK,
+               "the expires word holds a whole generation");
 
 /* The longest key a state word can describe. */
 #define SHMDICT_MAX_KEY_SIZE    SHMDICT_KLEN_MASK
@@ -211,6 +248,32 @@ _Static_assert(sizeof(struct shmdict_slot) == 16, "slot header size");
 
 /* An rw Lock's extra area: this many reader cells (owner ids). */
 #define SHMDICT_READER_CELLS    8u
+
+/* A Struct slot's extra area (word0 is the record lock, an owner id):
+ *
+ *   uint64_t seq            the record's sequence word, below
+ *   copy 0                  R bytes: the packed fields, zero-padded to 8
+ *   copy 1                  R bytes
+ *
+ * so extra_size = 8 + 2 * R, R a multiple of 8 (the largest record is
+ * ((1 MiB - 8) / 2) rounded down to 8 = 524,280 bytes).  One copy is
+ * current, seq bit 1 says which; the other is where the next write goes:
+ *
+ *   bit  0       SHMDICT_RECORD_WRITING: a writer is filling the other copy
+ *                (still set if it died doing so: harmless)
+ *   bit  1       SHMDICT_RECORD_CURRENT: the current copy (0 or 1)
+ *   bits 2..63   the count of completed writes (with bit 1, seq / 2)
+ *
+ * A writer (holding the record lock) stores seq | WRITING, fills the copy
+ * that is not current, and publishes it with one release store of
+ * (seq | WRITING) + 1, which clears WRITING, flips CURRENT and counts the
+ * write.  A writer killed at any point leaves the current copy untouched.
+ * A reader copies the current copy between two loads of seq and keeps it
+ * unless the copy it read may have been written meanwhile, i.e. unless a
+ * later writer started on it: seq advanced by more than 2 (from an even
+ * seq) or 1 (from an odd one).  A new key's seq is 0: copy 0 current. */
+#define SHMDICT_RECORD_WRITING  0x1ull
+#define SHMDICT_RECORD_CURRENT  0x2ull
 
 /* ------------------------------------------------------------------------ */
 /* Geometry: a table's shape from its four free parameters                  */

@@ -2,9 +2,12 @@
 
 A record is guarded two ways:
 
-* readers never lock: a sequence word (a seqlock) is odd while a writer
-  copies, and a copy is kept only if the sequence was even and unchanged
-  around it, so ``read`` always returns one whole write, never a torn mix;
+* the slot keeps two copies of the record and a sequence word saying which
+  is current (format.h, "A Struct slot's extra area"): a writer fills the
+  other copy and publishes it with one store, so a writer SIGKILLed
+  mid-copy leaves the current copy whole, and ``read`` (lock-free: it
+  copies the current copy and checks the sequence around it) always
+  returns one whole write, never a torn mix, without waiting for writers;
 * writers (``set``, ``cas``, ``update``, ``add``) take the record's lock
   word, an owner lock like the Lock layout's, so a writer SIGKILLed
   mid-update is replaced at once by the next one, which is told
@@ -20,6 +23,7 @@ from ...errors import LockHeld, NotOwner, OwnerDiedWarning
 from ...keys import Key
 from ...layouts import Outcome, Struct
 from ...records import MutableRecord, record_class, record_codec
+from ...validate import seconds as validate_seconds
 from ...verbs import StructVerbs
 from . import _core
 from .table import _STALE, DELETE_IF_MINE, Table
@@ -35,7 +39,7 @@ class StructTable(StructVerbs, Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
-        self._default_record = self.layout.unpack(self._default_extra[8:])
+        self._default_record = self.layout.unpack(self.layout.default_extra()[8:])
         #: update()'s record from bytes, and back (compiled per layout).
         self._make_record, self._pack_record = record_codec(self.layout)
         #: slot -> thread ident of the update() blocks open in this process:
@@ -61,13 +65,13 @@ class StructTable(StructVerbs, Table):
         """``(record, exists)``: a consistent snapshot; never creates the key."""
         try:
             data = self._core.record_get(key)
-        except _core.TornRecord:         # a writer died mid-copy: the slow path repairs
-            return self._read_repairing(key)
+        except _core.TornRecord:         # writers kept it changing: read under its lock
+            return self._read_locked(key)
         if data is None:
             return self._default_record, False
         return _new_tuple(self.layout.record, self.layout.unpack_values(data)), True
 
-    def _read_repairing(self, key: Key) -> Tuple[Any, bool]:
+    def _read_locked(self, key: Key) -> Tuple[Any, bool]:
         while True:
             found = self._core.locate(key, False)
             if found is None:
@@ -80,13 +84,13 @@ class StructTable(StructVerbs, Table):
         try:
             data = self._core.record_read(slot, state)
         except _core.TornRecord:
-            # The sequence stayed odd: a writer died mid-copy (or the word is
-            # garbage).  Under the record lock no writer can be copying, so
-            # write back what it holds, which makes it readable again.
+            # Writers completed writes faster than the record could be
+            # copied, every time: under the record lock none can, and the
+            # current copy is whole (nothing to repair: release, no write).
             if self._lock(slot, state) is None:
                 return _STALE
             data = self._core.record_read(slot, state, True)
-            self._core.record_commit(slot, state, data)
+            self._core.record_commit(slot, state, None)
         return _STALE if data is None else self.layout.unpack(data)
 
     def _default_snapshot(self) -> Any:
@@ -123,30 +127,53 @@ class StructTable(StructVerbs, Table):
         """Create ``key`` holding ``data`` in one insert; False if it exists."""
         if self._core.locate(key, False) is not None:
             return False
-        return self._locate(key, True, extra=bytes(8) + data)[2]  # type: ignore[index]
+        return self._locate(key, True, extra=self.layout.slot_extra(data))[2]  # type: ignore[index]
 
-    def set(self, key: Key, record: Any) -> None:
-        """Store a whole record (a tuple, named tuple or mapping of fields)."""
+    def set(self, key: Key, record: Any, *, ttl: Optional[float] = None) -> None:
+        """Store a whole record (a tuple, named tuple or mapping of fields).
+
+        ``ttl``: seconds until the key expires (None: keep its expiry); set
+        right after the write, with the record lock held for an existing key.
+        """
         data = self.layout.pack(record)
-        if not self._create_holding(key, data):
-            slot, state, _, _ = self._begin(key)
+        if ttl is not None:
+            validate_seconds(ttl, "ttl")
+        if self._create_holding(key, data):
+            if ttl is not None:
+                self._core.set_ttl(key, ttl)
+            return
+        slot, state, _, _ = self._begin(key)
+        try:
+            if ttl is not None:
+                self._core.set_ttl(key, ttl)
+        finally:
             self._commit(slot, state, data)
 
-    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False) -> bool:
+    def cas(self, key: Key, old: Any, new: Any, set_on_not_exists: bool = False, *,
+            ttl: Optional[float] = None) -> bool:
         """Replace the record with ``new`` if it equals ``old``.
 
         A missing key is created holding ``new`` (True) only with
         ``set_on_not_exists``; otherwise False and nothing is created.
+        ``ttl`` (seconds; None: keep the key's expiry) is set only on success.
         """
         old_data, new_data = self.layout.pack(old), self.layout.pack(new)
+        if ttl is not None:
+            validate_seconds(ttl, "ttl")
         if self._core.locate(key, False) is None:
             if not set_on_not_exists:
                 return False
             if self._create_holding(key, new_data):
+                if ttl is not None:
+                    self._core.set_ttl(key, ttl)
                 return True
         slot, state, _, current = self._begin(key)
         swapped = current == old_data
-        self._commit(slot, state, new_data if swapped else None)
+        try:
+            if swapped and ttl is not None:
+                self._core.set_ttl(key, ttl)
+        finally:
+            self._commit(slot, state, new_data if swapped else None)
         return swapped
 
     def update(self, key: Key) -> "_Update":

@@ -119,8 +119,8 @@ def _walk(table: Table, deadline: float) -> List[Tuple[bytes, Any]]:
 
 
 def _record(table: Table, slot: int, state: int, deadline: float) -> Any:
-    """A record's bytes, read through its seqlock; a record left torn by a
-    writer that died mid-copy is repaired under its lock (at most until
+    """A record's bytes, read lock-free; one that writers keep changing
+    faster than it can be copied is read under its lock (at most until
     ``deadline``), as :meth:`StructTable._snapshot_at` does."""
     core = table._core
     for _ in range(1000):
@@ -136,10 +136,10 @@ def _record(table: Table, slot: int, state: int, deadline: float) -> Any:
     if code == Outcome.STALE:
         return None
     if code not in (Outcome.OK, Outcome.RECOVERED):
-        raise SnapshotError(f"table {table.name!r}: a record stays half-written while pid "
+        raise SnapshotError(f"table {table.name!r}: a record keeps changing while pid "
                             f"{core.lock_owner(slot, state)} holds it; nothing was saved")
     data = core.record_read(slot, state, True)
-    core.record_commit(slot, state, data)
+    core.record_commit(slot, state, None)        # release: nothing to write back
     return data
 
 

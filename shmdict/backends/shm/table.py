@@ -40,10 +40,21 @@ DELETE_TAKE_VALUE, DELETE_IF_FREE, DELETE_IF_MINE = 0, 1, 2
 _DECODED_LIMIT = 100_000
 
 
+def _expiry_guard(layout: Layout) -> int:
+    """What keeps an expired key alive (the core's ``expiry_guard``): a held
+    lock never vanishes under its holder.  0: nothing (Counter); 1: a holder
+    in the lock word (Lock, Struct); 2: that or a reader (``Lock(rw=True)``)."""
+    if layout.kind == "Counter":
+        return 0
+    return 2 if getattr(layout, "rw", False) else 1
+
+
 class Table(BaseTable):
     """A shared table of one layout.  Use :func:`shmdict.open` to get one."""
 
     layout: Layout
+    #: The write verbs take ttl= (the rate limiters and limits storage ask).
+    _supports_ttl = True
 
     def __init__(self, segment: Segment) -> None:
         header = segment.header
@@ -68,12 +79,12 @@ class Table(BaseTable):
             extra_size=header["extra_size"], nstripes=header["nstripes"],
             capacity=header["capacity"], stripes_offset=header["stripes_offset"],
             data_offset=header["data_offset"], default_word0=self.layout.default_word0(),
-            default_extra=self.layout.default_extra(),
+            default_extra=self.layout.slot_extra(),
             hash_function=xxhash.xxh3_64_intdigest, seed=self._seed, resolve=self._locate,
             insert=self._insert, insert_with=self._insert_with,
             cache_limit=cache_limit(header["max_capacity"]),
             max_capacity=header["max_capacity"], grow=self._grow,
-            attach_tiers=self._attach_tiers)
+            attach_tiers=self._attach_tiers, expiry_guard=_expiry_guard(self.layout))
         #: Mappings of tiers 1.. (the core holds their buffers until close).
         self._tier_maps: List[Any] = []
         #: Serialises this process's threads' growth and tier attaching (two
@@ -85,7 +96,7 @@ class Table(BaseTable):
         self._stripes = Stripes(self._core, segment.semaphores)
         self._nstripes: int = header["nstripes"]
         self._default_word0 = self.layout.default_word0()
-        self._default_extra = self.layout.default_extra()
+        self._default_extra = self.layout.slot_extra()
         self._closed = False
         if self.max_capacity > self.capacity:
             try:
@@ -167,6 +178,13 @@ class Table(BaseTable):
                 return
             if _core.tier_capacity(self.capacity, self.max_capacity, k) == 0:
                 live = core.counts()[0]
+                if not 0 <= live <= self.max_capacity:
+                    # Overwritten since the core's admissions looked: never
+                    # a TableFull naming a count no process can have made.
+                    raise CorruptSegment(
+                        f"table {self.name!r}: its live count {live} is outside "
+                        f"0..{self.max_capacity}; the segment was overwritten: "
+                        f"`shmdict check {self.name}` recounts it")
                 raise TableFull(f"table {self.name!r} is full: {live} of {self.max_capacity} "
                                 f"keys in use; delete keys or open a table with a larger "
                                 f"capacity")
@@ -280,7 +298,26 @@ class Table(BaseTable):
                 f"0..{self.max_capacity}; "
                 f"the segment was overwritten: `shmdict check {self.name}` "
                 f"recounts it")
-        return live
+        # Expired keys stay counted live until an insert reclaims their
+        # slots; they are absent, so they are not counted here.
+        return max(0, live - self._core.expired())
+
+    # ----------------------------------------------------------- expiry
+    def _expire(self, key: Key, seconds: Optional[float]) -> bool:
+        self._check_open()
+        return self._core.set_ttl(key, seconds)
+
+    def ttl(self, key: Key) -> Optional[float]:
+        """Seconds until ``key`` expires; None when it has no expiry or is
+        absent (``key in d`` tells the two apart).  Never creates."""
+        self._check_open()
+        return self._core.ttl(key)
+
+    def reclaim_expired(self) -> int:
+        """Tombstone every expired key now (each under its stripe); how many.
+        Inserts do this by themselves when the table is full."""
+        self._check_open()
+        return self._core.reclaim_expired()
 
     def __contains__(self, key: object) -> bool:
         self._check_open()
