@@ -248,7 +248,7 @@ def test_four_inserters_grow_to_50000_keys_while_others_add_and_drain(name):
         for h in range(HOT):
             t.add(("hot", h), 0)       # the hot keys start in tier 0
         stop = CTX.Value(ctypes.c_int, 0, lock=False)
-        full = CTX.Value(ctypes.c_int, 0, lock=False)
+        full = CTX.Value(ctypes.c_int, 0)
         added = [CTX.Value(ctypes.c_longlong, 0, lock=False) for _ in range(2)]
         drained = CTX.Value(ctypes.c_longlong, 0, lock=False)
         inserters = [CTX.Process(target=_grow_inserter, args=(name, w, 4, TARGET, full))
@@ -284,7 +284,7 @@ def test_four_inserters_grow_to_50000_keys_while_others_add_and_drain(name):
 def test_table_full_exactly_at_max_capacity_across_processes(name):
     t = shmdict.open(name, shmdict.Counter(), capacity=7, max_capacity=1000)
     try:
-        full = CTX.Value(ctypes.c_int, 0, lock=False)
+        full = CTX.Value(ctypes.c_int, 0)
         ps = [CTX.Process(target=_fill_until_full, args=(name, w, full)) for w in range(3)]
         for p in ps:
             p.start()
@@ -306,7 +306,8 @@ def _fill_until_full(name, w, full):
             t.add((w, i))
         except shmdict.TableFull:
             assert len(t) == 1000
-            full.value += 1     # only one writer at a time reaches here per process
+            with full.get_lock():   # three processes count here: += is no atomic add
+                full.value += 1
             break
     t.close()
 
