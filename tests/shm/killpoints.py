@@ -376,7 +376,9 @@ def ptrace_unavailable() -> Optional[str]:
     except OSError as exc:
         return f"ptrace(PTRACE_ATTACH) of a child process is refused here: {exc}"
     finally:
-        child.kill()
+        # os.kill, not child.kill(): Popen's kill polls first, and its poll
+        # can reap the attach stop as the child's "exit", then never signal.
+        os.kill(child.pid, signal.SIGKILL)
     try:
         while True:                      # the attach stop, then the death
             _, st = os.waitpid(child.pid, WALL)
