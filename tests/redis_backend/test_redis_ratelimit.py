@@ -31,6 +31,11 @@ def _check_step(table, key, interval, tolerance, cost):
         # does): on a loaded machine the read above can come that late.
         assert reset_ns <= tolerance
         return allowed
+    if not allowed and not exists and tat_before != 0:
+        # Refused (nothing spent), and the key's TAT passed before the read
+        # back, so it expired: on a loaded machine that read can come late.
+        assert retry_ns <= tolerance + interval * cost
+        return allowed
     if allowed and cost > 0:
         now = tat_after - reset_ns
     else:
