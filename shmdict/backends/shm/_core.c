@@ -3407,16 +3407,18 @@ stripe_arg(Core *self, PyObject *arg, uint64_t *out)
     return 0;
 }
 
-/* stripe_acquire(i) -> None, or (dropped, delta) when the stripe was taken
- * over from a dead (or garbage) holder and repaired. */
+/* stripe_acquire(i) and _stripe_after_wait(i): None, or (dropped, delta)
+ * when the stripe was taken over from a dead (or garbage) holder and
+ * repaired.  `after_wait`: the caller has just taken the bare semaphore
+ * itself (tests: a process stopped right there). */
 static PyObject *
-Core_stripe_acquire(Core *self, PyObject *arg)
+stripe_take(Core *self, PyObject *arg, int after_wait)
 {
     uint64_t i;
     long long dropped, delta;
     if (stripe_arg(self, arg, &i) < 0)
         return NULL;
-    int r = stripe_acquire(self, i, 0, &dropped, &delta);
+    int r = stripe_acquire(self, i, after_wait, &dropped, &delta);
     if (r == RC_ERROR)
         return NULL;
     if (r == RC_OK)
@@ -3424,22 +3426,11 @@ Core_stripe_acquire(Core *self, PyObject *arg)
     return Py_BuildValue("(LL)", dropped, delta);
 }
 
-/* _stripe_after_wait(i): as stripe_acquire, for a caller that has just
- * taken the bare semaphore itself (tests: a process stopped right there). */
 static PyObject *
-Core_stripe_after_wait(Core *self, PyObject *arg)
-{
-    uint64_t i;
-    long long dropped, delta;
-    if (stripe_arg(self, arg, &i) < 0)
-        return NULL;
-    int r = stripe_acquire(self, i, 1, &dropped, &delta);
-    if (r == RC_ERROR)
-        return NULL;
-    if (r == RC_OK)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(LL)", dropped, delta);
-}
+Core_stripe_acquire(Core *self, PyObject *arg) { return stripe_take(self, arg, 0); }
+
+static PyObject *
+Core_stripe_after_wait(Core *self, PyObject *arg) { return stripe_take(self, arg, 1); }
 
 /* stripe_release(i) -> bool: see stripe_release above. */
 static PyObject *
