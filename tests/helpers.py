@@ -206,3 +206,25 @@ def fenced_write(resource, fence: int, value: int) -> bool:
         if resource.cas("fence", seen, fence, set_on_not_exists=True):
             resource.set("value", value)
             return True
+
+
+def leave_dead_insert(table, stripe: int, slot: int) -> None:
+    """Write what a holder of ``stripe`` killed inside an insert, after its
+    claim, leaves in ``table`` (which this process holds the stripe of): slot
+    ``slot`` (empty) claimed for the stripe, the live counts reserved, and
+    the stripe's journal naming that insert (format.h, "The stripe journal")."""
+    from shmdict.backends.shm import _core
+
+    header, mm = table._segment.header, table._segment.mm
+    record = header["stripes_offset"] + stripe * _core.STRIPE_SIZE
+    field = {name: record + offset for name, (offset, _) in _core.STRIPE_FIELDS.items()}
+    live = _core.load_u64(mm, field["live"])
+    slot_at = header["data_offset"] + slot * header["slot_size"]
+    _core.store_u64(mm, field["journal_live"], live)
+    _core.store_u64(mm, field["journal_state"], _core.load_u64(mm, slot_at))
+    _core.store_u64(mm, field["journal_slot"], slot)
+    _core.store_u64(mm, field["journal"], _core.JOURNAL_INSERT)      # tier 0
+    _core.store_u64(mm, field["live"], live + 1)
+    total = _core.HEADER_FIELDS["live"][0]
+    _core.store_u64(mm, total, _core.load_u64(mm, total) + 1)
+    _core.store_u64(mm, slot_at, _core.KIND_CLAIMED | (stripe << 32))

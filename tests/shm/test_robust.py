@@ -24,6 +24,8 @@ import shmdict
 from shmdict.backends.shm import _core
 
 CTX = multiprocessing.get_context("fork")
+#: tests/, for the subprocesses that import its helpers.
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def keys_in_stripe(table, stripe, count, tag="k"):
@@ -600,17 +602,12 @@ def test_kill_between_claim_and_publish_is_not_counted(name):
     # What the dying process leaves: the stripe recorded as its own, a slot
     # claimed for that stripe, and the counts reserved.
     code, out, err = run_python(f"""
-        import os, signal, shmdict
-        from shmdict.backends.shm import _core
+        import os, signal, sys, shmdict
         t = shmdict.open({name!r}, shmdict.Counter(), capacity=10, create=False)
+        sys.path.insert(0, {TESTS_DIR!r})
+        from helpers import leave_dead_insert
         t._stripes.acquire({stripe})
-        h = t._segment.header
-        mm = t._segment.mm
-        _core.store_u64(mm, h["data_offset"] + {slot} * h["slot_size"], 1 | ({stripe} << 32))
-        live = h["stripes_offset"] + {stripe} * _core.STRIPE_SIZE + _core.STRIPE_FIELDS["live"][0]
-        _core.store_u64(mm, live, _core.load_u64(mm, live) + 1)
-        g = _core.HEADER_FIELDS["live"][0]
-        _core.store_u64(mm, g, _core.load_u64(mm, g) + 1)
+        leave_dead_insert(t, {stripe}, {slot})
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert code == -signal.SIGKILL, err

@@ -1149,6 +1149,44 @@ admit_recount(Core *c, Tier *t)
 }
 
 /* ------------------------------------------------------------------------ */
+/* The stripe journal: the one operation a stripe's holder is in            */
+/* ------------------------------------------------------------------------ */
+
+/* format.h, "The stripe journal": the holder of a stripe notes the insert
+ * or delete it is doing in the stripe's record, so that a process taking
+ * the stripe over from a dead holder settles that one operation
+ * (repair_stripe, under "Stripe ownership and repair") instead of walking
+ * every slot of every tier.  Plain release stores to the stripe's own cache
+ * line, which the holder has just written (its holder word): a few
+ * instructions per insert or delete. */
+static inline void
+journal_begin(Core *c, uint64_t stripe, unsigned op, uint64_t tier,
+              uint64_t local, uint64_t state)
+{
+    struct shmdict_stripe *j = stripe_at(c, stripe);
+    store_rel(&j->journal_live, load_acq(&c->tiers[tier].stripes[stripe].live));
+    store_rel(&j->journal_state, state);
+    store_rel(&j->journal_slot, local);
+    store_rel(&j->journal, (uint64_t)op | tier << SHMDICT_JOURNAL_TIER_SHIFT);
+}
+
+/* An insert's next candidate slot, noted before the claim is tried. */
+static inline void
+journal_candidate(Core *c, uint64_t stripe, uint64_t local, uint64_t state)
+{
+    struct shmdict_stripe *j = stripe_at(c, stripe);
+    store_rel(&j->journal_state, state);
+    store_rel(&j->journal_slot, local);
+}
+
+/* The operation is done: the slot and both counts are settled. */
+static inline void
+journal_end(Core *c, uint64_t stripe)
+{
+    store_rel(&stripe_at(c, stripe)->journal, 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Insert and delete (caller holds the key's stripe)                        */
 /* ------------------------------------------------------------------------ */
 
@@ -1169,9 +1207,12 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
     uint64_t live = load_acq(&t->header->live);
     if (live == t->capacity)
         return RC_FULL;
+    journal_begin(c, stripe, SHMDICT_JOURNAL_INSERT, k, SHMDICT_JOURNAL_NO_SLOT, 0);
     int admitted = admit_reserve(c, t, stripe);
-    if (admitted <= 0)
+    if (admitted <= 0) {
+        journal_end(c, stripe);
         return admitted < 0 ? RC_ERROR : RC_FULL;
+    }
     uint64_t home = home_of(t, h);
     uint64_t i = home;
     for (uint64_t probes = 0; probes < t->nslots; probes++) {
@@ -1180,6 +1221,7 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
         unsigned kind = st_kind(s);
         if (kind == KIND_EMPTY || kind == KIND_TOMBSTONE) {
             uint64_t claimed = st_make(KIND_CLAIMED, st_gen(s), 0, stripe);
+            journal_candidate(c, stripe, i, s);
             if (cas64(slot, &s, claimed)) {
                 if (kind == KIND_TOMBSTONE)
                     __atomic_fetch_sub(&t->header->tombstones, 1, __ATOMIC_ACQ_REL);
@@ -1195,6 +1237,7 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
                  * publish: a stale expire() of the slot's last key fails. */
                 store_rel(expires_of(slot), expires_word(deadline, published));
                 store_rel(slot, published);
+                journal_end(c, stripe);
                 /* Statistics only (shmdict top's insert rate). */
                 __atomic_fetch_add(&c->header->inserts, 1, __ATOMIC_RELAXED);
                 *slot_out = slot_index(k, i);
@@ -1206,6 +1249,7 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
         i = (i + 1 == t->nslots) ? 0 : i + 1;
     }
     admit_adjust(c, t, stripe, -1);
+    journal_end(c, stripe);
     return RC_NO_FREE_SLOT;
 }
 
@@ -1244,6 +1288,27 @@ tombstone_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0)
     return 1;
 }
 
+/* Delete the key in slot i (the caller holds its `stripe`): tombstone it if
+ * (state, word0) still match, wake the slot's futex waiters if `wake` (a
+ * lock word with waiters: they must see the slot go), and count the key out
+ * of its stripe, all under the stripe's journal.  1 if deleted, 0 if the
+ * pair had moved (nothing changed). */
+static int
+delete_slot(Core *c, uint64_t i, uint64_t state, uint64_t word0, uint64_t stripe, int wake)
+{
+    uint64_t k = tier_of(i);
+    journal_begin(c, stripe, SHMDICT_JOURNAL_DELETE, k, i & LOCAL_MASK, state);
+    if (!tombstone_slot(c, i, state, word0)) {
+        journal_end(c, stripe);
+        return 0;
+    }
+    if (wake)
+        futex_wake_all(word0_of(slot_at(c, i)));
+    admit_adjust(c, &c->tiers[k], stripe, -1);
+    journal_end(c, stripe);
+    return 1;
+}
+
 /* (slot, state) or, with created >= 0, (slot, state, created): what the
  * lookups return and the key cache keeps.  Built by hand: Py_BuildValue
  * parses its format on every call, a quarter of a new key's insert. */
@@ -1269,6 +1334,19 @@ slot_tuple(uint64_t i, uint64_t s, int created)
      * itself, after traversing each once). */
     PyObject_GC_UnTrack(t);
     return t;
+}
+
+/* Whether this thread holds `stripe` (as a verb that inserts or deletes
+ * under the caller's stripe requires: it writes the stripe's journal);
+ * 0 with RuntimeError set when it does not. */
+static int
+stripe_held(Core *c, uint64_t stripe)
+{
+    if (c->stripe_thread != NULL && c->stripe_thread[stripe] == PyThread_get_thread_ident())
+        return 1;
+    PyErr_Format(PyExc_RuntimeError, "stripe %llu of table %R is not held by this thread",
+                 (unsigned long long)stripe, c->name);
+    return 0;
 }
 
 /* The stripe protocol, further down ("Stripe locks"). */
@@ -1314,21 +1392,16 @@ reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
                 return 0;
             w = (w & WAITERS_BIT) | my_id();
             for (int k = 0; k < 1000000; k++) {
-                if (tombstone_slot(c, i, s, w))
-                    break;
+                if (delete_slot(c, i, s, w, stripe, (w & WAITERS_BIT) != 0))
+                    return 1;
                 if (load_acq(slot) != s)
                     return 0;
                 w = load_acq(word0_of(slot));
             }
-            if (load_acq(slot) == s)
-                return 0;
-        } else if (!tombstone_slot(c, i, s, w)) {
-            continue;
+            return 0;
         }
-        if (c->expiry_guard != 0 && (w & WAITERS_BIT))
-            futex_wake_all(word0_of(slot));
-        admit_adjust(c, &c->tiers[tier_of(i)], stripe, -1);
-        return 1;
+        if (delete_slot(c, i, s, w, stripe, c->expiry_guard != 0 && (w & WAITERS_BIT)))
+            return 1;
     }
     return 0;
 }
@@ -2677,6 +2750,8 @@ Core_insert(Core *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "key too long");
     } else if ((uint64_t)extra.len != self->extra_size) {
         PyErr_SetString(PyExc_ValueError, "value has the wrong size");
+    } else if (!stripe_held(self, stripe_of(self, h))) {
+        /* the RuntimeError is set */
     } else if ((found = find_any(self, key.buf, (uint64_t)key.len, h, &i, &s)) != 0
                && !(found == 2 && reclaim_slot(self, i, s, stripe_of(self, h)))) {
         if (found == 2)
@@ -2800,6 +2875,8 @@ Core_delete(Core *self, PyObject *args)
         PyErr_SetString(PyExc_IndexError, "stripe out of range");
         return NULL;
     }
+    if (!stripe_held(self, stripe))
+        return NULL;
     char *slot = slot_at(self, i);
     for (int spins = 0; spins < 1000000; spins++) {
         int64_t v;
@@ -2823,12 +2900,8 @@ Core_delete(Core *self, PyObject *args)
              * bit meanwhile; then again with the word as it is now). */
             uint64_t w = ((uint64_t)v & WAITERS_BIT) | my_id();
             for (int k = 0; k < 1000000; k++) {
-                if (tombstone_slot(self, i, s, w)) {
-                    if (w & WAITERS_BIT)
-                        futex_wake_all(word0_of(slot));
-                    admit_adjust(self, &self->tiers[tier_of(i)], stripe, -1);
+                if (delete_slot(self, i, s, w, stripe, (w & WAITERS_BIT) != 0))
                     return Py_BuildValue("(iL)", RC_OK, 0LL);
-                }
                 if (load_acq(slot) != s)
                     return Py_BuildValue("(iL)", RC_STALE, 0LL);
                 w = load_acq(word0_of(slot));
@@ -2837,14 +2910,12 @@ Core_delete(Core *self, PyObject *args)
         }
         if (mode == 2 && (id_pid((uint64_t)v) == 0 || !is_me((uint64_t)v)))
             return Py_BuildValue("(iL)", RC_NOT_OWNER, (long long)v);
-        if (tombstone_slot(self, i, s, (uint64_t)v)) {
-            /* mode 2 released the record lock: wake its waiters, who then
-             * see the slot changed (else they sleep out their slice). */
-            if (mode != 0 && ((uint64_t)v & WAITERS_BIT))
-                futex_wake_all(word0_of(slot));
-            admit_adjust(self, &self->tiers[tier_of(i)], stripe, -1);
+        /* mode 2 releases the record lock with the tombstone: wake its
+         * waiters, who then see the slot changed (else they sleep out their
+         * slice). */
+        if (delete_slot(self, i, s, (uint64_t)v, stripe,
+                        mode != 0 && ((uint64_t)v & WAITERS_BIT)))
             return Py_BuildValue("(iL)", RC_OK, (long long)v);
-        }
     }
     PyErr_SetString(PyExc_RuntimeError, "value kept changing during delete");
     return NULL;
@@ -3090,15 +3161,17 @@ Core_stripe_cas(Core *self, PyObject *args)
     return PyBool_FromLong(cas64(&stripe_at(self, i)->holder, &e, want));
 }
 
-/* Stripe repair (the caller holds the stripe): a slot the dead holder
+/* Stripe recount (the caller holds the stripe): a slot a dead holder
  * claimed but never published becomes a tombstone, and the stripe's live
- * count is recounted from its published slots.  Only the stripe's own slots
+ * count is recounted from its published slots, in every tier: what `shmdict
+ * check` does for a stripe whose count disagrees with its slots, and what a
+ * takeover does when the dead holder's journal is garbage.  Only the stripe's own slots
  * matter, and while we hold the stripe none of them can change; other
  * stripes' slots can, at any moment, so a slot is counted only if its state
  * word is the same after its key was hashed as before.  Returns 0 with
  * *dropped and *delta set, -1 with an exception set. */
 static int
-repair_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *delta_out)
+recount_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *delta_out)
 {
     long long dropped = 0, total_delta = 0;
     /* Every tier, published ones this process had not mapped included: the
@@ -3138,10 +3211,89 @@ repair_stripe(Core *self, uint64_t stripe, long long *dropped_out, long long *de
     return 0;
 }
 
-/* repair_stripe(i) -> (unpublished_claims_dropped, live_count_delta).
- * Called by the process that just took a stripe over from a dead holder. */
+/* Whether the stripe journal's words describe an operation this table
+ * could have been doing: its op, tier and slot in range and its count
+ * possible.  (They are segment data: a co-tenant may have written them.) */
+static int
+journal_valid(Core *c, uint64_t op_word, uint64_t local, int64_t before)
+{
+    unsigned op = (unsigned)(op_word & SHMDICT_JOURNAL_OP_MASK);
+    uint64_t k = op_word >> SHMDICT_JOURNAL_TIER_SHIFT;
+    if ((op != SHMDICT_JOURNAL_INSERT && op != SHMDICT_JOURNAL_DELETE) || k >= c->ntiers)
+        return 0;
+    Tier *t = &c->tiers[k];
+    if (before < 0 || (uint64_t)before > t->capacity)
+        return 0;
+    if (op == SHMDICT_JOURNAL_INSERT && local == SHMDICT_JOURNAL_NO_SLOT)
+        return 1;
+    return local < t->nslots;
+}
+
+/* The repair of a stripe taken over from a dead (or garbage) holder:
+ * settle the operation that holder was in, from its journal
+ * (format.h, "The stripe journal"; the caller now holds the stripe): drop
+ * its unpublished claim, and set the stripe's count in that tier to what the
+ * slot says the operation achieved.  Returns 0 with *dropped (claims
+ * tombstoned) and *delta (count change) set, -1 with an exception set. */
+static int
+repair_stripe(Core *c, uint64_t stripe, long long *dropped, long long *delta)
+{
+    struct shmdict_stripe *j = stripe_at(c, stripe);
+    *dropped = *delta = 0;
+    uint64_t op_word = load_acq(&j->journal);
+    if (op_word == 0)
+        return 0;                       /* it died between operations */
+    uint64_t k = op_word >> SHMDICT_JOURNAL_TIER_SHIFT;
+    if (k >= c->ntiers && k < SHMDICT_MAX_TIERS && refresh_tiers(c) < 0)
+        return -1;
+    uint64_t local = load_acq(&j->journal_slot), before_state = load_acq(&j->journal_state);
+    int64_t before = (int64_t)load_acq(&j->journal_live);
+    if (!journal_valid(c, op_word, local, before)) {
+        if (recount_stripe(c, stripe, dropped, delta) < 0)
+            return -1;
+        journal_end(c, stripe);
+        return 0;
+    }
+    Tier *t = &c->tiers[k];
+    int64_t target = before;
+    if ((op_word & SHMDICT_JOURNAL_OP_MASK) == SHMDICT_JOURNAL_INSERT) {
+        if (local != SHMDICT_JOURNAL_NO_SLOT) {
+            char *slot = t->slots + local * c->slot_size;
+            uint64_t s = load_acq(slot);
+            if (st_kind(s) == KIND_CLAIMED && st_high(s) == stripe) {
+                /* Its claim, never published: nobody can reach it. */
+                uint64_t tomb = st_make(KIND_TOMBSTONE, st_gen(s), 0, 0);
+                if (cas64(slot, &s, tomb)) {
+                    __atomic_fetch_add(&t->header->tombstones, 1, __ATOMIC_ACQ_REL);
+                    *dropped = 1;
+                }
+            } else if (st_kind(s) == KIND_PUBLISHED && st_klen(s) <= c->key_size
+                       && st_gen(s) == ((st_gen(before_state) + 1) & GEN_MASK)) {
+                /* Published by this stripe's holder (the dead one: we hold
+                 * the stripe now) iff its key is of this stripe. */
+                unsigned long long h;
+                if (hash_key(c, slot_key(slot), (Py_ssize_t)st_klen(s), &h) < 0)
+                    return -1;
+                if (stripe_of(c, h) == stripe)
+                    target = before + 1;
+            }
+        }
+    } else {
+        char *slot = t->slots + local * c->slot_size;
+        if (load_acq(slot) != before_state)
+            target = before - 1;        /* the tombstone landed */
+    }
+    *delta = target - (int64_t)load_acq(&t->stripes[stripe].live);
+    admit_adjust(c, t, stripe, *delta);
+    journal_end(c, stripe);
+    return 0;
+}
+
+/* recount_stripe(i) -> (unpublished_claims_dropped, live_count_delta): the
+ * whole-table recount of one stripe, for `shmdict check` (which holds the
+ * stripe). */
 static PyObject *
-Core_repair_stripe(Core *self, PyObject *arg)
+Core_recount_stripe(Core *self, PyObject *arg)
 {
     unsigned long long stripe = PyLong_AsUnsignedLongLong(arg);
     if (stripe == (unsigned long long)-1 && PyErr_Occurred())
@@ -3152,7 +3304,7 @@ Core_repair_stripe(Core *self, PyObject *arg)
         return NULL;
     }
     long long dropped, delta;
-    if (repair_stripe(self, stripe, &dropped, &delta) < 0)
+    if (recount_stripe(self, stripe, &dropped, &delta) < 0)
         return NULL;
     return Py_BuildValue("(LL)", dropped, delta);
 }
@@ -5713,8 +5865,8 @@ static PyMethodDef Core_methods[] = {
      "recount_live() -> (old, new): the live count rebuilt from the stripes' counts."},
     {"dead_stripes", (PyCFunction)Core_dead_stripes, METH_NOARGS,
      "dead_stripes() -> [i]: stripes whose recorded holder is dead."},
-    {"repair_stripe", (PyCFunction)Core_repair_stripe, METH_O,
-     "repair_stripe(i) -> (claims_dropped, live_delta) after a holder died."},
+    {"recount_stripe", (PyCFunction)Core_recount_stripe, METH_O,
+     "recount_stripe(i) -> (claims_dropped, live_delta): recount a held stripe from the slots."},
     {"lock_acquire", (PyCFunction)Core_lock_acquire, METH_VARARGS,
      "lock_acquire(slot, state, blocking, timeout) -> code."},
     {"lock_release", (PyCFunction)Core_lock_release, METH_VARARGS,
@@ -5938,7 +6090,9 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(fence, "Q"), HEADER_FIELD(expiry_used, "Q"), HEADER_FIELD(reserved, "48s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
-    STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), {NULL, 0, NULL}};
+    STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), STRIPE_FIELD(journal, "Q"),
+    STRIPE_FIELD(journal_slot, "Q"), STRIPE_FIELD(journal_state, "Q"),
+    STRIPE_FIELD(journal_live, "q"), {NULL, 0, NULL}};
 static const struct field_desc slot_fields[] = {
     SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), SLOT_FIELD(expires, "Q"),
     {NULL, 0, NULL}};
@@ -6009,6 +6163,9 @@ add_format_constants(PyObject *m)
         {"KLEN_MASK", KLEN_MASK},
         {"TAG_SHIFT", TAG_SHIFT},
         {"EXPIRES_SHIFT", SHMDICT_EXPIRES_SHIFT},
+        {"JOURNAL_INSERT", SHMDICT_JOURNAL_INSERT},
+        {"JOURNAL_DELETE", SHMDICT_JOURNAL_DELETE},
+        {"JOURNAL_TIER_SHIFT", SHMDICT_JOURNAL_TIER_SHIFT},
     };
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (PyModule_AddIntConstant(m, ints[k].name, ints[k].value) < 0)

@@ -165,7 +165,7 @@ def check_table(table: Any) -> Report:
             # its keys meanwhile).
             try:
                 stripes.acquire(i)
-                _, delta = core.repair_stripe(i)
+                _, delta = core.recount_stripe(i)
             finally:
                 stripes.release(i)
             if delta and core.stripe_live(i) == per_stripe[i]:

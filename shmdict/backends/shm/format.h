@@ -52,8 +52,10 @@
  * inserts/deletes statistics; the spec area shrank by 40 bytes for them;
  * a Struct record is kept in two copies (see "A Struct slot's extra area");
  * per-key expiry: the slot header grew to 24 bytes (the expires word) and
- * the header's last line holds expiry_used. */
-#define SHMDICT_FORMAT_VERSION  3u
+ * the header's last line holds expiry_used.  4: each stripe record holds
+ * its holder's journal (the operation in flight), and a takeover repairs
+ * that operation only. */
+#define SHMDICT_FORMAT_VERSION  4u
 
 /* ------------------------------------------------------------------------ */
 /* The header (offset 0)                                                    */
@@ -140,12 +142,59 @@ struct shmdict_stripe {
                                 0: none (set by CAS right after sem_wait)   */
     int64_t  live;           /* published keys whose hash is in the stripe,
                                 changed only by the holder, under admit     */
-    uint64_t reserved[6];    /* padding to a cache line (zero)              */
+    /* The journal: the insert or delete the holder is in the middle of, so
+     * that whoever takes the stripe over from a dead holder repairs that
+     * one operation instead of walking the table (see "The stripe journal"
+     * below).  Written only by the holder; used in tier 0's records only. */
+    uint64_t journal;        /* 0: no operation in flight; else the op
+                                (SHMDICT_JOURNAL_*) | tier << 8, stored last
+                                (release) when an operation starts and
+                                cleared first when it ends                  */
+    uint64_t journal_slot;   /* the tier-local slot the op works on; for an
+                                insert, the candidate slot about to be
+                                claimed (SHMDICT_JOURNAL_NO_SLOT: none yet) */
+    uint64_t journal_state;  /* that slot's state word when chosen (insert:
+                                the EMPTY or TOMBSTONE word the claim
+                                replaces; delete: the PUBLISHED word)       */
+    int64_t  journal_live;   /* the stripe's live count in that tier before
+                                the operation                               */
+    uint64_t reserved[2];    /* padding to a cache line (zero)              */
 };
 
 _Static_assert(offsetof(struct shmdict_stripe, holder) == 0, "stripe.holder");
 _Static_assert(offsetof(struct shmdict_stripe, live) == 8, "stripe.live");
+_Static_assert(offsetof(struct shmdict_stripe, journal) == 16, "stripe.journal");
+_Static_assert(offsetof(struct shmdict_stripe, journal_slot) == 24, "stripe.journal_slot");
+_Static_assert(offsetof(struct shmdict_stripe, journal_state) == 32, "stripe.journal_state");
+_Static_assert(offsetof(struct shmdict_stripe, journal_live) == 40, "stripe.journal_live");
 _Static_assert(sizeof(struct shmdict_stripe) == 64, "stripe size");
+
+/* The stripe journal.  A holder that inserts or deletes a key writes, in
+ * this order, journal_live (the stripe's count in the key's tier),
+ * journal_state and journal_slot, then journal = op | tier << 8; it clears
+ * journal when the slot and both counts are done.  An insert rewrites
+ * journal_state then journal_slot before each claim it tries.  Whoever takes
+ * the stripe over from a dead holder (or finds its holder word garbage)
+ * reads the journal and settles that one operation:
+ *
+ *   insert: a slot at journal_slot CLAIMED by this stripe is the dead
+ *           holder's unpublished claim: it becomes a TOMBSTONE.  The insert
+ *           completed iff that slot is PUBLISHED with generation
+ *           gen(journal_state) + 1 and a key of this stripe (only this
+ *           stripe's holder publishes its keys, and the candidate was free
+ *           when chosen).  The stripe's count is set to journal_live, plus
+ *           1 if it completed.
+ *   delete: completed iff the slot's state is no longer journal_state.  The
+ *           count is set to journal_live, minus 1 if it completed.
+ *
+ * A journal that does not validate (unknown op, tier or slot out of range,
+ * a count outside 0..capacity) is garbage: the taker recounts the stripe
+ * from the slots of every tier instead, as `shmdict check` does. */
+#define SHMDICT_JOURNAL_INSERT  1u
+#define SHMDICT_JOURNAL_DELETE  2u
+#define SHMDICT_JOURNAL_OP_MASK 0xffu
+#define SHMDICT_JOURNAL_TIER_SHIFT 8
+#define SHMDICT_JOURNAL_NO_SLOT (~0ull)
 
 /* At most this many stripes (and semaphores) per table. */
 #define SHMDICT_MAX_STRIPES     4096u
