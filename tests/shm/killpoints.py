@@ -52,8 +52,8 @@ After every kill
       a deterministic sequence (from its seed), so every returned add's key
       must be in the table exactly once with its amount, every returned
       delete's key absent, and the one call in flight either landed whole or
-      not at all (an add of a new key may also leave the key holding 0: it
-      is inserted with the default, then added to);
+      not at all (an add of a new key inserts it holding its amount, so the
+      key is absent or holds the amount, never 0);
     * ``check()`` passes (repairing what the victim left), and a second
       ``check()`` finds nothing left to repair.
 
@@ -608,7 +608,6 @@ class WindowFigures:
     longest_call: int = 0      # the longest call seen (instructions)
     in_flight: Dict[str, int] = dataclasses.field(default_factory=dict)
     landed: int = 0            # in-flight calls whose effect is in the table
-    created_only: int = 0      # in-flight adds that left their new key at 0
     successor_takeovers: int = 0
     check_repairs: int = 0
     worst_successor_ms: float = 0.0
@@ -637,8 +636,7 @@ class Figures:
             out.append(
                 f"  {name:24} kills {w.kills:4}  inside {w.inside:4}  returned {w.returned:3}"
                 f"  deepest {w.max_steps:6} of {w.longest_call:6} instr  in flight "
-                f"{dict(sorted(w.in_flight.items()))} landed {w.landed} (key made, add not "
-                f"applied {w.created_only})  successor "
+                f"{dict(sorted(w.in_flight.items()))} landed {w.landed}  successor "
                 f"takeovers {w.successor_takeovers}  peer calls {w.peer_calls} (takeovers "
                 f"{w.peer_takeovers})  check repairs {w.check_repairs}  "
                 f"slowest successor call {w.worst_successor_ms:.0f} ms (waited out "
@@ -772,14 +770,12 @@ class Campaign:
         if in_flight is not None:
             kind, key, amount = in_flight
             if kind == "add":
-                # An add of a new key inserts it holding the default (0) and
-                # then adds: killed in between, the key is there with 0.
+                # An add of a new key inserts it holding the amount: the key
+                # is absent, or there with the amount, never at 0.
                 if key in got:
-                    assert got[key] in (0, amount), \
+                    assert got[key] == amount, \
                         f"{where}: in-flight add of {amount} to {key} left {got[key]}"
                     landed = got.pop(key) == amount
-                    if figures is not None and not landed:
-                        figures.created_only += 1
             else:
                 # A delete in flight: the key still holds its amount, or is gone.
                 landed = key not in got

@@ -308,3 +308,21 @@ def test_churn_through_a_small_table_keeps_every_key_reachable(name):
         assert report and report.counted["empty"] < 5
     finally:
         d.close()
+
+
+def test_new_key_created_by_set_and_exchange_hold_the_value(name):
+    """add/set/exchange of a new key create it holding the result in one
+    insert (the aimed kills of tests/shm/test_killpoints.py check that no
+    kill leaves the key at 0)."""
+    table = shmdict.open(name, shmdict.Counter())
+    try:
+        assert table.add("a", 2) == 2
+        assert table.exchange("b", 9) == 0
+        table.set("c", -1)
+        assert dict(table.items()) == {"a": 2, "b": 9, "c": -1}
+        assert table.add("d", 2**63 - 1) == 2**63 - 1
+        with pytest.raises(OverflowError):
+            table.add("d", 1)
+        assert table["d"] == 2**63 - 1
+    finally:
+        table.close()

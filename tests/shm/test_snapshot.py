@@ -238,9 +238,9 @@ def test_save_while_processes_add_and_insert_is_consistent(name, tmp_path):
             mine = sorted(k[2] for k in news if k[1] == w)
             assert mine == list(range(len(mine))), f"worker {w}'s saved keys are not a prefix"
             for i in mine:
-                # 0: saved between the key's insert and its add (add() of a
-                # new key inserts it at 0, then adds).
-                assert saved[("new", w, i)] in (0, 1) and after[("new", w, i)] == 1
+                # add() of a new key inserts it holding the amount: a save
+                # never sees it at 0.
+                assert saved[("new", w, i)] == 1 and after[("new", w, i)] == 1
         assert set(saved) <= set(after)
     # Conservation: what the workers did is all in the table.
     total_adds = sum(a + n for a, n in counts.values())

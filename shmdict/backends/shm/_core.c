@@ -1705,9 +1705,18 @@ hash_key(Core *c, const char *encoded, Py_ssize_t n, unsigned long long *h)
  * Returns 1 with slot and state, 0 (absent, not created), or -1 with an
  * exception; sets *handled to 0 when the key needs the Python resolve
  * callable. */
+/* What a verb that may create its key wants the new key to hold: `word0`
+ * (the Counter value a new key is created with: add's amount, set's value),
+ * and whether this call created the key (`created`, set by the resolve).
+ * Without one (NULL), a new key holds the layout's default word0. */
+struct first_value {
+    int64_t word0;
+    int created;
+};
+
 static int
-resolve_in_c(Core *c, PyObject *key, int create, uint64_t deadline, int *handled,
-             uint64_t *slot, uint64_t *state)
+resolve_in_c(Core *c, PyObject *key, int create, uint64_t deadline, struct first_value *first,
+             int *handled, uint64_t *slot, uint64_t *state)
 {
     char buf[KLEN_MASK + 1];
     *handled = 0;
@@ -1743,9 +1752,11 @@ resolve_in_c(Core *c, PyObject *key, int create, uint64_t deadline, int *handled
      * only to grow the table or repair a dead holder's stripe). */
     PyObject *extra = Py_NewRef(c->default_extra);
     int created;
-    int r = insert_new_slot(c, buf, (uint64_t)n, h, c->default_word0,
+    int r = insert_new_slot(c, buf, (uint64_t)n, h, first ? first->word0 : c->default_word0,
                             PyBytes_AS_STRING(extra), deadline, slot, state, &created);
     Py_DECREF(extra);
+    if (first != NULL)
+        first->created = r == 0 && created;
     return r < 0 ? -1 : 1;
 }
 
@@ -1762,7 +1773,7 @@ typedef struct { uint64_t slot, state; } cache_entry;
  * with an exception set. */
 static int
 resolve_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline,
-            uint64_t *slot, uint64_t *state)
+            struct first_value *first, uint64_t *slot, uint64_t *state)
 {
     if (closed_meanwhile(c))
         return -1;
@@ -1787,7 +1798,7 @@ resolve_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline
      * which gives (slot, state, ...) or None. */
     int handled = 0, r = 0;
     if (cacheable)
-        r = resolve_in_c(c, key, create, deadline, &handled, slot, state);
+        r = resolve_in_c(c, key, create, deadline, first, &handled, slot, state);
     if (!handled) {
         PyObject *res = PyObject_CallFunctionObjArgs(c->resolve_fn, key,
                                                      create ? Py_True : Py_False, NULL);
@@ -1835,7 +1846,7 @@ resolve_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline
 static inline int
 resolve(Core *c, PyObject *key, int create, int use_cache, uint64_t *slot, uint64_t *state)
 {
-    return resolve_ttl(c, key, create, use_cache, 0, slot, state);
+    return resolve_ttl(c, key, create, use_cache, 0, NULL, slot, state);
 }
 
 /* resolve_ttl for the verbs' hot path, inlined into each verb: a cache hit
@@ -1847,10 +1858,10 @@ resolve(Core *c, PyObject *key, int create, int use_cache, uint64_t *slot, uint6
  * here: entries hold no ints.) */
 static inline __attribute__((always_inline)) int
 resolve_fast_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t deadline,
-                 uint64_t *slot, uint64_t *state)
+                 struct first_value *first, uint64_t *slot, uint64_t *state)
 {
     if (!(use_cache && c->has_view && cacheable_key(key, 0)))
-        return resolve_ttl(c, key, create, use_cache, deadline, slot, state);
+        return resolve_ttl(c, key, create, use_cache, deadline, first, slot, state);
     PyObject *hit = PyDict_GetItemWithError(c->cache, key);
     if (hit != NULL) {
         if (PyBytes_CheckExact(hit)
@@ -1869,14 +1880,14 @@ resolve_fast_ttl(Core *c, PyObject *key, int create, int use_cache, uint64_t dea
     } else if (PyErr_Occurred()) {
         return -1;
     }
-    return resolve_ttl(c, key, create, 0, deadline, slot, state);
+    return resolve_ttl(c, key, create, 0, deadline, first, slot, state);
 }
 
 static inline int
 resolve_fast(Core *c, PyObject *key, int create, int use_cache,
              uint64_t *slot, uint64_t *state)
 {
-    return resolve_fast_ttl(c, key, create, use_cache, 0, slot, state);
+    return resolve_fast_ttl(c, key, create, use_cache, 0, NULL, slot, state);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1956,11 +1967,22 @@ static inline __attribute__((always_inline)) PyObject *
 counter_rmw_body(Core *c, PyObject *key, enum rmw op, int64_t arg, uint64_t deadline)
 {
     REQUIRE_OPEN(c);
+    /* A new key is created holding the result (add: the default plus the
+     * amount; set, exchange: the value), so no process, snapshot or kill
+     * ever sees it holding the default in between.  (Keys the Python
+     * resolve callable inserts, those the C encoder does not take, are
+     * inserted with the default and then changed.) */
+    struct first_value first = {arg, 0}, *fp = &first;
+    if (op == RMW_GET || (op == RMW_ADD && __builtin_add_overflow(c->default_word0, arg,
+                                                                 &first.word0)))
+        fp = NULL;          /* created holding the default (an overflow raises below) */
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve_fast_ttl(c, key, 1, attempt == 0, deadline, &i, &s);
+        int r = resolve_fast_ttl(c, key, 1, attempt == 0, deadline, fp, &i, &s);
         if (r < 0)
             return NULL;
+        if (first.created)
+            return PyLong_FromLongLong(op == RMW_EXCHANGE ? c->default_word0 : first.word0);
         char *slot = slot_at(c, i);
         for (;;) {
             int64_t old;
@@ -2453,7 +2475,8 @@ gcra_step(Core *self, PyObject *key, int64_t emission, int64_t tolerance, int64_
     uint64_t first_deadline = cost != 0 ? deadline_in((uint64_t)step) : 0;
     for (int attempt = 0; attempt < 1000000; attempt++) {
         uint64_t i, s;
-        int r = resolve_fast_ttl(self, key, cost != 0, attempt == 0, first_deadline, &i, &s);
+        int r = resolve_fast_ttl(self, key, cost != 0, attempt == 0, first_deadline, NULL,
+                                 &i, &s);
         if (r < 0)
             return -1;
         int64_t tat = 0;
