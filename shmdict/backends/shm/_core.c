@@ -4168,6 +4168,9 @@ record_stable(uint64_t before, uint64_t after)
     return after - before <= 2 - (before & RECORD_WRITING);
 }
 
+/* How long a lock-free record copy keeps trying before giving up. */
+#define RECORD_COPY_SECONDS 0.05
+
 /* Copy slot i's current record into a new bytes object.  Lock-free: copy
  * the current copy between two loads of seq, and keep it if it stayed
  * stable (record_stable); `force` keeps the first copy (the caller holds
@@ -4185,9 +4188,18 @@ record_copy(Core *self, uint64_t i, uint64_t s, int force, PyObject **out)
     PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nwords * 8));
     if (bytes == NULL)
         return -1;
+    /* Bounded in time as well as in count: on a loaded host each yield may
+     * cost a scheduler slice, and 1,000 of them were once 15 s.  After
+     * RECORD_COPY_SECONDS the caller reads under the record lock instead. */
+    double give_up = 0;
     for (unsigned attempt = 0; attempt < 1000; attempt++) {
-        if (attempt >= 8)
+        if (attempt == 8)
+            give_up = now_monotonic() + RECORD_COPY_SECONDS;
+        if (attempt >= 8) {
+            if (attempt > 8 && now_monotonic() > give_up)
+                break;
             sched_yield();               /* let the writers' process run */
+        }
         uint64_t before = load_acq(seq);
         /* Copy word by word with relaxed atomic loads (no data race). */
         uint64_t *src = record_words(self, seq, (before & RECORD_CURRENT) ? 1 : 0);
