@@ -810,6 +810,12 @@ class LmdbPeer(Peer):
         envs = self.__dict__.setdefault("envs", {})
         key = (os.getpid(), space)
         if key not in envs:
+            # A forked worker inherits the parent's environment (opened to
+            # calibrate the run): py-lmdb keeps a per-process registry of
+            # open environments, which the fork copies, so close the
+            # inherited one here first (its fcntl locks stayed the parent's).
+            for stale in [k for k in envs if k[1] == space]:
+                envs.pop(stale).close()
             envs[key] = self.lmdb.open(os.path.join(self.dir, space), map_size=1 << 30,
                                        subdir=True, lock=True, sync=False, metasync=False)
         return envs[key]
