@@ -189,3 +189,10 @@ def test_bench_ttl(capsys):
     assert ttl.main(["--keys", "200", "--repeats", "1", "--budget", "0.005"]) == 0
     out = capsys.readouterr().out
     assert "ttl=3600" in out and "reclaim + insert" in out
+
+
+def test_bench_repair(capsys):
+    """The takeover benchmark: its assertions (the dead claim dropped, the
+    count put back, the table consistent) hold at a tiny size."""
+    assert load("bench_repair").main(["--keys", "2000", "--repeats", "2"]) == 0
+    assert "whole-table recount" in capsys.readouterr().out
