@@ -306,6 +306,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    status = 0
+    for name in args.names:
+        try:
+            table = attach(name)
+        except CliError as exc:
+            print(f"shmdict: {exc}", file=sys.stderr)
+            status = max(status, exc.status)
+            continue
+        try:
+            before = table.stats()["tombstones"]
+            freed = table.compact()
+            after = table.stats()["tombstones"]
+        except ShmDictError as exc:
+            print(f"shmdict: table {name!r}: {exc}", file=sys.stderr)
+            status = max(status, 1)
+            continue
+        finally:
+            table.close()
+        print(f"{name}: {freed} tombstones made empty ({before} before, {after} left: "
+              f"crossed by a key's probe path)")
+    return status
+
+
 def is_pattern(text: str) -> bool:
     """Whether ``text`` is a shell-style pattern rather than a table name (table
     names cannot hold ``*``, ``?`` or ``[``)."""
@@ -509,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
              "show as small count mismatches.")
     p.add_argument("names", nargs="+", metavar="NAME", help="table name(s)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+
+    p = verb("compact", cmd_compact, "free the tombstones of tables now",
+             "Sweep the tables' tombstones (deleted slots): every one that no key's probe "
+             "path crosses becomes an empty slot again, so misses stay short.  Inserts do "
+             "this by themselves, a window at a time, every nslots/8 deletes"
+             "; this is for after a mass delete.  The table stays in use: reads "
+             "and adds go on, inserts and deletes wait one window at a time.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="table name(s)")
 
     p = verb("rm", cmd_rm, "remove tables (segment and semaphores)",
              "Remove tables: the shared-memory segment and all its semaphores.  A table "

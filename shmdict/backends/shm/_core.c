@@ -403,6 +403,7 @@ typedef struct {
     HeldWait *held_waits;    /* locks held by this Core's waiting threads   */
     uint64_t reclaim_after;  /* expiry units: a full insert's reclaim walk
                                 found nothing and no deadline before this   */
+    int auto_compact;        /* inserts sweep tombstones when due (default) */
     int expiry_guard;        /* what keeps an expired key alive: 0 nothing
                                 (Counter), 1 a holder in word0 (Lock, Struct),
                                 2 that or a live reader cell (rw Lock)      */
@@ -587,6 +588,7 @@ Core_init(Core *self, PyObject *args, PyObject *kwds)
     self->reach = (uint16_t *)(self->slots + nslots * slot_size);
     self->max_capacity = max_capacity;
     self->expiry_guard = expiry_guard;
+    self->auto_compact = 1;
     self->ntiers = 1;
     Tier *t0 = &self->tiers[0];
     t0->base = self->base;
@@ -1476,12 +1478,17 @@ static inline long long reclaim_expired(Core *c) { return reclaim_expired_walk(c
  * holder.  Python is called, with the stripe released, only to attach tiers
  * another process published, or when every tier is full: Core(grow=...)
  * then repairs dead stripes, adds a tier, or raises TableFull. */
+static int compact_if_due(Core *c);
+
 static int
 insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t word0,
                 const char *extra, uint64_t deadline,
                 uint64_t *slot_out, uint64_t *state_out, int *created)
 {
     uint64_t stripe = stripe_of(c, h);
+    /* Tombstones first, holding nothing yet (see "Compaction"). */
+    if (compact_if_due(c) < 0)
+        return -1;
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
         long long dropped, delta;
         unsigned seen = c->ntiers;
@@ -1557,6 +1564,315 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
     if (insert_new_slot(c, key, klen, h, word0, extra, 0, &i, &s, &created) < 0)
         return NULL;
     return slot_tuple(i, s, created);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Compaction: tombstones back to empty slots                               */
+/* ------------------------------------------------------------------------ */
+
+/* Lookups stop at an empty slot, so a deleted slot stays a tombstone for as
+ * long as a key's probe path runs over it: while some key sits after it with
+ * its home at or before it.  Under churn the empty slots run out (none left
+ * after 200x capacity of churn) and every miss walks to its reach.  A
+ * tombstone that no key's path crosses can be empty again: a lookup that
+ * gets there is for a key that is not there.
+ *
+ * Which paths cross a slot only stays put while no insert runs, so a sweep
+ * holds every stripe, one window at a time: reads and value updates of
+ * existing keys go on lock-free, inserts and deletes wait for one window at
+ * most.  A window is a run of whole clusters, from the slot after an empty
+ * one to the next empty one.  No key's path crosses an empty slot (the
+ * invariant lookups rely on), so every key of a window has its home in it
+ * (or, by the rounding below, in the empty slot before it) and a window is
+ * decided alone, in one backward pass: `cover` counts the slots before the
+ * current one that the path of some later key still crosses.  The pass also
+ * works out what reach each home of the window needs now, and lowers reach
+ * to that (before, reach only ever grew).
+ *
+ * A key's home is read off its state word's tag, the hash's high 32 bits:
+ * it is home_of(tag << 32) or the slot after it, as the low bits decide;
+ * both are assumed, so no key is ever under-covered (nslots < 2^32).
+ *
+ * A tier with no empty slot at all (the end state of churn without sweeps)
+ * has no window boundary: it is swept whole, as a ring, in two passes (the
+ * first only brings `cover` round), after which it has windows.
+ *
+ * Sweeps start by themselves: an insert that finds the table has seen
+ * nslots/8 deletes (at least 8) since a tier's last sweep finished
+ * (header.compact_mark), or a sweep of it in progress (compact_left),
+ * first
+ * sweeps COMPACT_BUDGET slots of it from where that sweep stands
+ * (compact_next).  That happens before the insert takes its own stripe, so
+ * an exception from a signal handler during a wait leaves nothing half
+ * done.  The three header words are hints: garbage in them costs sweeps,
+ * never a key, since every decision is made from the slots under every
+ * stripe.
+ *
+ * A sweeper stopped past the stall timeout while holding a stripe it took
+ * over (its holder word then has the takeover bit) can lose that stripe to a
+ * waiter.  So it converts only after checking that it still holds them all,
+ * and each conversion is a CAS from the exact tombstone word it judged: an
+ * insert after the check that would cross the slot finds it free, claims it,
+ * and the CAS fails. */
+
+#define COMPACT_WINDOW  4096u     /* a window covers at least this many slots
+                                     (then on to the next empty one)        */
+#define COMPACT_BUDGET  16384u    /* slots an insert's sweep step covers
+                                     (four windows, ~0.2 ms)               */
+
+static inline uint64_t ring_next(Tier *t, uint64_t i) { return i + 1 == t->nslots ? 0 : i + 1; }
+
+/* Deletes since a tier's last sweep that start the next one. */
+static inline uint64_t compact_trigger(Tier *t)
+{
+    uint64_t q = t->nslots / 8;
+    return q < 8 ? 8 : q;
+}
+
+/* Whether an insert should sweep tier t first: a sweep of it is in
+ * progress, or the table saw compact_trigger() deletes since the last one
+ * finished (the deletes count is tier 0's, for all tiers: a tier may be
+ * swept early, never late).  Nothing to do with fewer than 8 tombstones. */
+static inline int
+compact_due(Core *c, Tier *t)
+{
+    if ((int64_t)load_acq(&t->header->tombstones) < 8)
+        return 0;
+    if (load_acq(&t->header->compact_left) != 0)
+        return 1;
+    /* Unsigned: a garbage mark ahead of the count wraps, and so sweeps. */
+    return load_acq(&c->header->deletes) - load_acq(&t->header->compact_mark)
+           >= compact_trigger(t);
+}
+
+/* Take every stripe, in index order: two sweepers never deadlock, and
+ * nothing else holds one stripe while it waits for another.  0, or -1 with
+ * an exception set and none held. */
+static int
+take_all_stripes(Core *c)
+{
+    for (uint64_t s = 0; s < c->nstripes; s++) {
+        long long dropped, delta;
+        int r = stripe_acquire(c, s, 0, &dropped, &delta);
+        if (r == RC_ERROR) {
+            while (s-- > 0)
+                stripe_release(c, s);
+            return -1;
+        }
+        if (r == RC_RECOVERED)
+            c->takeovers++;
+    }
+    return 0;
+}
+
+static void
+release_all_stripes(Core *c)
+{
+    for (uint64_t s = c->nstripes; s-- > 0;)
+        stripe_release(c, s);
+}
+
+/* Whether this process still holds every stripe (a sweeper stopped past
+ * the stall timeout may have been taken over). */
+static int
+holds_all_stripes(Core *c)
+{
+    uint64_t me = my_id();
+    for (uint64_t s = 0; s < c->nstripes; s++)
+        if ((load_acq(&stripe_at(c, s)->holder) & ~SHMDICT_TAKEOVER_BIT) != me)
+            return 0;
+    return 1;
+}
+
+/* The slot a key's path starts from, at the earliest (see above), and
+ * whether the slot after it may be its home instead. */
+static inline uint64_t
+home_low(Tier *t, uint64_t state, int *maybe_next)
+{
+    uint64_t tag = st_high(state);
+    uint64_t low = home_of(t, tag << TAG_SHIFT);
+    *maybe_next = home_of(t, (tag << TAG_SHIFT) | ((1ull << TAG_SHIFT) - 1)) != low;
+    return low;
+}
+
+/* A tombstone a window found no path across, to be made empty. */
+typedef struct { uint64_t local, state; } free_slot;
+
+/* Sweep `len` slots of tier t from `a`: a window (slot a-1 and slot a+len
+ * are empty) or, with `ring`, the whole tier (a == 0, len == nslots).  The
+ * caller holds every stripe.  Returns the tombstones made empty, -1 with
+ * MemoryError set. */
+static long long
+compact_window(Core *c, Tier *t, uint64_t a, uint64_t len, int ring)
+{
+    uint64_t n = t->nslots;
+    free_slot *found = PyMem_Malloc((len ? len : 1) * sizeof(free_slot));
+    uint16_t *need = ring ? NULL : PyMem_Calloc(len ? len : 1, sizeof(uint16_t));
+    if (found == NULL || (!ring && need == NULL)) {
+        PyMem_Free(found);
+        PyMem_Free(need);
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t nfound = 0;
+    int reach_ok = !ring;       /* lower reach only from an exact window */
+    uint64_t cover = 0;         /* slots before this one a later path crosses */
+    for (int pass = ring ? 0 : 1; pass < 2; pass++) {
+        uint64_t i = (a + len - 1) % n;
+        for (uint64_t off = len; off-- > 0; i = i == 0 ? n - 1 : i - 1) {
+            uint64_t s = load_acq(t->slots + i * c->slot_size);
+            unsigned kind = st_kind(s);
+            int crossed = cover > 0;
+            if (cover > 0)
+                cover--;
+            if (kind == KIND_TOMBSTONE) {
+                if (!crossed && pass == 1)
+                    found[nfound++] = (free_slot){i, s};
+                continue;
+            }
+            if (kind == KIND_EMPTY)
+                continue;
+            if (kind != KIND_PUBLISHED) {
+                /* Claimed under a stripe we hold (its holder died, and the
+                 * takeover left it) or garbage: its key is unknown, so let
+                 * it cover everything before it. */
+                cover = n;
+                reach_ok = 0;
+                continue;
+            }
+            int maybe_next;
+            uint64_t home = home_low(t, s, &maybe_next);
+            uint64_t d = (i + n - home) % n;      /* slots its path crosses */
+            if (d > cover)
+                cover = d;
+            if (!reach_ok)
+                continue;
+            if (d > off) {
+                /* Its earliest home is the empty slot before the window: its
+                 * home is then the window's first slot, or the table is
+                 * inconsistent (check() says so) and reach stays. */
+                if (d == off + 1 && maybe_next) {
+                    if (need[0] < off)
+                        need[0] = off >= SHMDICT_REACH_UNBOUNDED ? SHMDICT_REACH_UNBOUNDED
+                                                                 : (uint16_t)off;
+                } else {
+                    reach_ok = 0;
+                }
+                continue;
+            }
+            uint16_t want = d >= SHMDICT_REACH_UNBOUNDED ? SHMDICT_REACH_UNBOUNDED : (uint16_t)d;
+            if (need[off - d] < want)
+                need[off - d] = want;
+            if (maybe_next && d >= 1 && need[off - d + 1] < want - 1)
+                need[off - d + 1] = want - 1;
+        }
+    }
+    long long made = 0;
+    if (holds_all_stripes(c)) {
+        for (uint64_t k = 0; k < nfound; k++) {
+            uint64_t tomb = found[k].state;
+            if (cas64(t->slots + found[k].local * c->slot_size, &tomb,
+                      st_make(KIND_EMPTY, st_gen(found[k].state), 0, 0))) {
+                __atomic_fetch_sub(&t->header->tombstones, 1, __ATOMIC_ACQ_REL);
+                made++;
+            }
+        }
+        if (reach_ok) {
+            uint64_t i = a;
+            for (uint64_t off = 0; off < len; off++, i = ring_next(t, i))
+                if (need[off] < __atomic_load_n(&t->reach[i], __ATOMIC_ACQUIRE))
+                    __atomic_store_n(&t->reach[i], need[off], __ATOMIC_RELEASE);
+        }
+    }
+    PyMem_Free(found);
+    PyMem_Free(need);
+    return made;
+}
+
+/* The first empty slot of tier t at or after slot i, or nslots if none. */
+static uint64_t
+next_empty(Core *c, Tier *t, uint64_t i)
+{
+    for (uint64_t steps = 0; steps < t->nslots; steps++, i = ring_next(t, i))
+        if (st_kind(load_acq(t->slots + i * c->slot_size)) == KIND_EMPTY)
+            return i;
+    return t->nslots;
+}
+
+/* Sweep tier k: go on with the sweep in progress (or start one) for about
+ * `budget` slots, or with budget 0 sweep it whole, from a fresh start.
+ * Holds every stripe for a window at a time and lets the others in between.
+ * Returns the tombstones made empty, -1 with an exception set. */
+static long long
+compact_tier(Core *c, unsigned k, uint64_t budget)
+{
+    Tier *t = &c->tiers[k];
+    struct shmdict_header *hd = t->header;
+    uint64_t n = t->nslots;
+    long long made = 0;
+    if (take_all_stripes(c) < 0)
+        return -1;
+    uint64_t left = load_acq(&hd->compact_left);
+    if (budget == 0 || left == 0 || left > n)
+        left = n;                       /* a new sweep */
+    for (uint64_t covered = 0; left > 0 && (budget == 0 || covered < budget);) {
+        if (covered > 0) {
+            release_all_stripes(c);     /* let inserts and deletes in */
+            if (take_all_stripes(c) < 0)
+                return -1;
+        }
+        /* A window starts right after an empty slot: the one the last
+         * window ended at, unless an insert took it meanwhile. */
+        uint64_t from = load_acq(&hd->compact_next) % n;
+        uint64_t anchor = next_empty(c, t, from);
+        long long r;
+        if (anchor == n) {
+            /* Not one empty slot: the whole tier, as a ring; if that freed
+             * any, sweep it again in windows (which lowers reach). */
+            r = compact_window(c, t, 0, n, 1);
+            covered += n;
+            left = r > 0 ? n : 0;
+            store_rel(&hd->compact_next, 0);
+        } else {
+            uint64_t skipped = (anchor + n - from) % n;
+            uint64_t least = left < COMPACT_WINDOW ? left : COMPACT_WINDOW;
+            uint64_t a = ring_next(t, anchor), len = 0, i = a;
+            /* Whole clusters: on to an empty slot once the window is long
+             * enough (the anchor is one, at the latest). */
+            while (len < n - 1
+                   && !(len >= least && st_kind(load_acq(t->slots + i * c->slot_size)) == KIND_EMPTY)) {
+                len++;
+                i = ring_next(t, i);
+            }
+            r = compact_window(c, t, a, len, 0);
+            uint64_t swept = skipped + 1 + len;
+            covered += swept;
+            left = swept >= left ? 0 : left - swept;
+            store_rel(&hd->compact_next, i);    /* the empty slot it ended at */
+        }
+        if (r < 0) {
+            release_all_stripes(c);
+            return -1;
+        }
+        made += r;
+        store_rel(&hd->compact_left, left);
+    }
+    if (left == 0)
+        store_rel(&hd->compact_mark, load_acq(&c->header->deletes));
+    release_all_stripes(c);
+    return made;
+}
+
+/* Before an insert: sweep the tiers that are due (see above). */
+static int
+compact_if_due(Core *c)
+{
+    if (!c->auto_compact || c->sems == NULL)
+        return 0;
+    for (unsigned k = 0; k < c->ntiers; k++)
+        if (compact_due(c, &c->tiers[k]) && compact_tier(c, k, COMPACT_BUDGET) < 0)
+            return -1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -5660,6 +5976,82 @@ Core_correct_tombstones(Core *self, PyObject *args)
     return PyLong_FromLongLong(old);
 }
 
+/* compact() -> int: sweep every attached tier whole now ("Compaction"),
+ * whatever the trigger says; the tombstones made empty. */
+static PyObject *
+Core_compact(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    REQUIRE_OPEN(self);
+    if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+        return NULL;
+    }
+    long long made = 0;
+    for (unsigned k = 0; k < self->ntiers; k++) {
+        long long r = compact_tier(self, k, 0);
+        if (r < 0)
+            return NULL;
+        made += r;
+    }
+    return PyLong_FromLongLong(made);
+}
+
+/* set_auto_compact(on) -> the previous setting: whether this Core's
+ * inserts sweep tombstones when due (benchmarks turn it off to measure a
+ * table without sweeps). */
+static PyObject *
+Core_set_auto_compact(Core *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    int old = self->auto_compact;
+    self->auto_compact = on;
+    return PyBool_FromLong(old);
+}
+
+/* probe_stats(tier=0) -> dict: the tier's slots by kind (empty, tombstone,
+ * published, claimed), mean_reach (the mean reach entry, an unbounded one
+ * as nslots - 1) and mean_miss (the slots a miss examines, averaged over
+ * every home slot: up to the first empty slot or past reach, whichever
+ * comes first, as find_in_tier does).  Read without locks: exact on a
+ * quiet table. */
+static PyObject *
+Core_probe_stats(Core *self, PyObject *args)
+{
+    unsigned long long k = 0;
+    if (!PyArg_ParseTuple(args, "|K", &k))
+        return NULL;
+    REQUIRE_OPEN(self);
+    Tier *t = tier_arg(self, k);
+    if (t == NULL)
+        return NULL;
+    uint64_t n = t->nslots, kinds[4] = {0, 0, 0, 0};
+    double reach_sum = 0, miss_sum = 0;
+    /* Slots from each slot to the first empty one, by a backward walk
+     * taken twice round the ring (the first only brings the count round). */
+    uint64_t to_empty = n;
+    for (int pass = 0; pass < 2; pass++)
+        for (uint64_t i = n; i-- > 0;) {
+            uint64_t s = load_acq(t->slots + i * self->slot_size);
+            unsigned kind = st_kind(s);
+            to_empty = kind == KIND_EMPTY ? 0 : (to_empty >= n ? n : to_empty + 1);
+            if (pass == 0)
+                continue;
+            kinds[kind]++;
+            uint64_t limit = reach_limit(t, i);
+            reach_sum += (double)limit;
+            miss_sum += (double)((to_empty < limit ? to_empty : limit) + 1);
+        }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:d,s:d}",
+                         "empty", (unsigned long long)kinds[KIND_EMPTY],
+                         "tombstone", (unsigned long long)kinds[KIND_TOMBSTONE],
+                         "published", (unsigned long long)kinds[KIND_PUBLISHED],
+                         "claimed", (unsigned long long)kinds[KIND_CLAIMED],
+                         "mean_reach", reach_sum / (double)n,
+                         "mean_miss", miss_sum / (double)n);
+}
+
 /* stripe_live(i) -> the stripe's own live count, summed over the tiers */
 static PyObject *
 Core_stripe_live(Core *self, PyObject *arg)
@@ -5926,6 +6318,12 @@ static PyMethodDef Core_methods[] = {
      "counts() -> (live, tombstones) from the header."},
     {"correct_tombstones", (PyCFunction)Core_correct_tombstones, METH_VARARGS,
      "correct_tombstones(count, tier=0) -> old count: set a tier's tombstone count."},
+    {"compact", (PyCFunction)Core_compact, METH_NOARGS,
+     "compact() -> int: sweep every tier's tombstones now; how many were made empty."},
+    {"set_auto_compact", (PyCFunction)Core_set_auto_compact, METH_O,
+     "set_auto_compact(on) -> bool: whether inserts sweep tombstones when due; the old setting."},
+    {"probe_stats", (PyCFunction)Core_probe_stats, METH_VARARGS,
+     "probe_stats(tier=0) -> dict: slot kinds, mean reach, mean slots a miss examines."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
      "stripe_live(i) -> the live count kept by stripe i (all tiers)."},
     {"tiers", (PyCFunction)Core_tiers, METH_NOARGS,
@@ -6122,7 +6520,9 @@ static const struct field_desc header_fields[] = {
     HEADER_FIELD(created, "Q"), HEADER_FIELD(max_capacity, "Q"), HEADER_FIELD(tiers, "Q"),
     HEADER_FIELD(tier, "Q"), HEADER_FIELD(inserts, "Q"), HEADER_FIELD(deletes, "Q"),
     HEADER_FIELD(spec_length, "H"), HEADER_FIELD(spec, "790s"),
-    HEADER_FIELD(fence, "Q"), HEADER_FIELD(expiry_used, "Q"), HEADER_FIELD(reserved, "48s"),
+    HEADER_FIELD(fence, "Q"), HEADER_FIELD(expiry_used, "Q"),
+    HEADER_FIELD(compact_mark, "Q"), HEADER_FIELD(compact_next, "Q"),
+    HEADER_FIELD(compact_left, "Q"), HEADER_FIELD(reserved, "24s"),
     {NULL, 0, NULL}};
 static const struct field_desc stripe_fields[] = {
     STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), STRIPE_FIELD(journal, "Q"),

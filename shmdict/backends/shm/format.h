@@ -102,7 +102,15 @@ struct shmdict_header {
                                 deadline (then 1, never cleared): len() and
                                 a full insert look for expired keys only
                                 when it is set (tier 0's word counts)       */
-    uint64_t reserved[6];    /* zero                                        */
+    /* Compaction of this tier's tombstones (_core.c, "Compaction"): hints
+     * only, written under every stripe; garbage costs a sweep, never a key. */
+    uint64_t compact_mark;   /* tier 0's deletes count when the last sweep
+                                of this tier finished (an insert sweeps
+                                again nslots/8 deletes later)               */
+    uint64_t compact_next;   /* the slot the sweep in progress goes on from */
+    uint64_t compact_left;   /* slots that sweep still has to cover (0: no
+                                sweep in progress)                          */
+    uint64_t reserved[3];    /* zero                                        */
 };
 
 _Static_assert(offsetof(struct shmdict_header, magic) == 0, "header.magic");
@@ -131,6 +139,8 @@ _Static_assert(offsetof(struct shmdict_header, spec_length) == 168, "header.spec
 _Static_assert(offsetof(struct shmdict_header, spec) == 170, "header.spec");
 _Static_assert(offsetof(struct shmdict_header, fence) == 960, "header.fence");
 _Static_assert(offsetof(struct shmdict_header, expiry_used) == 968, "header.expiry_used");
+_Static_assert(offsetof(struct shmdict_header, compact_mark) == 976, "header.compact_mark");
+_Static_assert(offsetof(struct shmdict_header, compact_left) == 992, "header.compact_left");
 _Static_assert(sizeof(struct shmdict_header) == SHMDICT_HEADER_SIZE, "header size");
 
 /* ------------------------------------------------------------------------ */

@@ -319,6 +319,18 @@ class Table(BaseTable):
         self._check_open()
         return self._core.reclaim_expired()
 
+    def compact(self) -> int:
+        """Sweep every tier's tombstones now: each deleted slot that no key's
+        probe path crosses becomes empty again, and reach is lowered to what
+        the keys need; how many slots were freed.  Inserts already do this a
+        window at a time, every ``nslots/8`` deletes, so
+        this is for after a mass delete, or for ``shmdict compact``.  It
+        holds every stripe one window (~4,096 slots) at a time: reads and
+        adds go on, inserts and deletes wait a window."""
+        self._check_open()
+        self._attach_tiers()
+        return self._core.compact()
+
     def __contains__(self, key: object) -> bool:
         self._check_open()
         try:
