@@ -254,6 +254,62 @@ def test_garbage_journal_falls_back_to_a_recount(name, monkeypatch):
         table.close()
 
 
+def _dies_holding(name: str, stripe: int, conn) -> None:
+    table = shmdict.open(name, shmdict.Counter(), capacity=CAPACITY, create=False)
+    table._stripes.acquire(stripe)
+    conn.send("holding")
+    time.sleep(60)
+
+
+def _taker_that_stops(name: str, stripe: int, conn) -> None:
+    """Take ``stripe`` over from its dead holder (so this process's holder
+    word carries the takeover bit), say so, and release it when told."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=CAPACITY, create=False,
+                         stripe_poll=0.02, stall_timeout=0.3)
+    assert table._core.stripe_acquire(stripe) is not None      # (dropped, delta)
+    conn.send("took over")
+    assert conn.recv() == "release"
+    table._core.stripe_release(stripe)
+    conn.send("released")
+
+
+def test_a_taker_stopped_past_the_stall_timeout_does_not_post_twice(name):
+    """A process that took a stripe over from a dead holder is SIGSTOPped
+    while holding it; past the stall timeout another takes it from it, and
+    releases it.  Continued, the first releases too: that must not post the
+    semaphore a second time (a count of 2 lets two processes hold the
+    stripe at once), whatever the word says by then."""
+    stripe = 3
+    table = shmdict.open(name, shmdict.Counter(), capacity=CAPACITY, stripe_poll=0.02,
+                         stall_timeout=0.3)
+    parent, child = CTX.Pipe()
+    dead = CTX.Process(target=_dies_holding, args=(name, stripe, child))
+    dead.start()
+    assert parent.recv() == "holding"
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.join()
+    taker = CTX.Process(target=_taker_that_stops, args=(name, stripe, child))
+    taker.start()
+    try:
+        assert parent.recv() == "took over"
+        os.kill(taker.pid, signal.SIGSTOP)
+        key = keys_in_stripe(table, stripe, 1, "after")[0]
+        table.add(key, 1)                   # waits out the stall, takes it over
+        assert table._stripes.takeovers == 1
+        os.kill(taker.pid, signal.SIGCONT)
+        parent.send("release")
+        assert parent.poll(10) and parent.recv() == "released"
+        taker.join(10)
+        assert taker.exitcode == 0
+        report = table.check()
+        assert report and not report.repaired, str(report)
+        assert table.read(key) == (1, True)
+    finally:
+        if taker.is_alive():
+            os.kill(taker.pid, signal.SIGKILL)
+        table.close()
+
+
 def test_check_repairs_a_dead_holder(name):
     """With nobody waiting, `check` itself takes a dead holder's stripe over."""
     table = shmdict.open(name, shmdict.Counter(), capacity=CAPACITY, stripe_poll=0.05)

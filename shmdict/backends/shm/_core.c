@@ -396,6 +396,8 @@ typedef struct {
     double stripe_poll;      /* seconds between looks at a stripe's holder  */
     sem_t **sems;            /* the stripe semaphores (attach_semaphores)   */
     unsigned long *stripe_thread; /* per stripe: the thread of ours holding it */
+    unsigned char *stripe_took;   /* per stripe: we hold it by a takeover (our
+                                     holder word carries the takeover bit)  */
     uint64_t max_capacity;   /* tier 0's header, checked at construction    */
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
@@ -3688,11 +3690,13 @@ sem_value(sem_t *sem)
     return v;
 }
 
-/* Record that this thread holds `stripe` (holder word already written). */
+/* Record that this thread holds `stripe` (holder word already written,
+ * `word`: with the takeover bit or not). */
 static inline void
-stripe_mark(Core *c, uint64_t stripe)
+stripe_mark(Core *c, uint64_t stripe, uint64_t word)
 {
     c->stripe_thread[stripe] = PyThread_get_thread_ident();
+    c->stripe_took[stripe] = (word & TAKEOVER_BIT) != 0;
 }
 
 /* The post-wait step: we hold a semaphore count.  Returns 1 when we now own
@@ -3783,7 +3787,7 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
             }
             if (!stripe_after_wait(c, stripe, &repaired))
                 continue;
-            stripe_mark(c, stripe);
+            stripe_mark(c, stripe, 0);
             if (repaired) {
                 if (repair_stripe(c, stripe, dropped, delta) < 0) {
                     stripe_release(c, stripe);
@@ -3836,7 +3840,7 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
             want = me | TAKEOVER_BIT;
         }
         if (take && cas64(word, &h, want)) {
-            stripe_mark(c, stripe);
+            stripe_mark(c, stripe, want);
             if (repair_stripe(c, stripe, dropped, delta) < 0) {
                 stripe_release(c, stripe);
                 return RC_ERROR;
@@ -3848,24 +3852,33 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
 
 /* Release `stripe` if this thread holds it: clear the holder word, post.
  * Returns 1 if it did, 0 if this thread did not hold it (or it was taken
- * over meanwhile, in which case its taker posts). */
+ * over meanwhile, in which case its taker posts).
+ *
+ * A word that is not ours when we release: 0, or a live process's with the
+ * takeover bit, means we were taken over (stopped past the stall timeout)
+ * and the taker posts or posted; then the count is not ours to give.  Any
+ * other word, over a stripe we hold by a takeover, is the next holder's,
+ * after the one who took it from us gave it back: leave it too.  Over a
+ * stripe we took plainly it is garbage (no takeover of a live, recorded
+ * holder writes a word without the bit): left alone, the count would stay
+ * taken under it for good, so clear it and post. */
 static int
 stripe_release(Core *c, uint64_t stripe)
 {
     if (c->stripe_thread == NULL || c->stripe_thread[stripe] != PyThread_get_thread_ident())
         return 0;
     c->stripe_thread[stripe] = 0;
+    int took = c->stripe_took[stripe];
+    c->stripe_took[stripe] = 0;
     if (!c->has_view)
         return 0;
     uint64_t *word = &stripe_at(c, stripe)->holder;
     uint64_t me = my_id();
     for (int tries = 0; tries < 1000; tries++) {
         uint64_t h = load_acq(word);
-        if (h != 0 && (h & ~TAKEOVER_BIT) != me && (h & TAKEOVER_BIT) && id_alive(h))
+        if ((h & ~TAKEOVER_BIT) != me
+                && (h == 0 || took || ((h & TAKEOVER_BIT) && id_alive(h))))
             return 0;       /* taken over from us: the taker posts */
-        /* Ours; or garbage written over our word (no takeover of a live,
-         * recorded holder writes a word without the takeover bit: left
-         * alone, the count would stay taken under it for good). */
         if (cas64(word, &h, 0)) {
             sem_post(c->sems[stripe]);
             return 1;
@@ -3964,9 +3977,11 @@ Core_attach_semaphores(Core *self, PyObject *args, PyObject *kwds)
     }
     sem_t **sems = PyMem_Calloc(self->nstripes, sizeof *sems);
     unsigned long *threads = PyMem_Calloc(self->nstripes, sizeof *threads);
-    if (sems == NULL || threads == NULL) {
+    unsigned char *took = PyMem_Calloc(self->nstripes, 1);
+    if (sems == NULL || threads == NULL || took == NULL) {
         PyMem_Free(sems);
         PyMem_Free(threads);
+        PyMem_Free(took);
         return PyErr_NoMemory();
     }
     for (uint64_t k = 0; k < self->nstripes; k++) {
@@ -3979,12 +3994,14 @@ Core_attach_semaphores(Core *self, PyObject *args, PyObject *kwds)
                 sem_close(sems[j]);
             PyMem_Free(sems);
             PyMem_Free(threads);
+            PyMem_Free(took);
             return NULL;
         }
         sems[k] = sem;
     }
     self->sems = sems;
     self->stripe_thread = threads;
+    self->stripe_took = took;
     Py_RETURN_NONE;
 }
 
@@ -3999,6 +4016,8 @@ close_semaphores(Core *self)
     }
     PyMem_Free(self->stripe_thread);
     self->stripe_thread = NULL;
+    PyMem_Free(self->stripe_took);
+    self->stripe_took = NULL;
 }
 
 /* recount_live() -> (old, new): set the global live count to the sum of
