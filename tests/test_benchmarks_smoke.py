@@ -196,3 +196,11 @@ def test_bench_repair(capsys):
     count put back, the table consistent) hold at a tiny size."""
     assert load("bench_repair").main(["--keys", "2000", "--repeats", "2"]) == 0
     assert "whole-table recount" in capsys.readouterr().out
+
+
+def test_bench_churn(capsys):
+    """The churn benchmark at a tiny size: its tables stay consistent and
+    the unswept one has no empty slot left for compact() to start from."""
+    assert load("bench_churn").main(["--sizes", "1000:5", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no sweeps (before)" in out and "one ring" in out

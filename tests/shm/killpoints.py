@@ -26,7 +26,9 @@ How a kill is aimed
 The windows (``WINDOWS``): new-key inserts (``insert_new_slot``,
 ``insert_in_tier``, the stripe's ``stripe_acquire``, ``stripe_after_wait``
 (between the semaphore and the holder word) and ``stripe_release``), deletes
-(``Core_delete``, ``tombstone_slot``), the admission lock (``admit_change``,
+(``Core_delete``, ``tombstone_slot``), tombstone sweeps (``compact_tier``,
+``compact_window``: the victim's inserts sweep every nslots/8 deletes, holding
+every stripe), the admission lock (``admit_change``,
 ``admit_lock``), stripe takeover (``stripe_acquire`` of a stripe whose
 holder is dead, and ``repair_stripe``: a first victim is killed holding the
 stripe, and the second, aimed one is killed while taking it over), and tier
@@ -124,6 +126,8 @@ WINDOWS: Tuple[Window, ...] = (
     Window("admit_lock", "admit_lock", "mixed"),
     Window("Core_delete", "Core_delete", "mixed"),
     Window("tombstone_slot", "tombstone_slot", "mixed"),
+    Window("compact_tier", "compact_tier", "mixed"),
+    Window("compact_window", "compact_window", "mixed"),
     Window("stripe_acquire/takeover", "stripe_acquire", "takeover"),
     Window("repair_stripe", "repair_stripe", "takeover"),
     Window("Core_add_tier", "Core_add_tier", "grow"),
