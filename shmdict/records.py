@@ -7,9 +7,7 @@ them here, so a record behaves the same wherever the table lives.
 """
 from __future__ import annotations
 
-import keyword
-import struct
-from typing import Any, Callable, Tuple
+from typing import Any, Tuple
 
 from .layouts import Struct
 
@@ -65,44 +63,3 @@ def make_record(cls: type, values: Tuple[Any, ...], recovered: bool) -> MutableR
         setattr(rec, name, value)
     rec.recovered = recovered
     return rec
-
-
-def record_codec(layout: Struct) -> Tuple[Callable[[bytes, bool], MutableRecord],
-                                          Callable[[MutableRecord], bytes]]:
-    """``(make, pack)`` for ``update()``'s hot path: ``make(data, recovered)``
-    unpacks a record's bytes into a new MutableRecord, ``pack(rec)`` packs it
-    back (padded; ``ValueError`` when a field does not fit), as
-    :func:`make_record` and ``Struct.pack_in_order`` do.
-
-    Both are compiled once per layout with the field names spelled out, as
-    ``namedtuple`` does, so a round trip runs no per-field loop.  The names
-    are safe to spell out: the layout's named tuple has already accepted
-    them (identifiers, no keywords, no leading underscore).
-    """
-    codec = layout.__dict__.get("_record_codec")
-    if codec is not None:
-        return codec
-    cls = record_class(layout)
-    fields = cls._fields                                  # type: ignore[attr-defined]
-    if not all(f.isidentifier() and not keyword.iskeyword(f) and f != "recovered"
-               for f in fields):
-        raise ValueError(f"field names must be identifiers: {fields}")
-    unpack, spack, padding = layout._struct.unpack_from, layout._struct.pack, layout._padding
-    targets = ", ".join(f"rec.{f}" for f in fields)
-    src = (f"def make(data, recovered):\n"
-           f"    rec = new(cls)\n"
-           f"    {targets}, = unpack(data)\n"
-           f"    rec.recovered = recovered\n"
-           f"    return rec\n"
-           f"def pack(rec):\n"
-           f"    try:\n"
-           f"        return spack({targets}) + padding\n"
-           f"    except error as exc:\n"
-           f"        raise ValueError(f'cannot pack record {{[{targets}]!r}}: {{exc}}')"
-           f" from None\n")
-    scope = {"new": cls.__new__, "cls": cls, "unpack": unpack, "spack": spack,
-             "padding": padding, "error": struct.error}
-    exec(compile(src, f"<record codec of {layout!r}>", "exec"), scope)
-    codec = scope["make"], scope["pack"]
-    layout._record_codec = codec  # type: ignore[attr-defined]
-    return codec

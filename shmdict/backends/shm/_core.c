@@ -5339,15 +5339,242 @@ mod_bind_counter_handle(PyObject *m, PyObject *cls)
     Py_RETURN_NONE;
 }
 
+/* --- Struct records: a layout's bytes <-> its MutableRecord, in C */
+
+/* RecordCodec(cls, unpack_from, pack, padding, error): the record of an
+ * update() block, made from a slot's bytes and packed back, without a
+ * Python frame.  `cls` is the layout's MutableRecord subclass (its fields
+ * in `_fields`, each a __slots__ entry, plus `recovered`); unpack_from and
+ * pack are the layout's struct.Struct methods, padding the bytes that pad a
+ * packed record to the slot's record size, error struct.error.  make() and
+ * pack() do what records.py's Python codec did: the same record, the same
+ * bytes, a ValueError naming the values when a field does not fit. */
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *cls;
+    PyObject *fields;        /* tuple of str, the record's field names     */
+    PyObject *unpack_from, *pack, *padding, *error;
+    Py_ssize_t nfields;
+    Py_ssize_t *offsets;     /* per field: its slot's offset in a record   */
+    Py_ssize_t recovered;    /* the `recovered` slot's offset              */
+} RecordCodec;
+
+static PyTypeObject RecordCodecType;
+
+static int
+RecordCodec_init(RecordCodec *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cls", "unpack_from", "pack", "padding", "error", NULL};
+    PyObject *cls, *unpack_from, *pack, *padding, *error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOO!O", kwlist, &PyType_Type, &cls,
+                                     &unpack_from, &pack, &PyBytes_Type, &padding, &error))
+        return -1;
+    if (self->offsets != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordCodec is initialised once");
+        return -1;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "_fields");
+    if (fields == NULL)
+        return -1;
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) < 1) {
+        Py_DECREF(fields);
+        PyErr_SetString(PyExc_TypeError, "RecordCodec: cls._fields must be a non-empty tuple");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    Py_ssize_t *offsets = PyMem_Calloc((size_t)n, sizeof *offsets);
+    if (offsets == NULL) {
+        Py_DECREF(fields);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    Py_ssize_t recovered = slot_offset(t, "recovered");
+    for (Py_ssize_t k = 0; recovered >= 0 && k < n; k++) {
+        const char *name = PyUnicode_Check(PyTuple_GET_ITEM(fields, k))
+                           ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(fields, k)) : NULL;
+        if (name == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "RecordCodec: field names are str");
+            recovered = -1;
+        } else if ((offsets[k] = slot_offset(t, name)) < 0) {
+            recovered = -1;
+        }
+    }
+    if (recovered < 0) {
+        Py_DECREF(fields);
+        PyMem_Free(offsets);
+        return -1;
+    }
+    self->cls = (PyTypeObject *)Py_NewRef(cls);
+    self->fields = fields;
+    self->unpack_from = Py_NewRef(unpack_from);
+    self->pack = Py_NewRef(pack);
+    self->padding = Py_NewRef(padding);
+    self->error = Py_NewRef(error);
+    self->nfields = n;
+    self->offsets = offsets;
+    self->recovered = recovered;
+    return 0;
+}
+
+static int
+RecordCodec_traverse(RecordCodec *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->cls);
+    Py_VISIT(self->fields);
+    Py_VISIT(self->unpack_from);
+    Py_VISIT(self->pack);
+    Py_VISIT(self->padding);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int
+RecordCodec_clear(RecordCodec *self)
+{
+    Py_CLEAR(self->cls);
+    Py_CLEAR(self->fields);
+    Py_CLEAR(self->unpack_from);
+    Py_CLEAR(self->pack);
+    Py_CLEAR(self->padding);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+RecordCodec_dealloc(RecordCodec *self)
+{
+    PyObject_GC_UnTrack(self);
+    RecordCodec_clear(self);
+    PyMem_Free(self->offsets);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+codec_ready(RecordCodec *self)
+{
+    if (self->offsets == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RecordCodec not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* make(data, recovered) -> a new record holding the unpacked fields. */
+static PyObject *
+RecordCodec_make(RecordCodec *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "make(data, recovered) takes 2 arguments");
+        return NULL;
+    }
+    if (!codec_ready(self))
+        return NULL;
+    PyObject *values = PyObject_Vectorcall(self->unpack_from, args, 1, NULL);
+    if (values == NULL)
+        return NULL;
+    if (!PyTuple_Check(values) || PyTuple_GET_SIZE(values) != self->nfields) {
+        Py_DECREF(values);
+        PyErr_SetString(PyExc_ValueError, "a record's bytes unpack to the wrong fields");
+        return NULL;
+    }
+    PyObject *rec = self->cls->tp_alloc(self->cls, 0);
+    if (rec != NULL) {
+        for (Py_ssize_t k = 0; k < self->nfields; k++)
+            slot_set(rec, self->offsets[k], PyTuple_GET_ITEM(values, k));
+        slot_set(rec, self->recovered, PyObject_IsTrue(args[1]) > 0 ? Py_True : Py_False);
+    }
+    Py_DECREF(values);
+    return rec;
+}
+
+/* pack(rec) -> the record's bytes, padded; ValueError when a field does
+ * not fit (struct.error, named with the values), AttributeError for a
+ * field deleted from the record. */
+static PyObject *
+RecordCodec_pack(RecordCodec *self, PyObject *rec)
+{
+    if (!codec_ready(self))
+        return NULL;
+    if (!PyObject_TypeCheck(rec, self->cls)) {
+        PyErr_Format(PyExc_TypeError, "pack() needs a %.100s, not %.100s",
+                     self->cls->tp_name, Py_TYPE(rec)->tp_name);
+        return NULL;
+    }
+    PyObject *small[8], **values = small;
+    if (self->nfields > 8 && (values = PyMem_Malloc((size_t)self->nfields * sizeof *values)) == NULL)
+        return PyErr_NoMemory();
+    PyObject *packed = NULL;
+    Py_ssize_t k;
+    for (k = 0; k < self->nfields; k++) {
+        values[k] = SLOT(rec, self->offsets[k]);
+        if (values[k] == NULL) {
+            PyErr_Format(PyExc_AttributeError, "record has no field %R (deleted?)",
+                         PyTuple_GET_ITEM(self->fields, k));
+            goto done;
+        }
+    }
+    packed = PyObject_Vectorcall(self->pack, values, (size_t)self->nfields, NULL);
+    if (packed == NULL) {
+        if (PyErr_ExceptionMatches(self->error)) {
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            PyObject *list = PyList_New(self->nfields);
+            if (list != NULL) {
+                for (k = 0; k < self->nfields; k++)
+                    PyList_SET_ITEM(list, k, Py_NewRef(values[k]));
+                PyErr_Format(PyExc_ValueError, "cannot pack record %R: %S", list, ev);
+                Py_DECREF(list);
+            }
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+        goto done;
+    }
+    if (PyBytes_GET_SIZE(self->padding) > 0)
+        PyBytes_Concat(&packed, self->padding);
+done:
+    if (values != small)
+        PyMem_Free(values);
+    return packed;
+}
+
+static PyMethodDef RecordCodec_methods[] = {
+    {"make", (PyCFunction)(void (*)(void))RecordCodec_make, METH_FASTCALL,
+     "make(data, recovered) -> a new record holding the fields unpacked from data."},
+    {"pack", (PyCFunction)RecordCodec_pack, METH_O,
+     "pack(rec) -> the record's bytes, padded (ValueError when a field does not fit)."},
+    {NULL}
+};
+
+static PyTypeObject RecordCodecType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmdict._core.RecordCodec",
+    .tp_basicsize = sizeof(RecordCodec),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RecordCodec(cls, unpack_from, pack, padding, error): a Struct layout's "
+              "record bytes to its MutableRecord and back, in C.",
+    .tp_traverse = (traverseproc)RecordCodec_traverse,
+    .tp_clear = (inquiry)RecordCodec_clear,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RecordCodec_init,
+    .tp_dealloc = (destructor)RecordCodec_dealloc,
+    .tp_methods = RecordCodec_methods,
+};
+
 /* --- Struct update(): `with d.update(key) as rec:` */
 
 /* records.py's _Update keeps (_table, _key, _slot, _state, _rec) in its
  * __slots__; these C __enter__ / __exit__ (and a C StructTable.update that
  * makes one without a Python frame) do what its Python methods did, calling
- * back only for what is Python's: the record built from the bytes and
- * packed back (the table's _make_record / _pack_record, compiled per
- * layout), the self-deadlock check when this process has an update open,
- * the OwnerDiedWarning, and NotOwner. */
+ * back only for what is Python's: the self-deadlock check when this
+ * process has an update open, the OwnerDiedWarning, and NotOwner.  The
+ * record is made from the bytes and packed back by the table's
+ * _make_record / _pack_record, the bound methods of its layout's
+ * RecordCodec (above): C functions, called without a Python frame. */
 typedef struct {
     PyTypeObject *cls;
     Py_ssize_t table, key, slot, state, rec;
@@ -6729,7 +6956,8 @@ init_exceptions(PyObject *m)
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&FloatCellsType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&FloatCellsType) < 0
+            || PyType_Ready(&RecordCodecType) < 0)
         return NULL;
     str_core = PyUnicode_InternFromString("_core");
     str_took = PyUnicode_InternFromString("_took");
@@ -6750,6 +6978,12 @@ PyInit__core(void)
     Py_INCREF(&FloatCellsType);
     if (PyModule_AddObject(m, "FloatCells", (PyObject *)&FloatCellsType) < 0) {
         Py_DECREF(&FloatCellsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RecordCodecType);
+    if (PyModule_AddObject(m, "RecordCodec", (PyObject *)&RecordCodecType) < 0) {
+        Py_DECREF(&RecordCodecType);
         Py_DECREF(m);
         return NULL;
     }

@@ -213,6 +213,17 @@ def bind_counter_handle(handle_class: type) -> None:
     ...
 
 
+class RecordCodec:
+    """A Struct layout's record bytes to its MutableRecord and back, in C
+    (``cls``: the layout's MutableRecord subclass; the layout's
+    ``struct.Struct`` methods; the padding to the record size; struct.error)."""
+
+    def __init__(self, cls: type, unpack_from: Callable[[bytes], Tuple[Any, ...]],
+                 pack: Callable[..., bytes], padding: bytes, error: type) -> None: ...
+    def make(self, data: bytes, recovered: bool) -> Any: ...
+    def pack(self, rec: Any) -> bytes: ...
+
+
 class FloatCells:
     """A metric child's float series (shmdict.prometheus), slots cached:
     ``keys`` one key (Counter, Gauge), count and sum (Summary), or one key

@@ -15,6 +15,7 @@ A record is guarded two ways:
 """
 from __future__ import annotations
 
+import struct
 import threading
 import warnings
 from typing import Any, Dict, Optional, Tuple
@@ -22,13 +23,27 @@ from typing import Any, Dict, Optional, Tuple
 from ...errors import LockHeld, NotOwner, OwnerDiedWarning
 from ...keys import Key
 from ...layouts import Outcome, Struct
-from ...records import MutableRecord, record_class, record_codec
+from ...records import MutableRecord, record_class
 from ...validate import seconds as validate_seconds
 from ...verbs import StructVerbs
 from . import _core
 from .table import _STALE, DELETE_IF_MINE, Table
 
 _new_tuple = tuple.__new__     # a named tuple from values, without _make's checks
+
+
+def record_codec(layout: Struct) -> _core.RecordCodec:
+    """The layout's :class:`_core.RecordCodec` (made once per layout):
+    ``make(data, recovered)`` unpacks a slot's record bytes into a new
+    :class:`MutableRecord`, ``pack(rec)`` packs one back, padded
+    (``ValueError`` naming the values when a field does not fit), as
+    :func:`shmdict.records.make_record` and ``Struct.pack_in_order`` do."""
+    codec = layout.__dict__.get("_record_codec")
+    if codec is None:
+        codec = _core.RecordCodec(record_class(layout), layout._struct.unpack_from,
+                                  layout._struct.pack, layout._padding, struct.error)
+        layout._record_codec = codec  # type: ignore[attr-defined]
+    return codec
 
 
 class StructTable(StructVerbs, Table):
@@ -40,8 +55,9 @@ class StructTable(StructVerbs, Table):
         super().__init__(*args, **kwargs)
         self._record_class = record_class(self.layout)
         self._default_record = self.layout.unpack(self.layout.default_extra()[8:])
-        #: update()'s record from bytes, and back (compiled per layout).
-        self._make_record, self._pack_record = record_codec(self.layout)
+        #: update()'s record from bytes, and back: C, without a Python frame.
+        codec = record_codec(self.layout)
+        self._make_record, self._pack_record = codec.make, codec.pack
         #: slot -> thread ident of the update() blocks open in this process:
         #: a verb on such a key from the same thread would wait for itself.
         self._updating: Dict[int, int] = {}
