@@ -80,6 +80,51 @@ def test_update_writes_back_only_on_clean_exit(records):
         records.add("k", "tokens", 1)
 
 
+def test_an_update_that_cannot_be_packed_writes_nothing_and_says_why(records):
+    """The C codec's errors (shm/records.py, RecordCodec): a value that does
+    not fit is a ValueError naming the values, a deleted field an
+    AttributeError; either way nothing is written and the lock is free."""
+    records.set("k", {"tokens": 1.0, "stamp": 2, "tag": b"x", "ok": True})
+    with pytest.raises(ValueError, match=r"cannot pack record \[1.0, 2, 'str', True\]"):
+        with records.update("k") as rec:
+            rec.tag = "str"
+    with pytest.raises(ValueError, match="cannot pack record"):
+        with records.update("k") as rec:
+            rec.stamp = 2 ** 70
+    with pytest.raises(AttributeError, match="stamp"):
+        with records.update("k") as rec:
+            del rec.stamp
+    assert records.read("k")[0][:3] == (1.0, 2, b"x" + bytes(7))
+    with records.update("k") as rec:           # the record lock was given back
+        rec.stamp = 3
+    assert records.read("k")[0].stamp == 3
+
+
+def test_record_codec_refuses_what_is_not_a_record():
+    codec = _core.RecordCodec(type(_mutable(LAYOUT)), LAYOUT._struct.unpack_from,
+                              LAYOUT._struct.pack, LAYOUT._padding, struct.error)
+    with pytest.raises(TypeError):
+        codec.pack(object())             # another type's memory is never read as slots
+    with pytest.raises(TypeError):
+        codec.make(b"")                  # (data, recovered)
+    with pytest.raises(struct.error):
+        codec.make(b"short", False)
+    with pytest.raises(TypeError, match="not a __slots__ entry"):
+        _core.RecordCodec(type("R", (), {"_fields": ("a",), "recovered": None}),
+                          LAYOUT._struct.unpack_from, LAYOUT._struct.pack, b"", struct.error)
+    with pytest.raises(TypeError):
+        _core.RecordCodec(int, LAYOUT._struct.unpack_from, LAYOUT._struct.pack, b"",
+                          struct.error)
+    rec = codec.make(LAYOUT.pack({"stamp": 7}), True)
+    assert (rec.stamp, rec.recovered) == (7, True)
+    assert codec.pack(rec) == LAYOUT.pack({"stamp": 7})
+
+
+def _mutable(layout):
+    from shmdict.records import record_class
+    return record_class(layout).__new__(record_class(layout))
+
+
 def test_load_and_delete_returns_the_record(records):
     records.set("k", (1.0, 3, b"", True))
     rec, existed = records.load_and_delete("k")

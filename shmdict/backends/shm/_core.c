@@ -1354,7 +1354,10 @@ stripe_held(Core *c, uint64_t stripe)
 }
 
 /* The stripe protocol, further down ("Stripe locks"). */
-static int stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
+#define STRIPE_WAIT        0
+#define STRIPE_AFTER_WAIT  1
+#define STRIPE_LOOK_FIRST  2
+static int stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
                           long long *delta);
 static int stripe_release(Core *c, uint64_t stripe);
 static void raise_table_full(Core *c);
@@ -1454,7 +1457,7 @@ reclaim_expired_walk(Core *c, int throttle)
                 continue;           /* changed while we hashed it */
             uint64_t stripe = stripe_of(c, h);
             long long dropped, delta;
-            int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
+            int r = stripe_acquire(c, stripe, STRIPE_WAIT, &dropped, &delta);
             if (r == RC_ERROR)
                 return -1;
             if (r == RC_RECOVERED)
@@ -1494,7 +1497,7 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
         long long dropped, delta;
         unsigned seen = c->ntiers;
-        int r = stripe_acquire(c, stripe, 0, &dropped, &delta);
+        int r = stripe_acquire(c, stripe, STRIPE_WAIT, &dropped, &delta);
         if (r == RC_ERROR)
             return -1;
         if (r == RC_RECOVERED)
@@ -1653,16 +1656,19 @@ compact_due(Core *c, Tier *t)
 static int
 take_all_stripes(Core *c)
 {
+    int how = STRIPE_WAIT;
     for (uint64_t s = 0; s < c->nstripes; s++) {
         long long dropped, delta;
-        int r = stripe_acquire(c, s, 0, &dropped, &delta);
+        int r = stripe_acquire(c, s, how, &dropped, &delta);
         if (r == RC_ERROR) {
             while (s-- > 0)
                 stripe_release(c, s);
             return -1;
         }
-        if (r == RC_RECOVERED)
+        if (r == RC_RECOVERED) {
             c->takeovers++;
+            how = STRIPE_LOOK_FIRST;    /* the others may be the dead one's too */
+        }
     }
     return 0;
 }
@@ -3750,11 +3756,17 @@ deadline_after(double seconds, struct timespec *ts)
 /* Acquire `stripe`.  Returns RC_OK, RC_RECOVERED (taken over and repaired:
  * *dropped and *delta say what the repair did), or RC_ERROR with an
  * exception set (a signal handler raised, the table was closed); on
- * RC_ERROR the stripe is not held. */
+ * RC_ERROR the stripe is not held.  `how`: STRIPE_WAIT; STRIPE_AFTER_WAIT
+ * when the caller has just taken the bare semaphore itself;
+ * STRIPE_LOOK_FIRST to look at a taken stripe's holder before the first
+ * wait (a sweep that found a dead holder: a sweeper killed holding every
+ * stripe left them all to the same dead process, and one poll per stripe
+ * would add up past the recovery bound). */
 static int
-stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
+stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
                long long *delta)
 {
+    int after_wait = how == STRIPE_AFTER_WAIT, look_first = how == STRIPE_LOOK_FIRST;
     sem_t *sem = c->sems[stripe];
     uint64_t *word = &stripe_at(c, stripe)->holder;
     uint64_t me = my_id();
@@ -3769,6 +3781,9 @@ stripe_acquire(Core *c, uint64_t stripe, int after_wait, long long *dropped,
         } else {
             if (sem_trywait(sem) == 0) {
                 got = 1;
+            } else if (look_first) {
+                look_first = 0;
+                err = ETIMEDOUT;        /* look at the holder now */
             } else {
                 struct timespec ts;
                 deadline_after(c->stripe_poll, &ts);
@@ -3922,7 +3937,8 @@ stripe_take(Core *self, PyObject *arg, int after_wait)
     long long dropped, delta;
     if (stripe_arg(self, arg, &i) < 0)
         return NULL;
-    int r = stripe_acquire(self, i, after_wait, &dropped, &delta);
+    int r = stripe_acquire(self, i, after_wait ? STRIPE_AFTER_WAIT : STRIPE_WAIT,
+                           &dropped, &delta);
     if (r == RC_ERROR)
         return NULL;
     if (r == RC_OK)
@@ -5374,10 +5390,12 @@ RecordCodec_init(RecordCodec *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     PyObject *fields = PyObject_GetAttrString(cls, "_fields");
-    if (fields == NULL)
-        return -1;
-    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) < 1) {
-        Py_DECREF(fields);
+    if (fields == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    if (fields == NULL || !PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) < 1) {
+        if (fields == NULL && PyErr_Occurred())
+            return -1;
+        Py_XDECREF(fields);
         PyErr_SetString(PyExc_TypeError, "RecordCodec: cls._fields must be a non-empty tuple");
         return -1;
     }
