@@ -242,10 +242,12 @@ FLOORS = """Floors (callgrind, per key):
   reuses its pair when the caller drops it) of a single call's instructions;
   in time the batch's burst of allocations brings it nearer 1x.
 - `Struct.update()`: the target is absolute (1.2 us, 3x the issue's 0.4 us
-  `Struct.read`); the round trip is about 2x a read's instructions here: the
-  two compiled record functions (unpack into the mutable record, pack back)
-  and the user's block are Python frames by design.  Compare the ratio, not
-  the ns, on a machine whose read is not 0.4 us.
+  `Struct.read`); compare the ratio, not the ns, on a machine whose read is
+  not 0.4 us.  The record is made and packed in C (RecordCodec: 9,400 ->
+  7,400 instructions); what is left over a read is the with-statement and
+  the user's block (Python frames by design), the record lock taken and
+  given back (two atomics and the owner id), the second copy written and
+  published, and the mutable record object itself.
 - Two processes on 10 keys: at parity with `multiprocessing.Lock` (one
   atomic on the lock word each way, as its semaphore has), within this
   2-core machine's noise: the ratio moves between about 0.8x and 1.4x from
