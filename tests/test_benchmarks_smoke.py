@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 from types import ModuleType
 
@@ -132,9 +131,7 @@ def test_missing_peer_is_a_row(monkeypatch, capsys):
             raise peers.Unsupported(f"not installed (pip install {package})")
         return real_import(module, package)
     monkeypatch.setattr(peers, "_import", pretend_missing)
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which",
-                        lambda name: None if name == "redis-server" else real_which(name))
+    monkeypatch.setattr(peers, "redis_compatible_server", lambda: None)   # no server at all
     run = peers.Run(50, 1, 0.002, [peers.ShmdictPeer, peers.DiskcachePeer, peers.RedisPeer],
                     log=lambda line: None)
     try:
