@@ -316,7 +316,6 @@ def cmd_compact(args: argparse.Namespace) -> int:
             status = max(status, exc.status)
             continue
         try:
-            before = table.stats()["tombstones"]
             freed = table.compact()
             after = table.stats()["tombstones"]
         except ShmDictError as exc:
@@ -325,7 +324,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
             continue
         finally:
             table.close()
-        print(f"{name}: {freed} tombstones made empty ({before} before, {after} left: "
+        print(f"{name}: {freed} tombstones made empty ({freed + after} before, {after} left: "
               f"crossed by a key's probe path)")
     return status
 

@@ -99,6 +99,16 @@ def test_churn_at_200x_capacity_keeps_empty_slots_and_short_misses(name, auto):
         table.close()
 
 
+def _put(table, key, i: int) -> None:
+    """Create ``key`` whatever the table's layout (holding ``i`` where it can)."""
+    if isinstance(table.layout, shmdict.Struct):
+        table.set(key, {"x": i, "tag": b"t%d" % (i % 100)})
+    elif isinstance(table.layout, shmdict.Lock):
+        table.get(key)
+    else:
+        table.add(key, i)
+
+
 @pytest.mark.parametrize("layout", [shmdict.Counter(), shmdict.Lock(),
                                     shmdict.Struct(x="q", tag="8s")],
                          ids=["counter", "lock", "struct"])
@@ -113,10 +123,7 @@ def test_compact_frees_every_tombstone_no_path_crosses_and_lowers_reach(name, la
         live: list = []
         for i in range(20 * 400):
             key = ("k", i)
-            if isinstance(layout, shmdict.Struct):
-                table.set(key, {"x": i, "tag": b"t%d" % (i % 100)})
-            else:
-                table.get(key) if isinstance(layout, shmdict.Lock) else table.add(key, i)
+            _put(table, key, i)
             live.append(key)
             if len(live) > 300:
                 del table[live.pop(rng.randrange(len(live)))]
@@ -141,8 +148,7 @@ def test_compact_frees_every_tombstone_no_path_crosses_and_lowers_reach(name, la
         assert report and not report.repaired, report
         # The freed slots take new keys as before.
         for i in range(100):
-            table.get(("new", i)) if not isinstance(layout, shmdict.Struct) \
-                else table.set(("new", i), {"x": i, "tag": b""})
+            _put(table, ("new", i), i)
         assert table.check()
     finally:
         table.close()

@@ -460,6 +460,9 @@ static inline uint64_t stripe_of(Core *c, uint64_t h) { return h % c->nstripes; 
 static inline uint64_t home_of(Tier *t, uint64_t h)
 { return (uint64_t)(((u128)h * t->nslots) >> 64); }
 
+/* The slot after i in probe order (the slot array is a ring). */
+static inline uint64_t ring_next(Tier *t, uint64_t i) { return i + 1 == t->nslots ? 0 : i + 1; }
+
 /* How many slots past `home` a lookup must probe (bounded by the tier). */
 static inline uint64_t reach_limit(Tier *t, uint64_t home)
 {
@@ -900,7 +903,7 @@ find_in_tier(Core *c, Tier *t, const char *key, uint64_t klen, uint64_t h,
                 changed = 1;    /* the slot changed while we compared */
                 break;
             }
-            i = (i + 1 == t->nslots) ? 0 : i + 1;
+            i = ring_next(t, i);
         }
         if (!changed)
             return 0;
@@ -1250,7 +1253,7 @@ insert_in_tier(Core *c, unsigned k, const char *key, uint64_t klen, uint64_t h,
             }
             continue;  /* lost the slot to another stripe's insert: retry it */
         }
-        i = (i + 1 == t->nslots) ? 0 : i + 1;
+        i = ring_next(t, i);
     }
     admit_adjust(c, t, stripe, -1);
     journal_end(c, stripe);
@@ -1624,8 +1627,6 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
                                      (then on to the next empty one)        */
 #define COMPACT_BUDGET  16384u    /* slots an insert's sweep step covers
                                      (four windows, ~0.2 ms)               */
-
-static inline uint64_t ring_next(Tier *t, uint64_t i) { return i + 1 == t->nslots ? 0 : i + 1; }
 
 /* Deletes since a tier's last sweep that start the next one. */
 static inline uint64_t compact_trigger(Tier *t)
