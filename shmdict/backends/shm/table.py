@@ -227,11 +227,9 @@ class Table(BaseTable):
             if found is None:
                 return False, self._default_snapshot()
             slot, state = found
-            try:
-                self._stripes.acquire(stripe)
-                outcome = self._delete_slot(slot, state, stripe)
-            finally:
-                self._stripes.release(stripe)
+            # Held and released in C around the call: no signal handler
+            # runs between the delete's end and the release.
+            outcome = self._core.holding_stripe(stripe, self._delete_slot, slot, state, stripe)
             if outcome is not _STALE:
                 return True, outcome
             self._wait_before_retry(slot, state)
