@@ -16,7 +16,7 @@ def test_max_key_size_is_the_cores():
 
 def test_magic_and_version():
     assert _core.MAGIC == int.from_bytes(b"SHMDICT1", "little")
-    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 4
+    assert segment.MAGIC == _core.MAGIC and segment.VERSION == _core.FORMAT_VERSION == 5
 
 
 def test_header_fields_tile_the_header_without_overlap():
@@ -32,7 +32,7 @@ def test_header_fields_tile_the_header_without_overlap():
     assert _core.HEADER_FIELDS["spec"][1] == f"{_core.SPEC_MAX}s"
     assert _core.STRIPE_FIELDS == {"holder": (0, "Q"), "live": (8, "q"), "journal": (16, "Q"),
                                    "journal_slot": (24, "Q"), "journal_state": (32, "Q"),
-                                   "journal_live": (40, "q")}
+                                   "journal_live": (40, "q"), "takeovers": (48, "Q")}
     assert _core.SLOT_FIELDS == {"state": (0, "Q"), "word0": (8, "q"),
                                  "expires": (16, "Q")}
     assert _core.SLOT_HEADER == 24 and _core.STRIPE_SIZE == 64

@@ -117,6 +117,32 @@ def test_garbage_holder_word_over_a_held_stripe_does_not_wedge(name):
     table.close()
 
 
+@pytest.mark.parametrize("overwrite", ["zero", "taker-looking"])
+def test_a_holder_word_overwritten_then_pid_1_does_not_wedge(name, overwrite):
+    """What the co-tenant campaign met on CI: a held stripe's word
+    overwritten by 0 (or by a live id with the takeover bit) looked to its
+    holder, at release, like a takeover whose taker posts, so nobody posted;
+    a later garbage word naming pid 1 over that taken semaphore then held
+    every waiter for good (a live holder is never taken over).  The stripe's
+    takeovers count says nobody took over: the holder posts, and the next
+    acquirer repairs the pid-1 word."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=100, stall_timeout=0.3,
+                         stripe_poll=0.05)
+    stripe = 4
+    keys = keys_in_stripe(table, stripe, 2)
+    at = stripe_record(table, stripe, "holder")
+    word = 0 if overwrite == "zero" else owner_id(1) | _core.TAKEOVER_BIT
+    try:
+        table._stripes.acquire(stripe)
+        _core.store_u64(table._segment.mm, at, word)
+    finally:
+        table._stripes.release(stripe)
+    assert table._stripes.semaphores[stripe].value == 1, "the holder did not post"
+    _core.store_u64(table._segment.mm, at, owner_id(1))
+    inserts_go_on_in_another_process(table, stripe, keys)
+    table.close()
+
+
 def test_stall_takeover_of_a_stopped_holder_leaves_one_count(name):
     """A process stopped between its stripe wait and its CAS is taken over
     after stall_timeout; when it resumes it must not hold the stripe as well

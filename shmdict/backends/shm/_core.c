@@ -396,8 +396,8 @@ typedef struct {
     double stripe_poll;      /* seconds between looks at a stripe's holder  */
     sem_t **sems;            /* the stripe semaphores (attach_semaphores)   */
     unsigned long *stripe_thread; /* per stripe: the thread of ours holding it */
-    unsigned char *stripe_took;   /* per stripe: we hold it by a takeover (our
-                                     holder word carries the takeover bit)  */
+    uint64_t *stripe_epoch;  /* per stripe: its takeovers count when we took
+                                it (see stripe_release)                     */
     uint64_t max_capacity;   /* tier 0's header, checked at construction    */
     unsigned ntiers;         /* tiers attached (tiers[0] is this segment)   */
     int attaching;           /* inside Core(attach_tiers=...)'s call         */
@@ -3679,6 +3679,10 @@ Core_recount_stripe(Core *self, PyObject *arg)
  *     a stripe taken with no holder for stall_timeout (its holder is stopped
  *     or died between its wait and its CAS), and from a TAKEOVER holder that
  *     has not changed for stall_timeout (a garbage word with that bit).
+ *   - every takeover first moves the stripe's takeovers count; a holder
+ *     that finds another word than its own at release posts only if that
+ *     count has not moved since it took the stripe (the word was garbage),
+ *     and otherwise leaves the post to the taker.
  *
  * All of it runs in C, with no Python code between taking the semaphore and
  * recording ourselves (a signal handler that raises there would leak the
@@ -3697,13 +3701,30 @@ sem_value(sem_t *sem)
     return v;
 }
 
-/* Record that this thread holds `stripe` (holder word already written,
- * `word`: with the takeover bit or not). */
+/* Record that this thread holds `stripe` (holder word already written;
+ * `epoch`: the stripe's takeovers count read before our CAS wrote it). */
 static inline void
-stripe_mark(Core *c, uint64_t stripe, uint64_t word)
+stripe_mark(Core *c, uint64_t stripe, uint64_t epoch)
 {
     c->stripe_thread[stripe] = PyThread_get_thread_ident();
-    c->stripe_took[stripe] = (word & TAKEOVER_BIT) != 0;
+    c->stripe_epoch[stripe] = epoch;
+}
+
+static inline uint64_t
+stripe_takeovers(Core *c, uint64_t stripe)
+{
+    return load_acq(&stripe_at(c, stripe)->takeovers);
+}
+
+/* A waiter's takeover of a stripe from its recorded holder (dead, stopped,
+ * or a garbage word): count it first, so that a live holder that finds its
+ * word gone at release knows the post is the taker's; then the CAS from the
+ * word it saw.  On success *epoch is the count as the taker leaves it. */
+static int
+stripe_take_over(Core *c, uint64_t stripe, uint64_t *seen, uint64_t want, uint64_t *epoch)
+{
+    *epoch = __atomic_add_fetch(&stripe_at(c, stripe)->takeovers, 1, __ATOMIC_SEQ_CST);
+    return cas64(&stripe_at(c, stripe)->holder, seen, want);
 }
 
 /* The post-wait step: we hold a semaphore count.  Returns 1 when we now own
@@ -3712,12 +3733,13 @@ stripe_mark(Core *c, uint64_t stripe, uint64_t word)
 static int stripe_release(Core *c, uint64_t stripe);
 
 static int
-stripe_after_wait(Core *c, uint64_t stripe, int *repaired)
+stripe_after_wait(Core *c, uint64_t stripe, int *repaired, uint64_t *epoch)
 {
     uint64_t *word = &stripe_at(c, stripe)->holder;
     uint64_t me = my_id();
     *repaired = 0;
     for (int tries = 0; tries < 1000; tries++) {
+        *epoch = stripe_takeovers(c, stripe);
         uint64_t h = load_acq(word);
         if (h == 0) {
             if (sem_value(c->sems[stripe]) > 0)
@@ -3801,9 +3823,10 @@ stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
                 PyErr_SetString(PyExc_ValueError, "table was closed while in use");
                 return RC_ERROR;
             }
-            if (!stripe_after_wait(c, stripe, &repaired))
+            uint64_t epoch;
+            if (!stripe_after_wait(c, stripe, &repaired, &epoch))
                 continue;
-            stripe_mark(c, stripe, 0);
+            stripe_mark(c, stripe, epoch);
             if (repaired) {
                 if (repair_stripe(c, stripe, dropped, delta) < 0) {
                     stripe_release(c, stripe);
@@ -3855,8 +3878,9 @@ stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
             take = 1;              /* a takeover that never ends: garbage */
             want = me | TAKEOVER_BIT;
         }
-        if (take && cas64(word, &h, want)) {
-            stripe_mark(c, stripe, want);
+        uint64_t epoch;
+        if (take && stripe_take_over(c, stripe, &h, want, &epoch)) {
+            stripe_mark(c, stripe, epoch);
             if (repair_stripe(c, stripe, dropped, delta) < 0) {
                 stripe_release(c, stripe);
                 return RC_ERROR;
@@ -3870,30 +3894,29 @@ stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
  * Returns 1 if it did, 0 if this thread did not hold it (or it was taken
  * over meanwhile, in which case its taker posts).
  *
- * A word that is not ours when we release: 0, or a live process's with the
- * takeover bit, means we were taken over (stopped past the stall timeout)
- * and the taker posts or posted; then the count is not ours to give.  Any
- * other word, over a stripe we hold by a takeover, is the next holder's,
- * after the one who took it from us gave it back: leave it too.  Over a
- * stripe we took plainly it is garbage (no takeover of a live, recorded
- * holder writes a word without the bit): left alone, the count would stay
- * taken under it for good, so clear it and post. */
+ * A word that is not ours when we release means one of two things.  We
+ * were taken over (stopped past the stall timeout, or a garbage word over
+ * ours looked dead): the taker posts or posted, and the count is not ours to
+ * give.  Or the word is garbage and nobody took anything: left alone, the
+ * count would stay taken for good, under a word that may name a live
+ * process (a waiter never takes over from one), so we clear it and post.
+ * The stripe's takeovers count tells them apart: every taker moves it before
+ * its CAS, so it is where we left it exactly when nobody took over since
+ * we took the stripe.  (The word alone cannot: 0 is also what a taker
+ * leaves when it is done, and a garbage word can look like a taker's.) */
 static int
 stripe_release(Core *c, uint64_t stripe)
 {
     if (c->stripe_thread == NULL || c->stripe_thread[stripe] != PyThread_get_thread_ident())
         return 0;
     c->stripe_thread[stripe] = 0;
-    int took = c->stripe_took[stripe];
-    c->stripe_took[stripe] = 0;
     if (!c->has_view)
         return 0;
     uint64_t *word = &stripe_at(c, stripe)->holder;
     uint64_t me = my_id();
     for (int tries = 0; tries < 1000; tries++) {
         uint64_t h = load_acq(word);
-        if ((h & ~TAKEOVER_BIT) != me
-                && (h == 0 || took || ((h & TAKEOVER_BIT) && id_alive(h))))
+        if ((h & ~TAKEOVER_BIT) != me && stripe_takeovers(c, stripe) != c->stripe_epoch[stripe])
             return 0;       /* taken over from us: the taker posts */
         if (cas64(word, &h, 0)) {
             sem_post(c->sems[stripe]);
@@ -4021,11 +4044,11 @@ Core_attach_semaphores(Core *self, PyObject *args, PyObject *kwds)
     }
     sem_t **sems = PyMem_Calloc(self->nstripes, sizeof *sems);
     unsigned long *threads = PyMem_Calloc(self->nstripes, sizeof *threads);
-    unsigned char *took = PyMem_Calloc(self->nstripes, 1);
-    if (sems == NULL || threads == NULL || took == NULL) {
+    uint64_t *epochs = PyMem_Calloc(self->nstripes, sizeof *epochs);
+    if (sems == NULL || threads == NULL || epochs == NULL) {
         PyMem_Free(sems);
         PyMem_Free(threads);
-        PyMem_Free(took);
+        PyMem_Free(epochs);
         return PyErr_NoMemory();
     }
     for (uint64_t k = 0; k < self->nstripes; k++) {
@@ -4038,14 +4061,14 @@ Core_attach_semaphores(Core *self, PyObject *args, PyObject *kwds)
                 sem_close(sems[j]);
             PyMem_Free(sems);
             PyMem_Free(threads);
-            PyMem_Free(took);
+            PyMem_Free(epochs);
             return NULL;
         }
         sems[k] = sem;
     }
     self->sems = sems;
     self->stripe_thread = threads;
-    self->stripe_took = took;
+    self->stripe_epoch = epochs;
     Py_RETURN_NONE;
 }
 
@@ -4060,8 +4083,8 @@ close_semaphores(Core *self)
     }
     PyMem_Free(self->stripe_thread);
     self->stripe_thread = NULL;
-    PyMem_Free(self->stripe_took);
-    self->stripe_took = NULL;
+    PyMem_Free(self->stripe_epoch);
+    self->stripe_epoch = NULL;
 }
 
 /* recount_live() -> (old, new): set the global live count to the sum of
@@ -6821,7 +6844,7 @@ static const struct field_desc header_fields[] = {
 static const struct field_desc stripe_fields[] = {
     STRIPE_FIELD(holder, "Q"), STRIPE_FIELD(live, "q"), STRIPE_FIELD(journal, "Q"),
     STRIPE_FIELD(journal_slot, "Q"), STRIPE_FIELD(journal_state, "Q"),
-    STRIPE_FIELD(journal_live, "q"), {NULL, 0, NULL}};
+    STRIPE_FIELD(journal_live, "q"), STRIPE_FIELD(takeovers, "Q"), {NULL, 0, NULL}};
 static const struct field_desc slot_fields[] = {
     SLOT_FIELD(state, "Q"), SLOT_FIELD(word0, "q"), SLOT_FIELD(expires, "Q"),
     {NULL, 0, NULL}};
@@ -6867,7 +6890,8 @@ add_format_constants(PyObject *m)
             || module_add(m, "SLOT_FIELDS", fields_dict(slot_fields)) < 0
             || module_add(m, "MAGIC", PyLong_FromUnsignedLongLong(SHMDICT_MAGIC)) < 0
             || module_add(m, "PID_MASK", PyLong_FromUnsignedLongLong(PID_MASK)) < 0
-            || module_add(m, "WAITERS_BIT", PyLong_FromUnsignedLongLong(WAITERS_BIT)) < 0)
+            || module_add(m, "WAITERS_BIT", PyLong_FromUnsignedLongLong(WAITERS_BIT)) < 0
+            || module_add(m, "TAKEOVER_BIT", PyLong_FromUnsignedLongLong(TAKEOVER_BIT)) < 0)
         return -1;
     struct { const char *name; long value; } ints[] = {
         {"FORMAT_VERSION", SHMDICT_FORMAT_VERSION},

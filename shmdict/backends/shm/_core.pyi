@@ -56,6 +56,7 @@ JOURNAL_TIER_SHIFT: int
 # Owner ids and lock words.
 PID_MASK: int
 WAITERS_BIT: int
+TAKEOVER_BIT: int
 
 
 class CorruptGeometry(CorruptSegment, ValueError):

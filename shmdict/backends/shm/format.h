@@ -54,8 +54,10 @@
  * per-key expiry: the slot header grew to 24 bytes (the expires word) and
  * the header's last line holds expiry_used.  4: each stripe record holds
  * its holder's journal (the operation in flight), and a takeover repairs
- * that operation only. */
-#define SHMDICT_FORMAT_VERSION  4u
+ * that operation only.  5: each stripe record counts the takeovers of the
+ * stripe, so that a holder whose word was overwritten can tell a takeover
+ * (the taker posts) from garbage (it posts itself). */
+#define SHMDICT_FORMAT_VERSION  5u
 
 /* ------------------------------------------------------------------------ */
 /* The header (offset 0)                                                    */
@@ -168,7 +170,13 @@ struct shmdict_stripe {
                                 replaces; delete: the PUBLISHED word)       */
     int64_t  journal_live;   /* the stripe's live count in that tier before
                                 the operation                               */
-    uint64_t reserved[2];    /* padding to a cache line (zero)              */
+    uint64_t takeovers;      /* incremented by every waiter right before it
+                                takes the stripe over from its recorded
+                                holder: a holder that finds its word gone
+                                at release posts only if this has not moved
+                                since it took the stripe (else the taker
+                                posts)                                      */
+    uint64_t reserved[1];    /* padding to a cache line (zero)              */
 };
 
 _Static_assert(offsetof(struct shmdict_stripe, holder) == 0, "stripe.holder");
@@ -177,6 +185,7 @@ _Static_assert(offsetof(struct shmdict_stripe, journal) == 16, "stripe.journal")
 _Static_assert(offsetof(struct shmdict_stripe, journal_slot) == 24, "stripe.journal_slot");
 _Static_assert(offsetof(struct shmdict_stripe, journal_state) == 32, "stripe.journal_state");
 _Static_assert(offsetof(struct shmdict_stripe, journal_live) == 40, "stripe.journal_live");
+_Static_assert(offsetof(struct shmdict_stripe, takeovers) == 48, "stripe.takeovers");
 _Static_assert(sizeof(struct shmdict_stripe) == 64, "stripe size");
 
 /* The stripe journal.  A holder that inserts or deletes a key writes, in
