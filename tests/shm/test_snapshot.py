@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import time
@@ -321,6 +322,76 @@ def test_save_gives_up_on_a_stripe_a_live_process_keeps(name, tmp_path):
             holder.kill()
         holder.join()
         table.close()
+
+
+_SAVES_UNDER_SIGNALS = """
+import json, random, signal, sys, time
+import shmdict
+name, path = sys.argv[1], sys.argv[2]
+
+class Interrupted(Exception):
+    pass
+
+armed = False
+
+def interrupt(signum, frame):
+    # Raises once per arming, so that it lands inside a save, never in the
+    # loop's own bookkeeping.
+    global armed
+    if armed:
+        armed = False
+        raise Interrupted
+
+table = shmdict.open(name, shmdict.Counter(), capacity=2000, create=False, stall_timeout=3)
+counts = {"interrupted": 0, "saved": 0, "errors": []}
+signal.signal(signal.SIGALRM, interrupt)
+started = time.perf_counter()
+shmdict.save(table, path, timeout=1)
+one_save = time.perf_counter() - started
+rng = random.Random(int(sys.argv[3]))
+end = time.monotonic() + 8
+while time.monotonic() < end and counts["interrupted"] < 1500:
+    try:
+        armed = True
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, one_save))
+        shmdict.save(table, path, timeout=1)
+        armed = False
+        counts["saved"] += 1
+    except Interrupted:
+        counts["interrupted"] += 1
+    except shmdict.ShmDictError as exc:
+        armed = False
+        counts["errors"].append(str(exc))
+signal.setitimer(signal.ITIMER_REAL, 0)
+counts["takeovers"] = table._stripes.takeovers
+print(json.dumps(counts))
+"""
+
+
+def test_a_signal_handler_raising_during_saves_leaves_no_stripe_taken(name, tmp_path):
+    """A SIGALRM handler that raises, at a random instant of each of hundreds
+    of saves (in a fresh interpreter, which reports what it saw).  The walk used to
+    take each stripe from Python (a timed semaphore wait, then the core's
+    post-wait step, then a list append before the ``finally`` that
+    releases): an exception landing between those left a stripe taken,
+    which the next save found held by its own process, or got back only by
+    a stall-timeout takeover.  Now the core takes and releases them all."""
+    table = shmdict.open(name, shmdict.Counter(), capacity=2000)
+    for i in range(500):
+        table.add(f"k{i}", i)
+    seed = random.randrange(1 << 30)
+    proc = subprocess.run([sys.executable, "-c", _SAVES_UNDER_SIGNALS, name,
+                           str(tmp_path / "t.snap"), str(seed)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout.splitlines()[-1])
+    assert counts["interrupted"] > 50, (seed, counts)
+    assert counts["errors"] == [] and counts["takeovers"] == 0, (seed, counts)
+    rows = stripe_table(table)
+    assert [r["stripe"] for r in rows if r["holder"] is not None] == []
+    assert all(sem.value == 1 for sem in table._stripes.semaphores)
+    table.add("after", 1)                               # inserts go on
+    table.close()
 
 
 def test_save_takes_over_a_stripe_of_a_dead_holder(name, tmp_path):

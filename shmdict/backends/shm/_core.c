@@ -1360,8 +1360,9 @@ stripe_held(Core *c, uint64_t stripe)
 #define STRIPE_WAIT        0
 #define STRIPE_AFTER_WAIT  1
 #define STRIPE_LOOK_FIRST  2
-static int stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
-                          long long *delta);
+#define NO_DEADLINE        0.0
+static int stripe_acquire(Core *c, uint64_t stripe, int how, double deadline,
+                          long long *dropped, long long *delta);
 static int stripe_release(Core *c, uint64_t stripe);
 static void raise_table_full(Core *c);
 static int rw_delete_claim(Core *c, uint64_t i, uint64_t s, uint64_t v, int64_t *busy);
@@ -1460,7 +1461,7 @@ reclaim_expired_walk(Core *c, int throttle)
                 continue;           /* changed while we hashed it */
             uint64_t stripe = stripe_of(c, h);
             long long dropped, delta;
-            int r = stripe_acquire(c, stripe, STRIPE_WAIT, &dropped, &delta);
+            int r = stripe_acquire(c, stripe, STRIPE_WAIT, NO_DEADLINE, &dropped, &delta);
             if (r == RC_ERROR)
                 return -1;
             if (r == RC_RECOVERED)
@@ -1500,7 +1501,7 @@ insert_new_slot(Core *c, const char *key, uint64_t klen, uint64_t h, int64_t wor
     for (int attempt = 0; attempt < 4 * (int)SHMDICT_MAX_TIERS; attempt++) {
         long long dropped, delta;
         unsigned seen = c->ntiers;
-        int r = stripe_acquire(c, stripe, STRIPE_WAIT, &dropped, &delta);
+        int r = stripe_acquire(c, stripe, STRIPE_WAIT, NO_DEADLINE, &dropped, &delta);
         if (r == RC_ERROR)
             return -1;
         if (r == RC_RECOVERED)
@@ -1652,26 +1653,31 @@ compact_due(Core *c, Tier *t)
 }
 
 /* Take every stripe, in index order: two sweepers never deadlock, and
- * nothing else holds one stripe while it waits for another.  0, or -1 with
- * an exception set and none held. */
+ * nothing else holds one stripe while it waits for another.  `deadline`:
+ * the monotonic time after which a stripe that a live process holds is
+ * given up (NO_DEADLINE: wait as long as it holds).  RC_OK; RC_TIMEOUT with none held
+ * and *blocked the stripe given up; RC_ERROR with an exception set and none
+ * held. */
 static int
-take_all_stripes(Core *c)
+take_all_stripes(Core *c, double deadline, uint64_t *blocked)
 {
     int how = STRIPE_WAIT;
     for (uint64_t s = 0; s < c->nstripes; s++) {
         long long dropped, delta;
-        int r = stripe_acquire(c, s, how, &dropped, &delta);
-        if (r == RC_ERROR) {
+        int r = stripe_acquire(c, s, how, deadline, &dropped, &delta);
+        if (r == RC_ERROR || r == RC_TIMEOUT) {
+            if (r == RC_TIMEOUT && blocked != NULL)
+                *blocked = s;
             while (s-- > 0)
                 stripe_release(c, s);
-            return -1;
+            return r;
         }
         if (r == RC_RECOVERED) {
             c->takeovers++;
             how = STRIPE_LOOK_FIRST;    /* the others may be the dead one's too */
         }
     }
-    return 0;
+    return RC_OK;
 }
 
 static void
@@ -1819,7 +1825,7 @@ compact_tier(Core *c, unsigned k, uint64_t budget)
     struct shmdict_header *hd = t->header;
     uint64_t n = t->nslots;
     long long made = 0;
-    if (take_all_stripes(c) < 0)
+    if (take_all_stripes(c, NO_DEADLINE, NULL) != RC_OK)
         return -1;
     uint64_t left = load_acq(&hd->compact_left);
     if (budget == 0 || left == 0 || left > n)
@@ -1827,7 +1833,7 @@ compact_tier(Core *c, unsigned k, uint64_t budget)
     for (uint64_t covered = 0; left > 0 && (budget == 0 || covered < budget);) {
         if (covered > 0) {
             release_all_stripes(c);     /* let inserts and deletes in */
-            if (take_all_stripes(c) < 0)
+            if (take_all_stripes(c, NO_DEADLINE, NULL) != RC_OK)
                 return -1;
         }
         /* A window starts right after an empty slot: the one the last
@@ -3777,17 +3783,18 @@ deadline_after(double seconds, struct timespec *ts)
 }
 
 /* Acquire `stripe`.  Returns RC_OK, RC_RECOVERED (taken over and repaired:
- * *dropped and *delta say what the repair did), or RC_ERROR with an
- * exception set (a signal handler raised, the table was closed); on
- * RC_ERROR the stripe is not held.  `how`: STRIPE_WAIT; STRIPE_AFTER_WAIT
+ * *dropped and *delta say what the repair did), RC_TIMEOUT (a live process
+ * still held it at `deadline`, a CLOCK_MONOTONIC time, or NO_DEADLINE), or
+ * RC_ERROR with an exception set (a signal handler raised, the table was
+ * closed); on RC_TIMEOUT and RC_ERROR the stripe is not held.  `how`: STRIPE_WAIT; STRIPE_AFTER_WAIT
  * when the caller has just taken the bare semaphore itself;
  * STRIPE_LOOK_FIRST to look at a taken stripe's holder before the first
  * wait (a sweep that found a dead holder: a sweeper killed holding every
  * stripe left them all to the same dead process, and one poll per stripe
  * would add up past the recovery bound). */
 static int
-stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
-               long long *delta)
+stripe_acquire(Core *c, uint64_t stripe, int how, double deadline,
+               long long *dropped, long long *delta)
 {
     int after_wait = how == STRIPE_AFTER_WAIT, look_first = how == STRIPE_LOOK_FIRST;
     sem_t *sem = c->sems[stripe];
@@ -3887,6 +3894,8 @@ stripe_acquire(Core *c, uint64_t stripe, int how, long long *dropped,
             }
             return RC_RECOVERED;
         }
+        if (deadline > 0 && now >= deadline && h != 0)
+            return RC_TIMEOUT;      /* (an unrecorded one is taken over soon) */
     }
 }
 
@@ -3967,13 +3976,56 @@ Core_holding_stripe(Core *self, PyObject *const *args, Py_ssize_t nargs)
     long long dropped, delta;
     if (stripe_arg(self, args[0], &i) < 0)
         return NULL;
-    int r = stripe_acquire(self, i, STRIPE_WAIT, &dropped, &delta);
+    int r = stripe_acquire(self, i, STRIPE_WAIT, NO_DEADLINE, &dropped, &delta);
     if (r == RC_ERROR)
         return NULL;
     if (r == RC_RECOVERED)
         self->takeovers++;
     PyObject *result = PyObject_Vectorcall(args[1], args + 2, (size_t)(nargs - 2), NULL);
     stripe_release(self, i);
+    return result;
+}
+
+/* holding_all_stripes(timeout, fn, *args) -> fn(*args), called with every
+ * stripe held (a snapshot: no slot changes key meanwhile), all taken and
+ * released here as holding_stripe does.  A stripe that a live process still
+ * holds `timeout` seconds from now raises TimeoutError naming it and its
+ * holder, with nothing held; dead holders are taken over as usual. */
+static PyObject *
+Core_holding_all_stripes(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "holding_all_stripes(timeout, fn, *args) takes a timeout and a callable");
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[0]);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(timeout >= 0) || isinf(timeout)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a finite number of seconds >= 0");
+        return NULL;
+    }
+    REQUIRE_OPEN(self);
+    if (!identity_ready())
+        return NULL;
+    if (self->sems == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stripe semaphores not attached");
+        return NULL;
+    }
+    uint64_t blocked = 0;
+    int r = take_all_stripes(self, now_monotonic() + timeout + 1e-9, &blocked);
+    if (r == RC_ERROR)
+        return NULL;
+    if (r == RC_TIMEOUT) {
+        uint64_t holder = load_acq(&stripe_at(self, blocked)->holder);
+        PyErr_Format(PyExc_TimeoutError, "stripe %llu is held by live pid %llu and was "
+                     "not released within %.3g s", (unsigned long long)blocked,
+                     (unsigned long long)id_pid(holder), timeout);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(args[1], args + 2, (size_t)(nargs - 2), NULL);
+    release_all_stripes(self);
     return result;
 }
 
@@ -3988,7 +4040,7 @@ stripe_take(Core *self, PyObject *arg, int after_wait)
     long long dropped, delta;
     if (stripe_arg(self, arg, &i) < 0)
         return NULL;
-    int r = stripe_acquire(self, i, after_wait ? STRIPE_AFTER_WAIT : STRIPE_WAIT,
+    int r = stripe_acquire(self, i, after_wait ? STRIPE_AFTER_WAIT : STRIPE_WAIT, NO_DEADLINE,
                            &dropped, &delta);
     if (r == RC_ERROR)
         return NULL;
@@ -6641,6 +6693,9 @@ static PyMethodDef Core_methods[] = {
      "probe_stats(tier=0) -> dict: slot kinds, mean reach, mean slots a miss examines."},
     {"holding_stripe", (PyCFunction)(void (*)(void))Core_holding_stripe, METH_FASTCALL,
      "holding_stripe(i, fn, *args) -> fn(*args), called with stripe i held (released in C)."},
+    {"holding_all_stripes", (PyCFunction)(void (*)(void))Core_holding_all_stripes, METH_FASTCALL,
+     "holding_all_stripes(timeout, fn, *args) -> fn(*args), called with every stripe held "
+     "(released in C); TimeoutError if a live holder keeps one past timeout."},
     {"stripe_live", (PyCFunction)Core_stripe_live, METH_O,
      "stripe_live(i) -> the live count kept by stripe i (all tiers)."},
     {"tiers", (PyCFunction)Core_tiers, METH_NOARGS,

@@ -79,10 +79,7 @@ def check_table(table: Any) -> Report:
         garbage = bool(holder) and not dead and value >= 1
         if dead or garbage or value > 1 or (holder == 0 and value == 0):
             before = stripes.takeovers
-            try:
-                stripes.acquire(i)
-            finally:
-                stripes.release(i)
+            stripes.take_and_release(i)
             after = core.stripe_holder(i)
             if garbage and after != holder:
                 report.repaired.append(f"stripe {i}: holder word named pid "
@@ -163,11 +160,7 @@ def check_table(table: Any) -> Report:
         if have != per_stripe[i]:
             # Recount the stripe under its lock (exact: nobody else changes
             # its keys meanwhile).
-            try:
-                stripes.acquire(i)
-                _, delta = core.recount_stripe(i)
-            finally:
-                stripes.release(i)
+            _, delta = stripes.hold(i, core.recount_stripe, i)
             if delta and core.stripe_live(i) == per_stripe[i]:
                 report.repaired.append(f"stripe {i} counted {have} keys, slots hold "
                                        f"{per_stripe[i]}: recounted")

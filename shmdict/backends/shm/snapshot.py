@@ -20,8 +20,6 @@ from __future__ import annotations
 import time
 from typing import Any, List, Tuple
 
-import posix_ipc
-
 from ...layouts import Outcome
 from ...snapshot import SnapshotError
 from . import _core
@@ -36,60 +34,22 @@ _FENCE_AT: int = _core.HEADER_FIELDS["fence"][0]
 def take(table: Table, timeout: float = DEFAULT_TIMEOUT) -> Tuple[List[Tuple[bytes, Any]], int]:
     """``(entries, fence)`` of ``table`` at one instant: entries are
     ``(encoded key, value)`` sorted by key, values as :class:`Snapshot`
-    keeps them (int, record bytes, None for a lock)."""
+    keeps them (int, record bytes, None for a lock).
+
+    The stripes are taken and released by the core around the walk
+    (``holding_all_stripes``), so no signal handler's exception can leave one
+    taken; a live holder that keeps one past ``timeout`` fails the save."""
     table._check_open()
     deadline = time.monotonic() + timeout
-    taken: List[int] = []
     try:
-        for stripe in range(table._nstripes):
-            _acquire_bounded(table, stripe, deadline)
-            taken.append(stripe)
-        entries, last_fence = _walk(table, deadline), fence(table)
-    finally:
-        for stripe in reversed(taken):
-            table._stripes.release(stripe)
+        entries, last_fence = table._core.holding_all_stripes(
+            timeout, lambda: (_walk(table, deadline), fence(table)))
+    except TimeoutError as exc:
+        raise SnapshotError(
+            f"table {table.name!r}: {exc}; nothing was saved. Is that process stopped? "
+            f"(`shmdict stat {table.name}`)") from None
     entries.sort()      # keys are unique: only the keys are compared
     return entries, last_fence
-
-
-def _acquire_bounded(table: Table, stripe: int, deadline: float) -> None:
-    """Take ``stripe`` by the stripe protocol, waiting at most until ``deadline``
-    for a live holder.
-
-    The core's ``stripe_acquire`` waits as long as a live holder holds; so
-    the semaphore is waited on here, with a timeout, and a count won is
-    handed to the core's post-wait step (``_stripe_after_wait``, which
-    records this process as the holder).  When the timed wait expires and
-    the recorded holder is dead (or none is recorded), the core's own
-    acquire takes the stripe over within its recovery bound.
-    """
-    stripes = table._stripes
-    core = table._core
-    sem = stripes.semaphores[stripe]
-    while True:
-        wait = max(0.0, min(stripes.poll, deadline - time.monotonic()))
-        try:
-            sem.acquire(wait)
-        except posix_ipc.BusyError:
-            pass
-        else:
-            try:
-                repaired = core._stripe_after_wait(stripe)
-            except BaseException:
-                stripes.release(stripe)
-                raise
-            if repaired is not None:
-                stripes._repaired(stripe, repaired)
-            return
-        holder = core.stripe_holder(stripe)
-        if not holder or not _core.id_alive(holder):
-            stripes.acquire(stripe)          # takeover: bounded by the recovery settings
-            return
-        if time.monotonic() >= deadline:
-            raise SnapshotError(
-                f"table {table.name!r}: stripe {stripe} is held by live pid "
-                f"{_core.id_pid(holder)} and was not released in time; nothing was saved. "
-                f"Is that process stopped? (`shmdict stat {table.name}`)")
 
 
 def _walk(table: Table, deadline: float) -> List[Tuple[bytes, Any]]:

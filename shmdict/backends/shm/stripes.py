@@ -33,7 +33,7 @@ table with ``shmdict.open(..., stripe_poll=..., stall_timeout=...)``.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import posix_ipc
 
@@ -103,13 +103,25 @@ class Stripes:
         self.repairs.append((i,) + tuple(what))
         del self.repairs[:-16]
 
+    def hold(self, i: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with stripe ``i`` held: taken and released by the
+        core around the call, so that no signal handler's exception between
+        the acquire and a ``finally`` can leave the stripe taken."""
+        return self.core.holding_stripe(i, fn, *args)
+
     def repair_dead(self) -> int:
-        """Take over and repair every stripe whose recorded holder is dead."""
-        done = 0
-        for i in self.core.dead_stripes():
-            try:
-                self.acquire(i)
-            finally:
-                if self.release(i):
-                    done += 1
-        return done
+        """Take over and repair every stripe whose recorded holder is dead
+        (or let whoever got there first do it); returns how many there were."""
+        dead = self.core.dead_stripes()
+        for i in dead:
+            self.take_and_release(i)
+        return len(dead)
+
+    def take_and_release(self, i: int) -> None:
+        """Take stripe ``i`` and give it back: what repairs a stripe whose
+        holder died, or whose word or count is garbage (the taking does it)."""
+        self.hold(i, _nothing)
+
+
+def _nothing() -> None:
+    """What a stripe is held for when taking it is the point (a repair)."""
