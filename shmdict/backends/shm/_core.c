@@ -4020,8 +4020,8 @@ Core_holding_all_stripes(Core *self, PyObject *const *args, Py_ssize_t nargs)
     if (r == RC_TIMEOUT) {
         uint64_t holder = load_acq(&stripe_at(self, blocked)->holder);
         PyErr_Format(PyExc_TimeoutError, "stripe %llu is held by live pid %llu and was "
-                     "not released within %.3g s", (unsigned long long)blocked,
-                     (unsigned long long)id_pid(holder), timeout);
+                     "not released in time", (unsigned long long)blocked,
+                     (unsigned long long)id_pid(holder));
         return NULL;
     }
     PyObject *result = PyObject_Vectorcall(args[1], args + 2, (size_t)(nargs - 2), NULL);
