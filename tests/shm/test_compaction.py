@@ -288,6 +288,69 @@ def test_a_sweeper_killed_holding_every_stripe_is_taken_over(name):
         table.close()
 
 
+def _hold_stripe(name: str, stripe: int, conn) -> None:
+    table = shmdict.open(name, shmdict.Counter(), capacity=1000, create=False)
+    conn.send("held")
+    table._stripes.hold(stripe, conn.recv)      # until the test says so
+
+
+def _insert_keys(name: str, keys: list, conn) -> None:
+    table = shmdict.open(name, shmdict.Counter(), capacity=1000, create=False)
+    started = time.monotonic()
+    for key in keys:
+        table.add(key, 1)
+    conn.send(time.monotonic() - started)
+
+
+def test_an_inserts_sweep_never_waits_on_a_stripe_a_live_process_holds(name):
+    """A sweep is due (tombstones past the trigger) while a live process
+    holds one stripe (stopped, or busy, for as long as it likes): inserts
+    into the other stripes go on at once instead of waiting in the sweep for
+    that stripe; once it is released, the next insert's sweep frees the
+    tombstones.  (CI saw an insert wait 20 minutes on a SIGSTOPped churner's
+    stripe: the sweep took every stripe with no bound.)"""
+    table = shmdict.open(name, shmdict.Counter(), capacity=1000)
+    held, children = 0, []
+    try:
+        table._core.set_auto_compact(False)
+        for i in range(600):                    # tombstones, and the trigger
+            table.add(("gone", i), 1)
+            del table[("gone", i)]
+        assert table._core.probe_stats()["tombstone"] >= 8
+        table._core.set_auto_compact(True)
+        ours, theirs = CTX.Pipe()
+        holder = CTX.Process(target=_hold_stripe, args=(name, held, theirs), daemon=True)
+        holder.start()
+        children.append(holder)
+        assert ours.poll(30) and ours.recv() == "held"
+        keys = [k for k in (("new", i) for i in range(2000))
+                if table._encode(k)[1] % table._nstripes != held][:50]
+        back, there = CTX.Pipe()
+        inserter = CTX.Process(target=_insert_keys, args=(name, keys, there), daemon=True)
+        inserter.start()
+        children.append(inserter)
+        inserter.join(20)
+        assert not inserter.is_alive(), "inserts waited in a sweep on the held stripe"
+        assert inserter.exitcode == 0
+        assert back.recv() < 10
+        assert all(table[k] == 1 for k in keys)
+        tombstones = table._core.probe_stats()["tombstone"]
+        assert tombstones >= 8                  # nobody could sweep meanwhile
+        ours.send("release")
+        holder.join(10)
+        assert holder.exitcode == 0
+        table.add(("after", 0), 1)              # this process never gave up: it sweeps
+        assert table._core.probe_stats()["tombstone"] < tombstones
+        report = table.check()
+        assert report and not report.repaired, report
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+            child.join()
+        table.close()
+
+
 def test_shmdict_compact_cli(name):
     table = shmdict.open(name, shmdict.Counter(), capacity=500)
     try:

@@ -406,6 +406,8 @@ typedef struct {
     uint64_t reclaim_after;  /* expiry units: a full insert's reclaim walk
                                 found nothing and no deadline before this   */
     int auto_compact;        /* inserts sweep tombstones when due (default) */
+    double compact_not_before; /* monotonic: an insert's sweep gave up on a
+                                stripe a live process held; none till then */
     int expiry_guard;        /* what keeps an expired key alive: 0 nothing
                                 (Counter), 1 a holder in word0 (Lock, Struct),
                                 2 that or a live reader cell (rw Lock)      */
@@ -1613,7 +1615,12 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
  * sweeps COMPACT_BUDGET slots of it from where that sweep stands
  * (compact_next).  That happens before the insert takes its own stripe, so
  * an exception from a signal handler during a wait leaves nothing half
- * done.  The three header words are hints: garbage in them costs sweeps,
+ * done.  An insert's sweep is a favour, never a wait of its own: it waits
+ * COMPACT_WAIT at most for each stripe, and if a live process holds one
+ * longer (stopped, say, or descheduled) it stops where it is (its progress
+ * is in the header) and this process's inserts leave sweeping alone for
+ * COMPACT_BACKOFF.  Otherwise a process stopped holding one stripe would
+ * stall inserts into every other stripe too, for as long as it is stopped.  The three header words are hints: garbage in them costs sweeps,
  * never a key, since every decision is made from the slots under every
  * stripe.
  *
@@ -1628,6 +1635,11 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
                                      (then on to the next empty one)        */
 #define COMPACT_BUDGET  16384u    /* slots an insert's sweep step covers
                                      (four windows, ~0.2 ms)               */
+#define COMPACT_WAIT    0.01      /* seconds an insert's sweep waits for
+                                     each stripe (others hold one for
+                                     microseconds)                          */
+#define COMPACT_BACKOFF 0.5       /* seconds this process's inserts do not
+                                     sweep after one gave up               */
 
 /* Deletes since a tier's last sweep that start the next one. */
 static inline uint64_t compact_trigger(Tier *t)
@@ -1814,27 +1826,46 @@ next_empty(Core *c, Tier *t, uint64_t i)
     return t->nslots;
 }
 
+/* Take every stripe for a sweep: waiting as long as they are held (wait 0),
+ * or at most `wait` seconds for each.  RC_OK, RC_TIMEOUT (none held) or
+ * RC_ERROR (an exception set, none held). */
+static int
+take_all_for_sweep(Core *c, double wait)
+{
+    return take_all_stripes(c, wait > 0 ? now_monotonic() + wait : NO_DEADLINE, NULL);
+}
+
 /* Sweep tier k: go on with the sweep in progress (or start one) for about
  * `budget` slots, or with budget 0 sweep it whole, from a fresh start.
  * Holds every stripe for a window at a time and lets the others in between.
- * Returns the tombstones made empty, -1 with an exception set. */
+ * `wait`: 0 to wait for the stripes as long as they are held, else the most
+ * seconds to wait for each; past it the sweep stops where it stands, sets
+ * *gave_up and returns what it made so far.  Returns the tombstones made
+ * empty, -1 with an exception set. */
 static long long
-compact_tier(Core *c, unsigned k, uint64_t budget)
+compact_tier(Core *c, unsigned k, uint64_t budget, double wait, int *gave_up)
 {
     Tier *t = &c->tiers[k];
     struct shmdict_header *hd = t->header;
     uint64_t n = t->nslots;
     long long made = 0;
-    if (take_all_stripes(c, NO_DEADLINE, NULL) != RC_OK)
-        return -1;
+    *gave_up = 0;
+    int r0 = take_all_for_sweep(c, wait);
+    if (r0 != RC_OK) {
+        *gave_up = r0 == RC_TIMEOUT;
+        return r0 == RC_TIMEOUT ? 0 : -1;
+    }
     uint64_t left = load_acq(&hd->compact_left);
     if (budget == 0 || left == 0 || left > n)
         left = n;                       /* a new sweep */
     for (uint64_t covered = 0; left > 0 && (budget == 0 || covered < budget);) {
         if (covered > 0) {
             release_all_stripes(c);     /* let inserts and deletes in */
-            if (take_all_stripes(c, NO_DEADLINE, NULL) != RC_OK)
-                return -1;
+            int r1 = take_all_for_sweep(c, wait);
+            if (r1 != RC_OK) {          /* the header keeps where it stands */
+                *gave_up = r1 == RC_TIMEOUT;
+                return r1 == RC_TIMEOUT ? made : -1;
+            }
         }
         /* A window starts right after an empty slot: the one the last
          * window ended at, unless an insert took it meanwhile. */
@@ -1884,9 +1915,20 @@ compact_if_due(Core *c)
 {
     if (!c->auto_compact || c->sems == NULL)
         return 0;
-    for (unsigned k = 0; k < c->ntiers; k++)
-        if (compact_due(c, &c->tiers[k]) && compact_tier(c, k, COMPACT_BUDGET) < 0)
+    for (unsigned k = 0; k < c->ntiers; k++) {
+        if (!compact_due(c, &c->tiers[k]))
+            continue;
+        double now = now_monotonic();
+        if (now < c->compact_not_before)
+            return 0;
+        int gave_up;
+        if (compact_tier(c, k, COMPACT_BUDGET, COMPACT_WAIT, &gave_up) < 0)
             return -1;
+        if (gave_up) {
+            c->compact_not_before = now_monotonic() + COMPACT_BACKOFF;
+            return 0;
+        }
+    }
     return 0;
 }
 
@@ -3815,8 +3857,15 @@ stripe_acquire(Core *c, uint64_t stripe, int how, double deadline,
                 look_first = 0;
                 err = ETIMEDOUT;        /* look at the holder now */
             } else {
+                /* One poll, cut short by a deadline still ahead. */
+                double wait = c->stripe_poll;
+                if (deadline > 0) {
+                    double left = deadline - now_monotonic();
+                    if (left > 0 && left < wait)
+                        wait = left;
+                }
                 struct timespec ts;
-                deadline_after(c->stripe_poll, &ts);
+                deadline_after(wait, &ts);
                 Py_BEGIN_ALLOW_THREADS
                 got = sem_timedwait(sem, &ts) == 0;
                 err = got ? 0 : errno;
@@ -6355,7 +6404,8 @@ Core_compact(Core *self, PyObject *Py_UNUSED(ignored))
     }
     long long made = 0;
     for (unsigned k = 0; k < self->ntiers; k++) {
-        long long r = compact_tier(self, k, 0);
+        int gave_up;
+        long long r = compact_tier(self, k, 0, 0, &gave_up);
         if (r < 0)
             return NULL;
         made += r;
