@@ -148,6 +148,67 @@ def test_without_ttls_a_full_table_is_still_full(name):
     d.close()
 
 
+def _send_then_wait(conn):
+    conn.send("held")
+    conn.recv()
+
+
+def _hold_stripe(name, stripe, conn):
+    d = shmdict.open(name, shmdict.Counter(), capacity=64, create=False)
+    d._stripes.hold(stripe, _send_then_wait, conn)      # until the test says so
+
+
+def _insert(name, keys, out):
+    d = shmdict.open(name, shmdict.Counter(), capacity=64, create=False)
+    for key in keys:
+        d.add(key, ttl=60)
+    out.put("done")
+
+
+def test_a_full_tables_reclaim_never_waits_on_a_stripe_a_live_process_holds(name):
+    """A table full of expired keys, one of whose stripes a live process
+    holds (stopped, or busy, as long as it likes): an insert into another
+    stripe reclaims the other stripes' expired keys and goes on at once,
+    instead of waiting for that stripe in its reclaim walk."""
+    d = shmdict.open(name, shmdict.Counter(), capacity=64)
+    children = []
+    try:
+        for i in range(64):
+            d.add(("old", i), ttl=0.2)
+        with pytest.raises(shmdict.TableFull):
+            d.add("one more", ttl=60)           # nothing has expired yet
+        time.sleep(0.5)
+        stripe = lambda key: d._encode(key)[1] % d._nstripes
+        held = stripe(("old", 0))
+        ours, theirs = CTX.Pipe()
+        holder = CTX.Process(target=_hold_stripe, args=(name, held, theirs), daemon=True)
+        holder.start()
+        children.append(holder)
+        assert ours.poll(60) and ours.recv() == "held"
+        keys = [k for k in (("new", i) for i in range(500)) if stripe(k) != held][:5]
+        out = CTX.Queue()
+        inserter = CTX.Process(target=_insert, args=(name, keys, out), daemon=True)
+        inserter.start()
+        children.append(inserter)
+        inserter.join(20)
+        assert not inserter.is_alive(), "the insert waited in its reclaim walk on the held stripe"
+        assert inserter.exitcode == 0 and out.get(timeout=5) == "done"
+        assert all(d.read(k) == (1, True) for k in keys)
+        ours.send("release")
+        holder.join(10)
+        assert holder.exitcode == 0
+        d.add("after", ttl=60)                  # and after the release
+        assert len(d) == len(keys) + 1
+        report = d.check()
+        assert report, report
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+            child.join()
+        d.close()
+
+
 def test_reclaim_expired_tombstones_them_with_exact_counts(name):
     d = shmdict.open(name, shmdict.Counter(), capacity=50)
     for i in range(20):

@@ -1431,6 +1431,14 @@ reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
  * earlier deadline meanwhile is reclaimed by the next walk, its own next
  * insert, or another process; at worst an insert meanwhile says TableFull.) */
 #define RECLAIM_BACKOFF_NS  50000000ull
+/* An insert's walk, like its sweep, is a favour and never a wait of its
+ * own: it waits at most RECLAIM_WAIT seconds for an expired key's stripe,
+ * then leaves that stripe's keys to a later walk (a live process holds it:
+ * stopped, say); after RECLAIM_SKIPS such stripes it stops.  Without that a
+ * process stopped holding one stripe would stall every insert into a full
+ * table of expiring keys for as long as it is stopped. */
+#define RECLAIM_WAIT   0.01
+#define RECLAIM_SKIPS  8
 
 static long long
 reclaim_expired_walk(Core *c, int throttle)
@@ -1442,7 +1450,9 @@ reclaim_expired_walk(Core *c, int throttle)
         return 0;
     uint64_t next = now_u + (RECLAIM_BACKOFF_NS >> EXP_SHIFT);
     long long n = 0;
-    for (unsigned k = 0; k < c->ntiers; k++) {
+    uint64_t skipped[RECLAIM_SKIPS];
+    unsigned nskipped = 0;
+    for (unsigned k = 0; k < c->ntiers && nskipped < RECLAIM_SKIPS; k++) {
         for (uint64_t local = 0; local < c->tiers[k].nslots; local++) {
             Tier *t = &c->tiers[k];
             char *slot = t->slots + local * c->slot_size;
@@ -1462,10 +1472,22 @@ reclaim_expired_walk(Core *c, int throttle)
             if (load_acq(slot) != s || (h >> TAG_SHIFT) != st_high(s))
                 continue;           /* changed while we hashed it */
             uint64_t stripe = stripe_of(c, h);
+            int passed_over = 0;
+            for (unsigned j = 0; j < nskipped; j++)
+                passed_over |= skipped[j] == stripe;
+            if (passed_over)
+                continue;
             long long dropped, delta;
-            int r = stripe_acquire(c, stripe, STRIPE_WAIT, NO_DEADLINE, &dropped, &delta);
+            double deadline = throttle ? now_monotonic() + RECLAIM_WAIT : NO_DEADLINE;
+            int r = stripe_acquire(c, stripe, STRIPE_WAIT, deadline, &dropped, &delta);
             if (r == RC_ERROR)
                 return -1;
+            if (r == RC_TIMEOUT) {
+                skipped[nskipped++] = stripe;
+                if (nskipped == RECLAIM_SKIPS)
+                    break;
+                continue;
+            }
             if (r == RC_RECOVERED)
                 c->takeovers++;
             n += reclaim_slot(c, slot_index(k, local), s, stripe);
