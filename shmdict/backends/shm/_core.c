@@ -1363,6 +1363,20 @@ stripe_held(Core *c, uint64_t stripe)
 #define STRIPE_AFTER_WAIT  1
 #define STRIPE_LOOK_FIRST  2
 #define NO_DEADLINE        0.0
+
+/* An insert's favours to the table (its tombstone sweep, its walk for
+ * expired keys when the table is full) take stripes its own key does not
+ * need, so they never wait long for one: FAVOUR_WAIT seconds at most for
+ * each, after which they leave that stripe for later (a live process holds
+ * it: stopped, say, or descheduled; others hold one for microseconds).
+ * Otherwise a process stopped holding one stripe would stall inserts into
+ * every other stripe too, for as long as it is stopped.  `bounded` 0: the
+ * caller asked for the work itself and waits as a delete does. */
+#define FAVOUR_WAIT        0.01
+static inline double favour_deadline(int bounded)
+{
+    return bounded ? now_monotonic() + FAVOUR_WAIT : NO_DEADLINE;
+}
 static int stripe_acquire(Core *c, uint64_t stripe, int how, double deadline,
                           long long *dropped, long long *delta);
 static int stripe_release(Core *c, uint64_t stripe);
@@ -1431,13 +1445,9 @@ reclaim_slot(Core *c, uint64_t i, uint64_t s, uint64_t stripe)
  * earlier deadline meanwhile is reclaimed by the next walk, its own next
  * insert, or another process; at worst an insert meanwhile says TableFull.) */
 #define RECLAIM_BACKOFF_NS  50000000ull
-/* An insert's walk, like its sweep, is a favour and never a wait of its
- * own: it waits at most RECLAIM_WAIT seconds for an expired key's stripe,
- * then leaves that stripe's keys to a later walk (a live process holds it:
- * stopped, say); after RECLAIM_SKIPS such stripes it stops.  Without that a
- * process stopped holding one stripe would stall every insert into a full
- * table of expiring keys for as long as it is stopped. */
-#define RECLAIM_WAIT   0.01
+/* The throttled walk is a favour (see FAVOUR_WAIT): a stripe it could not
+ * take in time keeps its expired keys for a later walk, and after
+ * RECLAIM_SKIPS such stripes the walk stops. */
 #define RECLAIM_SKIPS  8
 
 static long long
@@ -1478,8 +1488,8 @@ reclaim_expired_walk(Core *c, int throttle)
             if (passed_over)
                 continue;
             long long dropped, delta;
-            double deadline = throttle ? now_monotonic() + RECLAIM_WAIT : NO_DEADLINE;
-            int r = stripe_acquire(c, stripe, STRIPE_WAIT, deadline, &dropped, &delta);
+            int r = stripe_acquire(c, stripe, STRIPE_WAIT, favour_deadline(throttle),
+                                   &dropped, &delta);
             if (r == RC_ERROR)
                 return -1;
             if (r == RC_TIMEOUT) {
@@ -1637,14 +1647,12 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
  * sweeps COMPACT_BUDGET slots of it from where that sweep stands
  * (compact_next).  That happens before the insert takes its own stripe, so
  * an exception from a signal handler during a wait leaves nothing half
- * done.  An insert's sweep is a favour, never a wait of its own: it waits
- * COMPACT_WAIT at most for each stripe, and if a live process holds one
- * longer (stopped, say, or descheduled) it stops where it is (its progress
- * is in the header) and this process's inserts leave sweeping alone for
- * COMPACT_BACKOFF.  Otherwise a process stopped holding one stripe would
- * stall inserts into every other stripe too, for as long as it is stopped.  The three header words are hints: garbage in them costs sweeps,
- * never a key, since every decision is made from the slots under every
- * stripe.
+ * done.  An insert's sweep is a favour (see FAVOUR_WAIT): when a live
+ * process holds a stripe past FAVOUR_WAIT, the sweep stops where it stands
+ * (its progress is in the header) and this process's inserts leave
+ * sweeping alone for COMPACT_BACKOFF.  The three header words are hints:
+ * garbage in them costs sweeps, never a key, since every decision is made
+ * from the slots under every stripe.
  *
  * A sweeper stopped past the stall timeout while holding a stripe it took
  * over (its holder word then has the takeover bit) can lose that stripe to a
@@ -1657,9 +1665,6 @@ insert_new(Core *c, const char *key, uint64_t klen, uint64_t h,
                                      (then on to the next empty one)        */
 #define COMPACT_BUDGET  16384u    /* slots an insert's sweep step covers
                                      (four windows, ~0.2 ms)               */
-#define COMPACT_WAIT    0.01      /* seconds an insert's sweep waits for
-                                     each stripe (others hold one for
-                                     microseconds)                          */
 #define COMPACT_BACKOFF 0.5       /* seconds this process's inserts do not
                                      sweep after one gave up               */
 
@@ -1848,46 +1853,43 @@ next_empty(Core *c, Tier *t, uint64_t i)
     return t->nslots;
 }
 
-/* Take every stripe for a sweep: waiting as long as they are held (wait 0),
- * or at most `wait` seconds for each.  RC_OK, RC_TIMEOUT (none held) or
- * RC_ERROR (an exception set, none held). */
+/* Take every stripe for a sweep (`bounded`: an insert's, see FAVOUR_WAIT).
+ * RC_OK; RC_TIMEOUT (none held), after which this process's inserts do not
+ * sweep for COMPACT_BACKOFF; RC_ERROR (an exception set, none held). */
 static int
-take_all_for_sweep(Core *c, double wait)
+take_all_for_sweep(Core *c, int bounded)
 {
-    return take_all_stripes(c, wait > 0 ? now_monotonic() + wait : NO_DEADLINE, NULL);
+    int r = take_all_stripes(c, favour_deadline(bounded), NULL);
+    if (r == RC_TIMEOUT)
+        c->compact_not_before = now_monotonic() + COMPACT_BACKOFF;
+    return r;
 }
 
 /* Sweep tier k: go on with the sweep in progress (or start one) for about
  * `budget` slots, or with budget 0 sweep it whole, from a fresh start.
  * Holds every stripe for a window at a time and lets the others in between.
- * `wait`: 0 to wait for the stripes as long as they are held, else the most
- * seconds to wait for each; past it the sweep stops where it stands, sets
- * *gave_up and returns what it made so far.  Returns the tombstones made
- * empty, -1 with an exception set. */
+ * `bounded`: an insert's sweep, which stops where it stands when it cannot
+ * take the stripes in time (take_all_for_sweep).  Returns the tombstones
+ * made empty, -1 with an exception set. */
 static long long
-compact_tier(Core *c, unsigned k, uint64_t budget, double wait, int *gave_up)
+compact_tier(Core *c, unsigned k, uint64_t budget, int bounded)
 {
     Tier *t = &c->tiers[k];
     struct shmdict_header *hd = t->header;
     uint64_t n = t->nslots;
     long long made = 0;
-    *gave_up = 0;
-    int r0 = take_all_for_sweep(c, wait);
-    if (r0 != RC_OK) {
-        *gave_up = r0 == RC_TIMEOUT;
-        return r0 == RC_TIMEOUT ? 0 : -1;
-    }
+    int took = take_all_for_sweep(c, bounded);
+    if (took != RC_OK)
+        return took == RC_TIMEOUT ? 0 : -1;
     uint64_t left = load_acq(&hd->compact_left);
     if (budget == 0 || left == 0 || left > n)
         left = n;                       /* a new sweep */
     for (uint64_t covered = 0; left > 0 && (budget == 0 || covered < budget);) {
         if (covered > 0) {
             release_all_stripes(c);     /* let inserts and deletes in */
-            int r1 = take_all_for_sweep(c, wait);
-            if (r1 != RC_OK) {          /* the header keeps where it stands */
-                *gave_up = r1 == RC_TIMEOUT;
-                return r1 == RC_TIMEOUT ? made : -1;
-            }
+            took = take_all_for_sweep(c, bounded);
+            if (took != RC_OK)          /* the header keeps where it stands */
+                return took == RC_TIMEOUT ? made : -1;
         }
         /* A window starts right after an empty slot: the one the last
          * window ended at, unless an insert took it meanwhile. */
@@ -1940,16 +1942,10 @@ compact_if_due(Core *c)
     for (unsigned k = 0; k < c->ntiers; k++) {
         if (!compact_due(c, &c->tiers[k]))
             continue;
-        double now = now_monotonic();
-        if (now < c->compact_not_before)
-            return 0;
-        int gave_up;
-        if (compact_tier(c, k, COMPACT_BUDGET, COMPACT_WAIT, &gave_up) < 0)
+        if (now_monotonic() < c->compact_not_before)
+            return 0;                   /* a sweep gave up a moment ago */
+        if (compact_tier(c, k, COMPACT_BUDGET, 1) < 0)
             return -1;
-        if (gave_up) {
-            c->compact_not_before = now_monotonic() + COMPACT_BACKOFF;
-            return 0;
-        }
     }
     return 0;
 }
@@ -6426,8 +6422,7 @@ Core_compact(Core *self, PyObject *Py_UNUSED(ignored))
     }
     long long made = 0;
     for (unsigned k = 0; k < self->ntiers; k++) {
-        int gave_up;
-        long long r = compact_tier(self, k, 0, 0, &gave_up);
+        long long r = compact_tier(self, k, 0, 0);
         if (r < 0)
             return NULL;
         made += r;
