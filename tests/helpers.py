@@ -228,3 +228,27 @@ def leave_dead_insert(table, stripe: int, slot: int) -> None:
     total = _core.HEADER_FIELDS["live"][0]
     _core.store_u64(mm, total, _core.load_u64(mm, total) + 1)
     _core.store_u64(mm, slot_at, _core.KIND_CLAIMED | (stripe << 32))
+
+
+def hold_stripe_until_told(name: str, capacity: int, stripe: int, conn) -> None:
+    """The body of a child process that holds ``stripe`` of Counter table
+    ``name`` as a live process would (a stopped or busy one, for as long as
+    it likes): says "held" once it has the stripe, gives it back when the
+    other end of ``conn`` sends anything."""
+    import shmdict
+
+    table = shmdict.open(name, shmdict.Counter(), capacity=capacity, create=False)
+    table._stripes.hold(stripe, _say_held_then_wait, conn)
+
+
+def _say_held_then_wait(conn) -> None:
+    conn.send("held")
+    conn.recv()
+
+
+def kill_and_join(processes: Sequence) -> None:
+    """Reap a test's children: kill the ones still running, join them all."""
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+        p.join()

@@ -20,6 +20,7 @@ import time
 
 import pytest
 import xxhash
+from helpers import hold_stripe_until_told, kill_and_join
 
 import shmdict
 from shmdict.backends.shm import _core
@@ -288,12 +289,6 @@ def test_a_sweeper_killed_holding_every_stripe_is_taken_over(name):
         table.close()
 
 
-def _hold_stripe(name: str, stripe: int, conn) -> None:
-    table = shmdict.open(name, shmdict.Counter(), capacity=1000, create=False)
-    conn.send("held")
-    table._stripes.hold(stripe, conn.recv)      # until the test says so
-
-
 def _insert_keys(name: str, keys: list, conn) -> None:
     table = shmdict.open(name, shmdict.Counter(), capacity=1000, create=False)
     started = time.monotonic()
@@ -319,7 +314,8 @@ def test_an_inserts_sweep_never_waits_on_a_stripe_a_live_process_holds(name):
         assert table._core.probe_stats()["tombstone"] >= 8
         table._core.set_auto_compact(True)
         ours, theirs = CTX.Pipe()
-        holder = CTX.Process(target=_hold_stripe, args=(name, held, theirs), daemon=True)
+        holder = CTX.Process(target=hold_stripe_until_told, args=(name, 1000, held, theirs),
+                             daemon=True)
         holder.start()
         children.append(holder)
         assert ours.poll(30) and ours.recv() == "held"
@@ -344,10 +340,7 @@ def test_an_inserts_sweep_never_waits_on_a_stripe_a_live_process_holds(name):
         report = table.check()
         assert report and not report.repaired, report
     finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-            child.join()
+        kill_and_join(children)
         table.close()
 
 

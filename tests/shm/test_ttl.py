@@ -11,7 +11,7 @@ import multiprocessing
 import time
 
 import pytest
-from helpers import run_to_completion
+from helpers import hold_stripe_until_told, kill_and_join, run_to_completion
 
 import shmdict
 import shmdict.ratelimit
@@ -148,16 +148,6 @@ def test_without_ttls_a_full_table_is_still_full(name):
     d.close()
 
 
-def _send_then_wait(conn):
-    conn.send("held")
-    conn.recv()
-
-
-def _hold_stripe(name, stripe, conn):
-    d = shmdict.open(name, shmdict.Counter(), capacity=64, create=False)
-    d._stripes.hold(stripe, _send_then_wait, conn)      # until the test says so
-
-
 def _insert(name, keys, out):
     d = shmdict.open(name, shmdict.Counter(), capacity=64, create=False)
     for key in keys:
@@ -181,7 +171,8 @@ def test_a_full_tables_reclaim_never_waits_on_a_stripe_a_live_process_holds(name
         stripe = lambda key: d._encode(key)[1] % d._nstripes
         held = stripe(("old", 0))
         ours, theirs = CTX.Pipe()
-        holder = CTX.Process(target=_hold_stripe, args=(name, held, theirs), daemon=True)
+        holder = CTX.Process(target=hold_stripe_until_told, args=(name, 64, held, theirs),
+                             daemon=True)
         holder.start()
         children.append(holder)
         assert ours.poll(60) and ours.recv() == "held"
@@ -202,10 +193,7 @@ def test_a_full_tables_reclaim_never_waits_on_a_stripe_a_live_process_holds(name
         report = d.check()
         assert report, report
     finally:
-        for child in children:
-            if child.is_alive():
-                child.kill()
-            child.join()
+        kill_and_join(children)
         d.close()
 
 
